@@ -1,0 +1,95 @@
+"""The configuration of a sparse autoencoder: its shape, activation, input normalisation and provenance.
+
+Saved next to the weights as `config.json` (see `sae.io`), so an SAE folder says by itself which model,
+hook and preprocessing it belongs to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu", "topk_decnorm")
+NORMALIZATIONS = ("dataset_scale", "token_standardize", "mean_centred_unit_norm", "none")
+TOPK_LIKE = ("topk", "batchtopk", "topk_decnorm")  # activations whose sparsity is set by k
+
+
+@dataclass
+class SAEConfig:
+    """Shape, activation and preprocessing of a `SparseAutoencoder`.
+
+    Normalisations (the SAE sees `x_n = normalize(x)`; its output is mapped back with the inverse):
+      - "dataset_scale": `x_n = x * norm_scale`, one scalar chosen so that the mean squared norm of the
+        training inputs equals d_in (SAELens' `expected_average_only_in`, Llama Scope). Linear, so every
+        latent has one direction in the model's raw space; the default for that reason.
+      - "token_standardize": `(x - mean(x)) / (std(x) + 1e-6)` over the features of each token, undone
+        on the output with that token's mean and std (the reference design).
+      - "mean_centred_unit_norm": `(x - norm_mean) / ||x - norm_mean||` with a dataset mean vector (the
+        `norm_mean` buffer of the model), undone with each token's norm.
+      - "none": the raw activations.
+    """
+
+    d_in: int
+    d_sae: int
+    k: int = 32
+    activation: str = "topk"
+    normalization: str = "dataset_scale"
+    norm_scale: float = 1.0          # dataset_scale: multiply raw activations by this
+    l1_coeff: float = 1e-3           # relu: weight of the L1 penalty on the latent activations
+    k_aux: int | None = None         # aux-k: dead latents used to model the residual (None: min(2048, d_sae // 2))
+    aux_coeff: float = 1.0 / 32.0    # aux-k: loss = mse + aux_coeff * aux_mse (OpenAI TopK paper, A.2)
+    hook_name: str = ""              # TransformerLens hook name, e.g. "blocks.20.hook_resid_post"
+    model: str = ""                  # identity of the model the SAE was trained on
+    prepend_bos: bool = False        # whether the training text started with BOS
+    chat: bool = False               # whether the training text was wrapped in the chat template
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SAEConfig.{name} must be a positive integer, got {value!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"SAEConfig.activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"SAEConfig.normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                             f"got {self.normalization!r}")
+        if self.k > self.d_sae:
+            raise ValueError(f"SAEConfig.k ({self.k}) must not exceed d_sae ({self.d_sae})")
+        if not (math.isfinite(self.norm_scale) and self.norm_scale > 0):
+            raise ValueError(f"SAEConfig.norm_scale must be a positive finite number, got {self.norm_scale!r}")
+        if self.k_aux is None:
+            self.k_aux = max(1, min(2048, self.d_sae // 2))
+        if isinstance(self.k_aux, bool) or not isinstance(self.k_aux, int) or not 1 <= self.k_aux <= self.d_sae:
+            raise ValueError(f"SAEConfig.k_aux must be an integer in [1, d_sae={self.d_sae}], got {self.k_aux!r}")
+        for name in ("l1_coeff", "aux_coeff"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SAEConfig.{name} must be a finite number >= 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SAEConfig":
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"SAE config has unknown field(s) {', '.join(unknown)}")
+        missing = sorted(n for n in ("d_in", "d_sae") if n not in values)
+        if missing:
+            raise ValueError(f"SAE config lacks the required field(s) {', '.join(missing)}")
+        return cls(**values)
+
+    def check_model(self, d_model: int, hook_name: str | None = None) -> None:
+        """Raise ValueError unless activations of width `d_model` (at `hook_name`) suit this SAE."""
+        if d_model != self.d_in:
+            raise ValueError(f"the SAE expects activations of width d_in={self.d_in}, "
+                             f"but the model gives {d_model}: use an SAE trained on this model")
+        if hook_name is not None and self.hook_name and hook_name != self.hook_name:
+            raise ValueError(f"the SAE was trained on {self.hook_name!r}, not {hook_name!r}: "
+                             f"pass --hook {self.hook_name} or another SAE")

@@ -1,0 +1,233 @@
+"""The sparse autoencoder: a TopK SAE (and its ReLU / JumpReLU / BatchTopK variants) in one module.
+
+    x_n   = normalize(x)                                  # per SAEConfig.normalization
+    pre   = (x_n - b_pre) @ W_enc + b_enc + h_bias        # (..., d_sae)
+    h     = TopK_k(ReLU(pre))                             # k (value, index) pairs per row
+    x^_n  = h @ W_dec + b_pre                             # decoded from the k rows of W_dec only
+    x^    = denormalize(x^_n)
+
+`h_bias` is zero in training; steering sets it, and because it is added before the TopK a steered
+latent enters the top k. Decoder rows (one per latent) are kept at unit norm by the trainer through
+`project_decoder_grads` (before the optimiser step) and `set_decoder_norm_to_unit_norm` (after it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from sae import activations, sparse
+from sae.activations import TopKOutput
+from sae.config import SAEConfig
+
+TOKEN_STD_EPS = 1e-6  # the reference design's (x - mean) / (std + 1e-6)
+
+
+class NormContext(NamedTuple):
+    """What `denormalize` needs to undo `normalize`: x = x_n * scale + shift."""
+
+    shift: Tensor | None  # (..., 1) or (d_in,) or None
+    scale: Tensor | float  # (..., 1) tensor or a float
+
+
+class ForwardOutput(NamedTuple):
+    """Everything a training step or an analysis needs from one pass."""
+
+    x_hat: Tensor    # (..., d_in) reconstruction in the model's raw activation space
+    x_hat_n: Tensor  # (..., d_in) reconstruction in normalised space (where losses are computed)
+    x_n: Tensor      # (..., d_in) the normalised input
+    values: Tensor   # (..., width) activations of the selected latents (width k for TopK)
+    indices: Tensor  # (..., width) their latent indices (int64)
+    pre: Tensor      # (..., d_sae) pre-activations, h_bias included (the aux-k loss ranks dead latents here)
+
+
+class SparseAutoencoder(nn.Module):
+    """TopK sparse autoencoder; see the module docstring for the formula.
+
+    Parameters: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in) one unit-norm row per latent,
+    b_pre (d_in,). Buffers: h_bias (d_sae,), plus threshold (d_sae,) for JumpReLU and norm_mean (d_in,)
+    for the mean-centred normalisation. `use_sparse_kernels` picks the fast autograd Functions of
+    `sae.sparse` for TopK (default) or the plain eager path; both give the same results and gradients.
+    """
+
+    def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        kw = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
+        self.b_pre = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        self.register_buffer("h_bias", torch.zeros(cfg.d_sae, **kw))
+        if cfg.activation == "jumprelu":
+            self.register_buffer("threshold", torch.zeros(cfg.d_sae, **kw))
+        if cfg.normalization == "mean_centred_unit_norm":
+            self.register_buffer("norm_mean", torch.zeros(cfg.d_in, **kw))
+        self.use_sparse_kernels = True
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Orthogonal W_enc, W_dec = W_enc^T with unit rows (then W_enc = W_dec^T); zero biases."""
+        nn.init.orthogonal_(self.W_enc)
+        self.W_dec.copy_(self.W_enc.t())
+        self.set_decoder_norm_to_unit_norm()
+        self.W_enc.copy_(self.W_dec.t())
+        self.b_enc.zero_()
+        self.b_pre.zero_()
+
+    # ---- normalisation -------------------------------------------------------------------------
+
+    def normalize(self, x: Tensor) -> tuple[Tensor, NormContext]:
+        """x (..., d_in) raw -> (x_n (..., d_in), context for `denormalize`)."""
+        kind = self.cfg.normalization
+        if kind == "dataset_scale":
+            return x * self.cfg.norm_scale, NormContext(None, 1.0 / self.cfg.norm_scale)
+        if kind == "token_standardize":
+            mean = x.mean(-1, keepdim=True)  # (..., 1)
+            std = x.std(-1, keepdim=True) + TOKEN_STD_EPS
+            return (x - mean) / std, NormContext(mean, std)
+        if kind == "mean_centred_unit_norm":
+            centred = x - self.norm_mean
+            norm = centred.norm(dim=-1, keepdim=True).clamp_min(TOKEN_STD_EPS)  # (..., 1)
+            return centred / norm, NormContext(self.norm_mean, norm)
+        return x, NormContext(None, 1.0)
+
+    def denormalize(self, x_hat_n: Tensor, ctx: NormContext) -> Tensor:
+        """Inverse of `normalize`, with the context it returned for the same rows."""
+        out = x_hat_n * ctx.scale if not (isinstance(ctx.scale, float) and ctx.scale == 1.0) else x_hat_n
+        return out + ctx.shift if ctx.shift is not None else out
+
+    @torch.no_grad()
+    def set_normalization_stats(self, *, mean: Tensor | None = None, mean_sq_norm: float | None = None) -> None:
+        """Fit the dataset-level normalisation constants from raw-data statistics.
+
+        dataset_scale: norm_scale = sqrt(d_in / E||x||^2) (needs `mean_sq_norm`);
+        mean_centred_unit_norm: norm_mean = E[x] (needs `mean`). Other normalisations need nothing.
+        """
+        kind = self.cfg.normalization
+        if kind == "dataset_scale":
+            if mean_sq_norm is None or not mean_sq_norm > 0:
+                raise ValueError(f"dataset_scale needs the mean squared norm of the data (> 0), got {mean_sq_norm!r}")
+            self.cfg.norm_scale = math.sqrt(self.cfg.d_in / float(mean_sq_norm))
+        elif kind == "mean_centred_unit_norm":
+            if mean is None:
+                raise ValueError("mean_centred_unit_norm needs the dataset mean vector")
+            self.norm_mean.copy_(mean)
+
+    @torch.no_grad()
+    def normalized_mean(self, batches: Iterable[Tensor]) -> Tensor:
+        """Mean of normalize(x) over raw batches (rows, d_in), accumulated in float64 -> (d_in,)."""
+        total = torch.zeros(self.cfg.d_in, dtype=torch.float64, device=self.b_pre.device)
+        rows = 0
+        for x in batches:
+            x_n, _ = self.normalize(x.to(self.b_pre))
+            total += x_n.reshape(-1, self.cfg.d_in).sum(0, dtype=torch.float64)
+            rows += x_n.numel() // self.cfg.d_in
+        if rows == 0:
+            raise ValueError("normalized_mean needs at least one non-empty batch")
+        return (total / rows).to(self.b_pre.dtype)
+
+    @torch.no_grad()
+    def init_from_data(self, mean_n: Tensor) -> None:
+        """b_pre = the mean of the NORMALISED data (the space where b_pre is applied)."""
+        self.b_pre.copy_(mean_n)
+
+    # ---- encoder -------------------------------------------------------------------------------
+
+    def encode_pre(self, x_n: Tensor) -> Tensor:
+        """x_n (..., d_in) -> pre-activations (..., d_sae) = (x_n - b_pre) @ W_enc + b_enc + h_bias."""
+        return (x_n - self.b_pre) @ self.W_enc + (self.b_enc + self.h_bias)
+
+    def _select(self, pre: Tensor) -> TopKOutput:
+        kind = self.cfg.activation
+        if kind == "topk":
+            return activations.topk(pre, self.cfg.k)
+        if kind == "topk_decnorm":
+            return activations.topk_decnorm(pre, self.cfg.k, self.W_dec.detach().norm(dim=-1))
+        if kind == "batchtopk":
+            return activations.batchtopk(pre, self.cfg.k)
+        if kind == "jumprelu":
+            return activations.jumprelu(pre, self.threshold)
+        return activations.relu(pre)
+
+    def _encode(self, x_n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_n (..., d_in) -> (values (..., w), indices (..., w), pre (..., d_sae))."""
+        if self.use_sparse_kernels and self.cfg.activation == "topk":
+            flat = x_n.reshape(-1, self.cfg.d_in)  # (rows, d_in)
+            values, indices, pre = sparse.topk_encode(flat, self.W_enc, self.b_enc, self.b_pre,
+                                                      self.h_bias, self.cfg.k)
+            lead = x_n.shape[:-1]
+            return values.reshape(*lead, -1), indices.reshape(*lead, -1), pre.reshape(*lead, -1)
+        pre = self.encode_pre(x_n)
+        values, indices = self._select(pre)
+        return values, indices, pre
+
+    def encode_topk(self, x_n: Tensor) -> TopKOutput:
+        """Normalised x_n (..., d_in) -> TopKOutput(values (..., k), indices (..., k))."""
+        values, indices, _ = self._encode(x_n)
+        return TopKOutput(values, indices)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """RAW x (..., d_in) -> dense latent activations (..., d_sae), zero outside the active set."""
+        values, indices = self.encode_topk(self.normalize(x)[0])
+        return torch.zeros(*values.shape[:-1], self.cfg.d_sae, dtype=values.dtype,
+                           device=values.device).scatter(-1, indices, values)
+
+    # ---- decoder -------------------------------------------------------------------------------
+
+    def decode_topk(self, values: Tensor, indices: Tensor) -> Tensor:
+        """(values, indices) (..., w) -> x_hat_n (..., d_in) from the w selected decoder rows only."""
+        lead = values.shape[:-1]
+        flat_v, flat_i = values.reshape(-1, values.shape[-1]), indices.reshape(-1, indices.shape[-1])
+        if self.use_sparse_kernels:
+            out = sparse.sparse_decode(flat_v, flat_i, self.W_dec)
+        else:
+            out = sparse.sparse_decode_eager(flat_v, flat_i, self.W_dec)
+        return (out + self.b_pre).reshape(*lead, self.cfg.d_in)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Dense latents (..., d_sae) -> x_hat_n (..., d_in) = latents @ W_dec + b_pre."""
+        return latents @ self.W_dec + self.b_pre
+
+    def forward(self, x: Tensor) -> ForwardOutput:
+        """Raw x (..., d_in) -> ForwardOutput (reconstruction in raw and normalised space, latents)."""
+        x_n, ctx = self.normalize(x)
+        values, indices, pre = self._encode(x_n)
+        x_hat_n = self.decode_topk(values, indices)
+        return ForwardOutput(self.denormalize(x_hat_n, ctx), x_hat_n, x_n, values, indices, pre)
+
+    # ---- decoder upkeep ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        """Rescale every decoder ROW (one per latent) to unit L2 norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def project_decoder_grads(self) -> None:
+        """Remove from W_dec.grad the component parallel to each decoder row (per latent), so a step
+        moves along the unit sphere rather than changing the row's norm."""
+        grad = self.W_dec.grad
+        if grad is None:
+            return
+        w = self.W_dec
+        parallel = (grad * w).sum(dim=1, keepdim=True) / (w * w).sum(dim=1, keepdim=True).clamp_min(1e-12)
+        grad.sub_(parallel * w)
+
+    # ---- analysis helpers ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decoder_direction(self, idx: int) -> Tensor:
+        """The raw-space direction (d_in,) in which latent `idx` moves the reconstruction per unit of
+        activation. Exact for the linear normalisations (dataset_scale, none); for the per-token ones
+        (token_standardize, mean_centred_unit_norm) the row is scaled by each token's std or norm, so
+        this returns the unscaled row."""
+        if not 0 <= idx < self.cfg.d_sae:
+            raise ValueError(f"latent index {idx} is out of range [0, {self.cfg.d_sae})")
+        row = self.W_dec[idx]
+        return row / self.cfg.norm_scale if self.cfg.normalization == "dataset_scale" else row.clone()
