@@ -1,0 +1,184 @@
+"""Read a corpus as a stream of documents: plain text, JSONL, CSV, Parquet, or a folder of these.
+
+Each document carries its record number in the corpus (`index`), its text, an optional label and the
+remaining columns/fields as metadata. Records are numbered in reading order (rows of a CSV after the
+header, lines of a JSONL file, blank-line-separated paragraphs of a text file, across the files of a
+folder in sorted path order); empty texts are skipped but still counted, so `index` always points back
+at the source record. Bytes that are not valid UTF-8 become U+FFFD (the default corpus has some).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+CSV_SUFFIXES = (".csv", ".tsv")
+PARQUET_SUFFIXES = (".parquet",)
+KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES
+ENCODING = dict(encoding="utf-8-sig", errors="replace")  # robust decoding, BOM dropped
+HASH_LIMIT = 1 << 30  # files up to 1 GiB are identified by SHA-256, larger ones by size and mtime
+
+
+@dataclass
+class Document:
+    """One record of the corpus."""
+
+    index: int                 # record number in the corpus (0-based, empty records counted)
+    text: str
+    label: str | None = None   # value of the label column/field, as text
+    meta: dict = field(default_factory=dict)  # other scalar columns/fields
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where the text is and which fields to read.
+
+    `text_field` names the JSONL field / CSV or Parquet column holding the text; `label_field`
+    optionally names the one holding a label (kept with every sentence and activation).
+    """
+
+    path: Path
+    text_field: str = "text"
+    label_field: str | None = None
+
+
+def corpus_files(path: Path) -> list[Path]:
+    """The files a source reads: the file itself, or a folder's known files in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: folder holds no {', '.join(KNOWN_SUFFIXES)} files; "
+                             f"point --data at a corpus")
+        return files
+    raise FileNotFoundError(f"{path}: no such file or folder; point --data at a corpus")
+
+
+def iter_documents(source: TextSource) -> Iterator[Document]:
+    """Stream every non-empty document of the source, in a deterministic order."""
+    offset = 0
+    for path in corpus_files(source.path):
+        records = 0  # records in this file, empty ones included
+        for doc in _iter_file(path, source):
+            records = doc.index + 1
+            if doc.text.strip():
+                doc.index += offset
+                yield doc
+        offset += records
+
+
+def _iter_file(path: Path, source: TextSource) -> Iterator[Document]:
+    """The documents of one file, numbered from 0 within the file."""
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return _read_csv(path, source, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix in JSONL_SUFFIXES:
+        return _read_jsonl(path, source)
+    if suffix in PARQUET_SUFFIXES:
+        return _read_parquet(path, source)
+    return _read_text(path)
+
+
+def _read_text(path: Path) -> Iterator[Document]:
+    paragraph: list[str] = []
+    index = 0
+    with open(path, **ENCODING, newline=None) as f:
+        for line in f:
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                yield Document(index, "".join(paragraph).strip())
+                index, paragraph = index + 1, []
+    if paragraph:
+        yield Document(index, "".join(paragraph).strip())
+
+
+def _record(index: int, row: dict, source: TextSource) -> Document:
+    label = row.get(source.label_field) if source.label_field else None
+    skip = {source.text_field, source.label_field}
+    meta = {k: v for k, v in row.items() if k not in skip and isinstance(v, (str, int, float, bool))}
+    text = row.get(source.text_field)
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    return Document(index, text, None if label is None else str(label), meta)
+
+
+def _check_columns(path: Path, columns: list[str], source: TextSource, kind: str) -> None:
+    for flag, name in (("--text-field", source.text_field), ("--label-field", source.label_field)):
+        if name and name not in columns:
+            raise ValueError(f"{path}: no {kind} {name!r} (has {', '.join(map(repr, columns))}); "
+                             f"set {flag}")
+
+
+def _read_csv(path: Path, source: TextSource, delimiter: str) -> Iterator[Document]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are fine
+    with open(path, **ENCODING, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        _check_columns(path, list(reader.fieldnames or []), source, "column")
+        for index, row in enumerate(reader):
+            yield _record(index, row, source)
+
+
+def _read_jsonl(path: Path, source: TextSource) -> Iterator[Document]:
+    checked = False  # the first object must have the named fields
+    with open(path, **ENCODING) as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{index + 1}: not valid JSON ({err.msg}); "
+                                 f"expected one object per line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{index + 1}: expected a JSON object per line")
+            if not checked:
+                _check_columns(path, list(row), source, "field")
+                checked = True
+            yield _record(index, row, source)
+
+
+def _read_parquet(path: Path, source: TextSource) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs pyarrow; run `pip install pyarrow` "
+                         f"or convert the file to CSV/JSONL") from None
+    parquet = pq.ParquetFile(path)
+    _check_columns(path, parquet.schema_arrow.names, source, "column")
+    index = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            yield _record(index, row, source)
+            index += 1
+
+
+def file_identity(path: Path) -> dict:
+    """Identify a file for resume checks: resolved path, size, and SHA-256 (or mtime when huge)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    identity = {"path": str(path), "size": stat.st_size}
+    if stat.st_size <= HASH_LIMIT:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        identity["sha256"] = digest.hexdigest()
+    else:
+        identity["mtime_ns"] = stat.st_mtime_ns
+    return identity
+
+
+def corpus_identity(source: TextSource) -> dict:
+    """The source's files and fields, enough to tell whether a rerun reads the same corpus."""
+    return {"files": [file_identity(p) for p in corpus_files(source.path)],
+            "text_field": source.text_field, "label_field": source.label_field}
