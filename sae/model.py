@@ -73,6 +73,8 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Orthogonal W_enc, W_dec = W_enc^T with unit rows (then W_enc = W_dec^T); zero biases."""
+        if self.W_enc.is_meta:  # built only to receive loaded weights
+            return
         nn.init.orthogonal_(self.W_enc)
         self.W_dec.copy_(self.W_enc.t())
         self.set_decoder_norm_to_unit_norm()

@@ -1,0 +1,68 @@
+"""The training loss of the SAE: reconstruction MSE, the aux-k loss that revives dead latents, and the
+L1 penalty of the ReLU variant. Everything is measured in normalised space."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from sae import sparse
+from sae.model import SparseAutoencoder
+
+
+class LossOutput(NamedTuple):
+    """One batch's loss and the figures a trainer logs."""
+
+    loss: Tensor     # () the total to backpropagate: mse + aux_coeff * aux_mse (+ l1_coeff * l1 for relu)
+    mse: Tensor      # () element-mean squared error of x_hat_n against x_n
+    aux_mse: Tensor  # () element-mean squared error of the aux reconstruction of the residual (0 if unused)
+    fvu: Tensor      # () sum((x_n - x_hat_n)^2) / sum((x_n - batch mean of x_n)^2)
+    l0: Tensor       # () mean number of latents with a positive activation per row
+    fired: Tensor    # (d_sae,) bool: latents with a positive activation somewhere in this batch
+    l1: Tensor       # () mean over rows of sum_i h_i * ||W_dec[i]|| (the relu penalty; logged for all)
+
+
+def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k_aux: int) -> Tensor:
+    """Decode the top `k_aux` pre-activations among dead latents (ReLU) -> (rows, d_in), WITHOUT b_pre:
+    it models the residual x_n - x_hat_n, which carries no bias (OpenAI TopK paper, A.2)."""
+    k = min(k_aux, int(dead_mask.sum().item()))
+    ranked = pre.detach().masked_fill(~dead_mask, -torch.inf)  # (rows, d_sae), only dead latents compete
+    indices = ranked.topk(k, dim=-1, sorted=False).indices     # (rows, k)
+    values = pre.gather(-1, indices).relu()
+    return sparse.sparse_decode(values, indices, sae.W_dec)
+
+
+def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = None,
+             aux_coeff: float | None = None, k_aux: int | None = None,
+             aux_gate_requires_k_aux_dead: bool = False) -> LossOutput:
+    """Forward `x` (rows, d_in) raw and compute the loss.
+
+    dead_mask (d_sae,) bool marks latents the trainer considers dead (silent for its threshold of steps);
+    the aux-k term is added when any are dead, or, with `aux_gate_requires_k_aux_dead` (the reference
+    design's gate), only when at least k_aux are. aux_coeff and k_aux default to the SAE's config.
+    """
+    cfg = sae.cfg
+    aux_coeff = cfg.aux_coeff if aux_coeff is None else aux_coeff
+    k_aux = cfg.k_aux if k_aux is None else k_aux
+    out = sae(x.reshape(-1, cfg.d_in))
+    err = out.x_hat_n - out.x_n                                  # (rows, d_in)
+    mse = err.pow(2).mean()
+    with torch.no_grad():
+        total_var = (out.x_n - out.x_n.mean(0)).pow(2).sum().clamp_min(torch.finfo(err.dtype).tiny)
+        fvu = err.pow(2).sum() / total_var
+        active = out.values > 0
+        l0 = active.sum(-1).float().mean()
+        fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[out.indices[active]] = True
+    dec_norms = sae.W_dec.norm(dim=1)                           # (d_sae,)
+    l1 = (out.values * dec_norms[out.indices]).sum(-1).mean()
+    loss = mse + cfg.l1_coeff * l1 if cfg.activation == "relu" else mse
+    aux_mse = torch.zeros((), dtype=mse.dtype, device=mse.device)
+    n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
+    if n_dead > 0 and aux_coeff > 0 and (not aux_gate_requires_k_aux_dead or n_dead >= k_aux):
+        residual = (out.x_n - out.x_hat_n).detach()              # the target must not train the main path
+        aux_mse = (aux_reconstruction(sae, out.pre, dead_mask, k_aux) - residual).pow(2).mean()
+        loss = loss + aux_coeff * aux_mse
+    return LossOutput(loss, mse, aux_mse.detach(), fvu, l0, fired, l1.detach())
