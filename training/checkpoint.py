@@ -1,0 +1,82 @@
+"""Training checkpoints: one file per saved step, written atomically, the newest few kept.
+
+`<run>/checkpoints/step-00001200.pt` holds a dict of tensors and plain values (model, optimiser,
+scheduler, `TrainState`, configs) saved with `torch.save` and read back with `weights_only=True`.
+Each file is written under a temporary name, flushed to disk and renamed, so a file with a final name
+is complete; a damaged one (e.g. a disk that filled up) is skipped on resume in favour of the one before.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+FORMAT = "llama-sae-train-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^step-(\d{8,})\.pt$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """The one place that names a run's checkpoint folder (for saving and for resuming)."""
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete-named checkpoints in `folder`, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(folder: Path, step: int, payload: dict, keep: int) -> Path:
+    """Write `payload` as the checkpoint of `step` atomically; delete all but the newest `keep`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:08d}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for _, old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read one checkpoint onto the CPU; ValueError naming the file when it is damaged or foreign."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated zip, unpickling error: the file is not usable
+        raise ValueError(f"{path}: damaged checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {payload.get('version')}, this code reads {VERSION}")
+    return payload
+
+
+def load_latest(folder: Path) -> tuple[Path | None, dict | None, list[str]]:
+    """The newest checkpoint that loads: (path, payload, reasons the newer ones were skipped).
+
+    (None, None, reasons) when there is none.
+    """
+    skipped: list[str] = []
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path), skipped
+        except ValueError as err:
+            skipped.append(str(err))
+    return None, None, skipped

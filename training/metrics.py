@@ -1,0 +1,92 @@
+"""Training metrics: one JSON object per line in `<run>/metrics.jsonl`, optionally mirrored.
+
+Each record has `step`, `split` ("train" or "val") and the figures of that step. Weights & Biases and
+TensorBoard are imported only when asked for, with an install hint when they are missing. Only rank 0
+writes; on resume, records after the resumed step (written after its checkpoint) are dropped, so the
+file tells the story of the weights the run ends with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All records of a metrics file (a torn last line from a crash is ignored)."""
+    records = []
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only the records up to `last_step` (rewritten atomically)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: write them as null."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class MetricsLogger:
+    """Append records to a JSONL file, and mirror them to wandb / TensorBoard when configured."""
+
+    def __init__(self, path: Path, *, wandb_project: str = "", tensorboard_dir: Path | None = None,
+                 config: dict | None = None, run_name: str = ""):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._wandb = self._tensorboard = None
+        if wandb_project:
+            wandb = _import_optional("wandb", "--wandb-project")
+            self._wandb = wandb.init(project=wandb_project, name=run_name or None, config=config,
+                                     resume="allow")
+        if tensorboard_dir is not None:
+            tensorboard = _import_optional("torch.utils.tensorboard", "--tensorboard", package="tensorboard")
+            self._tensorboard = tensorboard.SummaryWriter(log_dir=str(tensorboard_dir))
+
+    def log(self, record: dict) -> None:
+        """Write one record {"step", "split", name: number, ...}; flushed at once."""
+        clean = {key: _finite(value) for key, value in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        numbers = {f"{record['split']}/{k}": v for k, v in record.items()
+                   if k not in ("step", "split") and isinstance(v, (int, float))}
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=record["step"])
+        if self._tensorboard is not None:
+            for name, value in numbers.items():
+                self._tensorboard.add_scalar(name, value, record["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _import_optional(module: str, flag: str, package: str | None = None):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = package or module
+        raise ValueError(f"{flag} needs the package {package}, which is not installed: "
+                         f"pip install {package} (or drop {flag})") from None
