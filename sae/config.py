@@ -24,7 +24,7 @@ class SAEConfig:
       - "dataset_scale": `x_n = x * norm_scale`, one scalar chosen so that the mean squared norm of the
         training inputs equals d_in (SAELens' `expected_average_only_in`, Llama Scope). Linear, so every
         latent has one direction in the model's raw space; the default for that reason.
-      - "token_standardize": `(x - mean(x)) / (std(x) + 1e-6)` over the features of each token, undone
+      - "token_standardize": `(x - mean(x)) / (std(x) + norm_eps)` over the features of each token, undone
         on the output with that token's mean and std (the reference design).
       - "mean_centred_unit_norm": `(x - norm_mean) / ||x - norm_mean||` with a dataset mean vector (the
         `norm_mean` buffer of the model), undone with each token's norm.
@@ -37,6 +37,7 @@ class SAEConfig:
     activation: str = "topk"
     normalization: str = "dataset_scale"
     norm_scale: float = 1.0          # dataset_scale: multiply raw activations by this
+    norm_eps: float = 1e-6           # token_standardize: added to the std (OpenAI's and SAELens' LayerNorm: 1e-5)
     l1_coeff: float = 1e-3           # relu: weight of the L1 penalty on the latent activations
     k_aux: int | None = None         # aux-k: dead latents used to model the residual (None: min(2048, d_sae // 2))
     aux_coeff: float = 1.0 / 32.0    # aux-k: loss = mse + aux_coeff * aux_mse (OpenAI TopK paper, A.2)
@@ -60,6 +61,8 @@ class SAEConfig:
             raise ValueError(f"SAEConfig.k ({self.k}) must not exceed d_sae ({self.d_sae})")
         if not (math.isfinite(self.norm_scale) and self.norm_scale > 0):
             raise ValueError(f"SAEConfig.norm_scale must be a positive finite number, got {self.norm_scale!r}")
+        if not (isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps >= 0):
+            raise ValueError(f"SAEConfig.norm_eps must be a finite number >= 0, got {self.norm_eps!r}")
         if self.k_aux is None:
             self.k_aux = max(1, min(2048, self.d_sae // 2))
         if isinstance(self.k_aux, bool) or not isinstance(self.k_aux, int) or not 1 <= self.k_aux <= self.d_sae:

@@ -23,7 +23,7 @@ from sae import activations, sparse
 from sae.activations import TopKOutput
 from sae.config import SAEConfig
 
-TOKEN_STD_EPS = 1e-6  # the reference design's (x - mean) / (std + 1e-6)
+TOKEN_STD_EPS = 1e-6  # floor of a token's norm (mean_centred_unit_norm); token_standardize uses cfg.norm_eps
 
 
 class NormContext(NamedTuple):
@@ -91,7 +91,7 @@ class SparseAutoencoder(nn.Module):
             return x * self.cfg.norm_scale, NormContext(None, 1.0 / self.cfg.norm_scale)
         if kind == "token_standardize":
             mean = x.mean(-1, keepdim=True)  # (..., 1)
-            std = x.std(-1, keepdim=True) + TOKEN_STD_EPS
+            std = x.std(-1, keepdim=True) + self.cfg.norm_eps
             return (x - mean) / std, NormContext(mean, std)
         if kind == "mean_centred_unit_norm":
             centred = x - self.norm_mean
