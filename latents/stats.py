@@ -69,6 +69,7 @@ class LatentAccumulator:
         self.hist = torch.zeros(d_sae, cfg.bins.n_bins, dtype=torch.int64, **z)
         width = 2 * cfg.context + 1
         self.top_tokens = TopNBuffer(d_sae, cfg.top_n, {"row": ((), torch.int64), "lo": ((), torch.int64),
+                                                        "sentence": ((), torch.int64),
                                                         "values": ((width,), torch.float16)}, self.device)
         self.top_mean = TopNBuffer(d_sae, cfg.top_n, {"sentence": ((), torch.int64)}, self.device)
         self.top_last = TopNBuffer(d_sae, cfg.top_n, {"sentence": ((), torch.int64)}, self.device)
@@ -109,7 +110,7 @@ class LatentAccumulator:
         self.hist.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
     def _update_tokens(self, h: torch.Tensor, groups, first_row: int) -> None:
-        _, inverse, counts = groups
+        ordinals, inverse, counts = groups
         n, c = h.shape[0], self.cfg.context
         starts = (torch.cumsum(counts, 0) - counts)[inverse]                     # (n,) sentence start
         stops = starts + counts[inverse]                                          # (n,) one past its end
@@ -122,7 +123,8 @@ class LatentAccumulator:
         values = h.view(-1)[window.clamp(0, n - 1) * self.d_sae + latent]         # (d_sae, m, W)
         values = values.masked_fill(~valid, float("nan"))
         lo = rows - (rows - c).clamp(min=0).maximum(starts[rows])                  # tokens kept on the left
-        self.top_tokens.merge(scores, {"row": rows + first_row, "lo": lo, "values": values})
+        self.top_tokens.merge(scores, {"row": rows + first_row, "lo": lo, "values": values,
+                                       "sentence": ordinals[inverse[rows]]})
 
     def _update_sentences(self, h: torch.Tensor, groups, labels: torch.Tensor, bos: torch.Tensor) -> None:
         ordinals, inverse, counts = groups

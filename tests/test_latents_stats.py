@@ -104,6 +104,7 @@ def test_top_token_contexts_match_brute_force(dataset, stats):
             np.testing.assert_allclose(stats["top_tokens.values"][j, slot].float().numpy(), window,
                                        rtol=2e-3, atol=1e-4)  # stored as float16
             assert int(stats["top_tokens.lo"][j, slot]) == row - lo
+            assert int(stats["top_tokens.sentence"][j, slot]) == sentence_of[row]
 
 
 def rank_auroc(pos: np.ndarray, neg: np.ndarray) -> float:

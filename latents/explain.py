@@ -1,0 +1,112 @@
+"""Offline, deterministic explanations of latents from their evidence (no model, no network).
+
+For the top token-level contexts of a latent: the activating tokens, the n-grams around them (the
+bigram ending on it, the bigram starting on it, the trigram ending on it) and the words of the
+surrounding context, each scored against its base rate in the whole captured corpus:
+
+    lift = (share among top contexts) / (share in the corpus),   score = count * log(lift)
+
+Unigram base rates are exact counts; n-gram base rates come from hashed counts (collisions can only
+raise a base rate, so lifts are conservative). The label most associated with the latent (largest
+|AUROC - 0.5|) is added when it is clear. `certainty` measures how concentrated the evidence is: the
+share of top contexts that the best pattern covers, shrunk when there are few contexts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from latents.collect import LatentStats
+from latents.stats import ngram_hash
+
+MIN_CONTEXTS = 10        # below this many contexts the certainty is scaled down proportionally
+LABEL_STRENGTH = 0.3     # 2 * |AUROC - 0.5| from which a label is named in the explanation
+
+
+@dataclass
+class BaseRates:
+    """Corpus-wide counts that top-context counts are compared with."""
+    unigram: torch.Tensor    # (vocab,) token counts
+    bigram: torch.Tensor     # (buckets,) hashed bigram counts
+    trigram: torch.Tensor    # (buckets,) hashed trigram counts
+    total: int               # tokens counted
+
+    @classmethod
+    def from_stats(cls, stats: LatentStats) -> "BaseRates":
+        return cls(stats["unigram"], stats["bigram"], stats["trigram"], max(int(stats["rows"]), 1))
+
+    def share(self, gram: tuple[int, ...]) -> float:
+        """Corpus share of a token or n-gram (at least one occurrence, so lifts stay finite)."""
+        if len(gram) == 1:
+            count = int(self.unigram[gram[0]]) if gram[0] < len(self.unigram) else 0
+        else:
+            table = self.bigram if len(gram) == 2 else self.trigram
+            count = int(table[ngram_hash([torch.tensor(t) for t in gram], table.numel())])
+        return max(count, 1) / self.total
+
+
+def _ngrams(context: dict) -> dict[str, list[tuple[int, ...]]]:
+    ids, c = context["token_ids"], context["center"]
+    grams = {"token": [(ids[c],)], "ngram": [], "context": []}
+    if c >= 1:
+        grams["ngram"].append((ids[c - 1], ids[c]))
+    if c >= 2:
+        grams["ngram"].append((ids[c - 2], ids[c - 1], ids[c]))
+    if c + 1 < len(ids):
+        grams["ngram"].append((ids[c], ids[c + 1]))
+    grams["context"] = sorted({(t,) for i, t in enumerate(ids) if i != c})  # once per context
+    return grams
+
+
+def characteristic(contexts: list[dict], kind: str, rates: BaseRates, token_text, top: int = 5) -> list[dict]:
+    """The `top` grams of `kind` ("token", "ngram", "context") most over-represented in `contexts`."""
+    counts = Counter(g for ctx in contexts for g in _ngrams(ctx)[kind])
+    n = max(len(contexts), 1)
+    scored = []
+    for gram, count in counts.items():
+        lift = (count / n) / rates.share(gram)
+        if lift > 1 and (count >= 2 or len(contexts) < 4):
+            scored.append((count * math.log(lift), gram, count, lift))
+    scored.sort(key=lambda s: (-s[0], s[1]))  # ties broken by token ids: deterministic
+    return [{"text": "".join(token_text(t) for t in gram), "ids": list(gram), "count": count,
+             "share": round(count / n, 3), "lift": round(lift, 2)} for _, gram, count, lift in scored[:top]]
+
+
+def strongest_label(labels: list[dict]) -> dict | None:
+    """The label whose AUROC is furthest from 0.5, with strength 2 * |AUROC - 0.5| in [0, 1]."""
+    known = [lab for lab in labels if lab.get("auroc") is not None]
+    if not known:
+        return None
+    best = max(known, key=lambda lab: abs(lab["auroc"] - 0.5))
+    return {**best, "strength": round(2 * abs(best["auroc"] - 0.5), 3)}
+
+
+def explain_offline(evidence: dict, rates: BaseRates, token_text) -> dict:
+    """{"common_semantic", "certainty", "source": "offline", "evidence": {...}} for one latent."""
+    contexts = evidence["contexts"]
+    found = {kind: characteristic(contexts, kind, rates, token_text) for kind in ("token", "ngram", "context")}
+    label = strongest_label(evidence.get("labels", []))
+    parts = []
+    tokens, ngrams, words = found["token"], found["ngram"], found["context"]
+    if tokens and tokens[0]["share"] >= 0.5:
+        parts.append(f"the token {tokens[0]['text']!r}")
+    elif tokens:
+        parts.append("tokens such as " + ", ".join(repr(t["text"]) for t in tokens[:3]))
+    if ngrams and ngrams[0]["share"] >= 0.3:
+        parts.append(f"often in {ngrams[0]['text']!r}")
+    if words and words[0]["share"] >= 0.3:
+        parts.append("in contexts with " + ", ".join(repr(w["text"]) for w in words[:3]))
+    if label and label["strength"] >= LABEL_STRENGTH:
+        direction = "more" if label["auroc"] > 0.5 else "less"
+        parts.append(f"{direction} active on {label['label']} text (AUROC {label['auroc']:.2f})")
+    text = "; ".join(parts) if parts else "no clear pattern in the top contexts"
+    coverage = max([0.0] + [g[0]["share"] for g in found.values() if g] +
+                   [label["strength"] if label else 0.0])
+    certainty = round(min(1.0, coverage * min(1.0, len(contexts) / MIN_CONTEXTS)), 3)
+    return {"common_semantic": text, "certainty": certainty, "source": "offline",
+            "evidence": {"tokens": tokens, "ngrams": ngrams, "context_words": words, "label": label,
+                         "n_contexts": len(contexts)}}
