@@ -1,0 +1,303 @@
+"""Capture a model's activations at one or more hooks over a corpus, sentence by sentence.
+
+    python capture.py                                  # default model, corpus and hook
+    python capture.py --hooks blocks.10.hook_resid_post blocks.20.hook_resid_post --dtype bfloat16
+    python capture.py --data reviews.jsonl --text-field body --label-field stars --prebatch
+    torchrun --nproc_per_node 2 capture.py ...         # split the corpus across processes
+
+Pipeline: corpus -> Punkt sentences -> tokens (capped, no BOS stored) -> sentences.jsonl; then the
+records are cut into fixed chunks, each chunk is run in length-sorted padded batches, and its
+activations become one shard per hook, written on a background thread. Rerunning the same command
+resumes after the last committed shard and produces byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import cli
+import paths
+from data.chunks import Chunk, iter_chunks, plan_batches
+from data.fileio import check_writable_folder
+from data.manifest import CaptureBook
+from data.prepare import (SentenceOptions, context_prefix, iter_records, read_sentences,
+                          write_sentences)
+from data.sentences import SentenceSplitter
+from data.shards import DTYPES, ShardData, ShardWriter, read_manifest
+from data.text import TextSource, corpus_identity, file_identity, iter_documents
+
+log = logging.getLogger("capture")
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+SHARD_BYTES = 128 << 20  # automatic shard size: activations per hook per shard
+
+
+@dataclass
+class CaptureConfig:
+    model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
+    data: str = field(default="", metadata={"help": "corpus: .txt/.jsonl/.csv/.tsv/.parquet file or a folder "
+                                                    "(default: the embedded sentiment CSV)"})
+    text_field: str = field(default="text", metadata={"help": "JSONL field / CSV or Parquet column with the text"})
+    label_field: str = field(default="", metadata={"help": "field/column with a label kept with each sentence "
+                                                           "(default: 'sentiment' for the default corpus)"})
+    hooks: list[str] = field(default_factory=lambda: [paths.DEFAULT_HOOK],
+                             metadata={"help": "hook names to capture, one dataset each"})
+    out: str = field(default=str(paths.DEFAULT_CAPTURE_DIR), metadata={"help": "output folder; each hook "
+                                                                               "gets <out>/<hook>/"})
+    max_tokens: int = field(default=192, metadata={"help": "cap on a sentence's tokens (longer ones are cut)"})
+    max_documents: int = field(default=0, metadata={"help": "read at most this many documents (0 = all)"})
+    max_total_tokens: int = field(default=0, metadata={"help": "stop after this many stored tokens (0 = all)"})
+    batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
+    shard_tokens: int = field(default=0, metadata={"help": "stored tokens per shard, the unit of resume "
+                                                         "(0 = about 128 MiB of activations per shard)"})
+    dtype: str = field(default="float32", metadata={"help": "storage dtype",
+                                                    "choices": list(DTYPES) + list(DTYPE_ALIASES)})
+    bos: bool = field(default=False, metadata={"help": "feed BOS before each sentence (never stored)"})
+    chat: bool = field(default=False, metadata={"help": "wrap each sentence as a user message in the chat "
+                                                        "template; only the sentence's tokens are stored"})
+    punkt_chars: int = field(default=2_000_000, metadata={"help": "corpus characters to train Punkt on"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    prebatch: bool = field(default=False, metadata={"help": "prebatch each hook's shards after capture"})
+    batches_out: str = field(default=str(paths.DEFAULT_BATCHES_DIR),
+                             metadata={"help": "with --prebatch: output folder (each hook gets <batches-out>/<hook>/)"})
+
+    def __post_init__(self):
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        if self.dtype not in DTYPES:
+            raise cli.UsageError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
+        if self.batch_tokens < 1 or self.shard_tokens < 0:
+            raise cli.UsageError("--batch-tokens must be positive and --shard-tokens 0 (auto) or positive")
+
+
+def main() -> None:
+    cfg, _ = cli.parse_config(CaptureConfig, description=__doc__.split("\n\n")[0])
+    rank, world, device = setup_distributed(cfg.device)
+    if rank == 0:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        capture(cfg, rank, world, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_distributed(requested: str) -> tuple[int, int, torch.device]:
+    """Rank, world size and device; a process group when launched by torchrun (nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":  # share the cores instead of oversubscribing them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return rank, world, device
+
+
+def resolve_source(cfg: CaptureConfig) -> TextSource:
+    if cfg.data:
+        return TextSource(Path(cfg.data), cfg.text_field, cfg.label_field or None)
+    return TextSource(paths.default_corpus_path(), cfg.text_field, cfg.label_field or "sentiment")
+
+
+def capture(cfg: CaptureConfig, rank: int, world: int, device: torch.device) -> None:
+    from llama import load_model
+    from llama.hooks import parse_hook_name
+
+    source = resolve_source(cfg)
+    options = SentenceOptions(cfg.max_tokens, cfg.bos, cfg.chat, cfg.max_documents,
+                              cfg.max_total_tokens, cfg.punkt_chars)
+    model_path = Path(cfg.model) if cfg.model else paths.default_model_path()
+    if len(set(cfg.hooks)) != len(cfg.hooks) or not cfg.hooks:
+        raise cli.UsageError(f"--hooks {' '.join(cfg.hooks)}: give one or more distinct hook names")
+    loaded = load_model(model_path, device=device)
+    for hook in cfg.hooks:
+        parse_hook_name(hook, loaded.args.n_layers)
+    folders = {h: check_writable_folder(Path(cfg.out) / h, "--out") for h in cfg.hooks}
+    prefix = context_prefix(loaded.tokenizer, options)
+    settings = capture_settings(cfg, source, model_path, prefix)
+    for folder in folders.values():
+        check_resumable(folder, settings)
+
+    summary = prepare_sentences(folders, source, loaded.tokenizer, options, rank, world)
+    base = {"model": settings["model"], "dtype": cfg.dtype, "prepend_bos": cfg.bos, "chat": cfg.chat,
+            "context_prefix": prefix, "max_tokens": cfg.max_tokens, "corpus": settings["corpus"],
+            "label_field": source.label_field, "labels": summary["labels"], "sentences": summary,
+            "settings": settings}
+    book = CaptureBook(folders, base, rank)
+    d_models = {h: loaded.args.dim for h in cfg.hooks}
+    if rank == 0:
+        book.start(d_models)
+    barrier(world)
+    if rank != 0:
+        book.start(d_models)
+    run_capture(cfg, loaded.model, loaded.args.dim, prefix, folders, book, summary, rank, world, device)
+    barrier(world)
+    if rank == 0:
+        total = book.finalize()
+        log.info("captured %d activations per hook into %s", total, ", ".join(map(str, folders.values())))
+        if cfg.prebatch:
+            run_prebatch(cfg, folders)
+
+
+def capture_settings(cfg: CaptureConfig, source: TextSource, model_path: Path, prefix: list[int]) -> dict:
+    """Everything that determines the stored bytes; a resume must match it exactly."""
+    model_files = [model_path] if model_path.is_file() else sorted(p for p in model_path.iterdir() if p.is_file())
+    model = {"path": str(model_path.resolve()), "files": [file_identity(p) for p in model_files]}
+    keys = ("dtype", "bos", "chat", "max_tokens", "max_documents", "max_total_tokens", "batch_tokens",
+            "shard_tokens", "punkt_chars")
+    return {"model": model, "corpus": corpus_identity(source), "context_prefix": prefix,
+            **{k: getattr(cfg, k) for k in keys}}
+
+
+def check_resumable(folder: Path, settings: dict) -> None:
+    """Refuse to continue a capture made with other settings (mixing them would corrupt it)."""
+    if not (folder / "manifest.json").is_file():
+        return
+    previous = read_manifest(folder).get("settings", {})
+    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    if changed:
+        raise cli.UsageError(f"{folder} holds a capture made with different {', '.join(changed)}; "
+                             f"rerun with the same arguments, or choose another --out")
+
+
+def prepare_sentences(folders: dict[str, Path], source: TextSource, tokenizer, options: SentenceOptions,
+                      rank: int, world: int) -> dict:
+    """Write sentences.jsonl into every hook folder (rank 0), unless an earlier run already did."""
+    first = next(iter(folders.values()))
+    summary = None
+    if rank == 0:
+        summary = _existing_summary(folders)
+        if summary is None:
+            started = time.time()
+            splitter = SentenceSplitter.train((d.text for d in iter_documents(source)), options.punkt_chars)
+            summary = write_sentences(first / "sentences.jsonl",
+                                      iter_records(source, tokenizer, options, splitter))
+            summary["punkt_trained"] = splitter.trained
+            if summary["sentences"] == 0:
+                raise ValueError(f"{source.path}: no text found (field/column {source.text_field!r}); "
+                                 f"check --data and --text-field")
+            for folder in list(folders.values())[1:]:
+                shutil.copyfile(first / "sentences.jsonl", folder / "sentences.jsonl.tmp")
+                os.replace(folder / "sentences.jsonl.tmp", folder / "sentences.jsonl")
+            log.info("%d sentences, %d tokens from %d documents (%.1f s, Punkt %s)", summary["sentences"],
+                     summary["tokens"], summary["documents"], time.time() - started,
+                     "trained on the corpus" if splitter.trained else "untrained")
+    if world > 1:
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)
+        summary = box[0]
+    return summary
+
+
+def _existing_summary(folders: dict[str, Path]) -> dict | None:
+    """The sentence summary of an earlier run with the same settings, if its files are all there."""
+    summaries = []
+    for folder in folders.values():
+        if not (folder / "manifest.json").is_file() or not (folder / "sentences.jsonl").is_file():
+            return None
+        summaries.append(read_manifest(folder).get("sentences"))
+    return summaries[0] if summaries[0] and all(s == summaries[0] for s in summaries) else None
+
+
+def run_capture(cfg: CaptureConfig, model, d_model: int, prefix: list[int], folders: dict[str, Path],
+                book: CaptureBook, summary: dict, rank: int, world: int, device: torch.device) -> None:
+    """This rank's chunks (every world-th one), skipping those already committed."""
+    storage = DTYPES[cfg.dtype][0]
+    shard_tokens = cfg.shard_tokens or max(1, SHARD_BYTES // (d_model * storage.itemsize))
+    done = book.done()
+    records = read_sentences(next(iter(folders.values())) / "sentences.jsonl")
+    writer = ShardWriter(max_pending=2)
+    bar = tqdm(total=summary["tokens"], unit="tok", unit_scale=True, disable=rank != 0,
+               desc="capture", smoothing=0.1)
+    try:
+        for chunk in iter_chunks(records, shard_tokens):
+            if chunk.index in done:
+                bar.update(chunk.rows)  # committed by an earlier run
+            if chunk.index % world != rank or chunk.index in done:
+                continue
+            acts = capture_chunk(model, chunk, prefix, cfg.hooks, cfg.batch_tokens, storage, device,
+                                 on_batch=lambda n: bar.update(n * world))
+            tokens, index = chunk_arrays(chunk)
+            parts = [ShardData(folders[h], acts[h], tokens, index) for h in cfg.hooks]
+            entry = {"shard": chunk.index, "name": f"{chunk.index:05d}", "rows": chunk.rows,
+                     "first_sentence": chunk.first_sentence, "sentences": len(chunk.records), "rank": rank}
+            writer.submit(chunk.index, parts, lambda _, e=entry: book.commit(e))
+    finally:
+        bar.close()
+        writer.close()
+
+
+@torch.inference_mode()
+def capture_chunk(model, chunk: Chunk, prefix: list[int], hooks: list[str], batch_tokens: int,
+                  storage: torch.dtype, device: torch.device, on_batch) -> dict[str, torch.Tensor]:
+    """Run a chunk's sentences; returns hook -> (rows, d) CPU tensor, rows in corpus order."""
+    lengths = [len(prefix) + len(r["tokens"]) for r in chunk.records]
+    offsets = chunk.row_offsets()
+    out: dict[str, torch.Tensor] = {}
+    for batch in plan_batches(lengths, batch_tokens):
+        seqlen = max(lengths[i] for i in batch)
+        tokens = torch.zeros(len(batch), seqlen, dtype=torch.long)
+        keep = torch.zeros(len(batch), seqlen, dtype=torch.bool)  # positions to store
+        mask = torch.zeros(len(batch), seqlen, dtype=torch.bool)  # real tokens (left padding)
+        rows = []
+        for b, i in enumerate(batch):
+            ids = prefix + chunk.records[i]["tokens"]
+            tokens[b, seqlen - len(ids):] = torch.tensor(ids)
+            mask[b, seqlen - len(ids):] = True
+            keep[b, seqlen - len(chunk.records[i]["tokens"]):] = True
+            rows.append(torch.arange(offsets[i], offsets[i] + len(chunk.records[i]["tokens"])))
+        taps = model(tokens.to(device), attention_mask=mask.to(device), taps=tuple(hooks),
+                     return_logits=False).taps
+        destination = torch.cat(rows)  # row of each kept position, in (b, position) order
+        for hook in hooks:
+            values = taps[hook][keep.to(device)].to(device="cpu", dtype=storage)  # (kept, d)
+            if hook not in out:
+                out[hook] = torch.empty(chunk.rows, values.shape[-1], dtype=storage)
+            out[hook][destination] = values
+        on_batch(int(keep.sum()))
+    return out
+
+
+def chunk_arrays(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (rows,) and (document, sentence, position) (rows, 3) of a chunk, int32."""
+    tokens = np.concatenate([np.asarray(r["tokens"], dtype=np.int32) for r in chunk.records])
+    index = np.empty((len(tokens), 3), dtype=np.int32)
+    for r, start in zip(chunk.records, chunk.row_offsets()):
+        n = len(r["tokens"])
+        index[start:start + n] = np.stack([np.full(n, r["doc"]), np.full(n, r["sentence"]), np.arange(n)], 1)
+    return tokens, index
+
+
+def run_prebatch(cfg: CaptureConfig, folders: dict[str, Path]) -> None:
+    from data.prebatch import PrebatchConfig, prebatch
+
+    for hook, folder in folders.items():
+        target = Path(cfg.batches_out) / hook
+        with tqdm(unit="B", unit_scale=True, desc=f"prebatch {hook}") as bar:
+            result = prebatch(folder, target, PrebatchConfig(), on_progress=bar.update)
+        log.info("prebatched %s: %d train + %d val batches into %s", hook, result["n_train"],
+                 result["n_val"], target)
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,194 @@
+"""Captured activations on disk: the shard format, a background writer, and a reader.
+
+A capture folder (one per hook, e.g. `runs/capture/blocks.20.hook_resid_post/`) holds, per shard NNNNN:
+
+    acts-NNNNN.bin     raw little-endian (rows, d_model) in the stored dtype (float32/float16/bfloat16)
+    tokens-NNNNN.bin   int32 (rows,): the token id at each stored position
+    index-NNNNN.bin    int32 (rows, 3): (document, sentence in document, position in sentence)
+
+plus `sentences.jsonl` (see data.prepare) and `manifest.json`. Shard files are written under `.tmp`
+names and renamed when complete; a shard counts only once the manifest lists it, and the manifest is
+itself replaced atomically after the shard's files are in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from data.fileio import append_array, read_json, remove_quietly
+from data.prepare import read_sentences
+
+FORMAT = "llama-sae-activations"
+VERSION = 1
+# Stored dtype -> (torch dtype, little-endian numpy dtype of the raw bytes). bfloat16 has no numpy
+# dtype: its bytes are moved as int16 and viewed back.
+DTYPES = {"float32": (torch.float32, "<f4"), "float16": (torch.float16, "<f2"),
+          "bfloat16": (torch.bfloat16, "<i2")}
+PARTS = ("acts", "tokens", "index")
+
+
+def shard_file(folder: Path, part: str, shard: int) -> Path:
+    return Path(folder) / f"{part}-{shard:05d}.bin"
+
+
+def to_raw(acts: torch.Tensor) -> np.ndarray:
+    """A CPU tensor in a stored dtype as a numpy array of the same bytes."""
+    if acts.dtype == torch.bfloat16:
+        return acts.view(torch.int16).numpy()
+    return acts.numpy()
+
+
+@dataclass
+class ShardData:
+    """One shard's content for one hook folder: acts (rows, d) CPU tensor, tokens (rows,), index (rows, 3)."""
+
+    folder: Path
+    acts: torch.Tensor
+    tokens: np.ndarray
+    index: np.ndarray
+
+
+def write_shard(shard: int, data: ShardData) -> None:
+    """Write the three files of a shard atomically; on failure no partial file is left behind."""
+    arrays = {"acts": (to_raw(data.acts), DTYPES[str(data.acts.dtype).removeprefix("torch.")][1]),
+              "tokens": (data.tokens, "<i4"), "index": (data.index, "<i4")}
+    written = []
+    try:
+        for part, (array, dtype) in arrays.items():
+            final = shard_file(data.folder, part, shard)
+            tmp = final.with_name(final.name + ".tmp")
+            written.append(tmp)
+            with open(tmp, "wb") as f:
+                append_array(f, array, dtype)
+        for tmp in written:
+            tmp.replace(tmp.with_name(tmp.name.removesuffix(".tmp")))
+    except OSError as err:
+        for tmp in written:
+            remove_quietly(tmp)
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, "disk full while writing a shard (partial shard removed, "
+                          "manifest intact); free space and rerun the same command to resume",
+                          str(data.folder)) from None
+        raise
+
+
+class ShardWriter:
+    """Writes shards on a background thread so the model never waits for the disk.
+
+    `submit(shard, [ShardData, ...], commit)` queues a shard (one ShardData per hook folder) and
+    returns at once unless `max_pending` shards are already waiting (which bounds memory). After the
+    files are in place the thread calls `commit(shard)`, e.g. to update the manifests. An error on
+    the thread is raised again in the caller at the next `submit` or at `close`.
+    """
+
+    def __init__(self, max_pending: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, shard: int, parts: list[ShardData], commit: Callable[[int], None]) -> None:
+        self._raise_if_failed()
+        self._queue.put((shard, parts, commit))
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Wait until every queued shard is written and committed."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            shard, parts, commit = item
+            try:
+                for data in parts:
+                    write_shard(shard, data)
+                commit(shard)
+            except BaseException as err:  # handed to the main thread
+                self._error = err
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+@dataclass
+class Shard:
+    """One shard read back: acts (rows, d_model) in the stored dtype, tokens (rows,), index (rows, 3)."""
+
+    number: int
+    acts: torch.Tensor
+    tokens: torch.Tensor
+    index: torch.Tensor
+
+
+class CapturedDataset:
+    """Reader of a capture folder: shards as memory-mapped tensors, and the sentences.
+
+    `len(ds)` is the number of shards, `ds.total_rows` the number of stored activations; `ds[i]` (or
+    iteration) gives `Shard`s whose tensors map the files copy-on-write (nothing read until touched;
+    in-place changes never reach the disk). `ds.sentences()` streams sentences.jsonl.
+    """
+
+    def __init__(self, folder: str | Path, require_complete: bool = True):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        if require_complete and not self.manifest.get("complete"):
+            raise ValueError(f"{self.folder}: capture not finished; rerun the same capture.py "
+                             f"command to complete it")
+        self.hook: str = self.manifest["hook"]
+        self.d_model: int = self.manifest["d_model"]
+        self.dtype: torch.dtype = DTYPES[self.manifest["dtype"]][0]
+        self.shards: list[dict] = self.manifest["shards"]
+        self.total_rows: int = sum(s["rows"] for s in self.shards)
+        self.labels: list[str] = self.manifest.get("labels", [])
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> Shard:
+        entry = self.shards[i]
+        number, rows = entry["shard"], entry["rows"]
+        raw = DTYPES[self.manifest["dtype"]][1]
+        acts = torch.from_numpy(self._map("acts", number, raw, (rows, self.d_model)))
+        if self.dtype == torch.bfloat16:
+            acts = acts.view(torch.bfloat16)
+        tokens = torch.from_numpy(self._map("tokens", number, "<i4", (rows,)))
+        index = torch.from_numpy(self._map("index", number, "<i4", (rows, 3)))
+        return Shard(number, acts, tokens, index)
+
+    def __iter__(self) -> Iterator[Shard]:
+        return (self[i] for i in range(len(self)))
+
+    def sentences(self) -> Iterator[dict]:
+        """The sentence records, in order: {"doc", "sentence", "text", "tokens", "label"?, ...}."""
+        return read_sentences(self.folder / "sentences.jsonl")
+
+    def _map(self, part: str, number: int, dtype: str, shape: tuple) -> np.ndarray:
+        path = shard_file(self.folder, part, number)
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise ValueError(f"{path}: missing or not {expected} bytes as manifest.json says; "
+                             f"rerun the capture")
+        if expected == 0:
+            return np.zeros(shape, dtype=np.dtype(dtype).newbyteorder("="))
+        return np.memmap(path, dtype=dtype, mode="c", shape=shape)
+
+
+def read_manifest(folder: Path) -> dict:
+    """Load and check a capture folder's manifest.json."""
+    manifest = read_json(Path(folder) / "manifest.json", "capture activations there first (capture.py)")
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{folder}/manifest.json: not a version-{VERSION} {FORMAT} manifest")
+    return manifest

@@ -1,0 +1,326 @@
+"""data/: corpus readers, sentence splitting, records, shards, prebatching and statistics.
+
+No model here: shards are synthetic, tokenizers are simple stand-ins, and every result is checked
+against an independent reference (numpy, brute force, the raw bytes, nltk's own tokenizer).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data.fileio
+from data.batches import BatchDataset
+from data.chunks import iter_chunks, plan_batches
+from data.manifest import CaptureBook
+from data.prebatch import PrebatchConfig, is_validation, prebatch
+from data.prepare import SentenceOptions, chat_prefix, context_prefix, iter_records, write_sentences
+from data.sentences import SentenceSplitter
+from data.shards import CapturedDataset, ShardData, ShardWriter, read_manifest
+from data.text import TextSource, corpus_identity, iter_documents
+
+
+# ---------------------------------------------------------------- corpus readers
+
+def test_csv_labels_metadata_and_invalid_utf8(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"sentiment,confidence,text\r\npositive,0.9,Great car\xd1 indeed.\r\n"
+                     b"negative,0.5,\r\nnegative,0.7,\"Bad, very bad.\nTwo lines.\"\r\n")
+    docs = list(iter_documents(TextSource(path, "text", "sentiment")))
+    assert [d.index for d in docs] == [0, 2]  # the empty row is skipped but counted
+    assert docs[0].text == "Great car\ufffd indeed."
+    assert docs[0].label == "positive" and docs[0].meta == {"confidence": "0.9"}
+    assert docs[1].text == "Bad, very bad.\nTwo lines." and docs[1].label == "negative"
+
+
+def test_missing_column_names_the_file_and_the_flag(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"c\.csv: no column 'text' .*'a', 'b'.*--text-field"):
+        list(iter_documents(TextSource(path)))
+    with pytest.raises(ValueError, match="--label-field"):
+        list(iter_documents(TextSource(path, "a", "stars")))
+
+
+def test_jsonl_text_and_folder_numbering(tmp_path):
+    (tmp_path / "b.jsonl").write_text('{"body": "Second file.", "stars": 4}\n')
+    (tmp_path / "a.jsonl").write_text('{"body": "One.", "stars": 5, "id": "x"}\n\n{"body": "Two."}\n')
+    (tmp_path / "c.txt").write_text("Para one\nstill one.\n\n\nPara two.\n")
+    (tmp_path / "ignored.bin").write_bytes(b"\0")
+    docs = list(iter_documents(TextSource(tmp_path, "body", "stars")))
+    # a.jsonl has records 0..2 (line 1 blank), b.jsonl follows at 3, c.txt's paragraphs at 4, 5
+    assert [(d.index, d.text, d.label) for d in docs] == [
+        (0, "One.", "5"), (2, "Two.", None), (3, "Second file.", "4"),
+        (4, "Para one\nstill one.", None), (5, "Para two.", None)]
+    assert docs[0].meta == {"id": "x"}
+    with pytest.raises(ValueError, match=r"a\.jsonl: no field 'text'"):
+        list(iter_documents(TextSource(tmp_path / "a.jsonl")))
+
+
+def test_parquet_reader_and_missing_pyarrow_message(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": ["Hello.", "", "World."], "label": ["a", "b", "c"]}), path)
+    docs = list(iter_documents(TextSource(path, "text", "label")))
+    assert [(d.index, d.text, d.label) for d in docs] == [(0, "Hello.", "a"), (2, "World.", "c")]
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)  # import now fails
+    with pytest.raises(ValueError, match="needs pyarrow; run `pip install pyarrow`"):
+        list(iter_documents(TextSource(path)))
+
+
+def test_corpus_identity_hashes_the_bytes(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"abc")
+    identity = corpus_identity(TextSource(path))
+    assert identity["files"][0]["sha256"] == hashlib.sha256(b"abc").hexdigest()
+
+
+# ---------------------------------------------------------------- sentences
+
+def test_punkt_learns_abbreviations_from_the_corpus():
+    # "Dr." is followed by a capitalised name many times: trained Punkt learns it is an abbreviation.
+    corpus = [f"Dr. Smith saw patient {i} today. The visit went well." for i in range(300)]
+    trained = SentenceSplitter.train(corpus)
+    untrained = SentenceSplitter.untrained()
+    text = "Dr. Smith arrived. He sat down!\n\nNew paragraph without a stop"
+    assert trained.trained and not untrained.trained
+    assert trained.split(text) == ["Dr. Smith arrived.", "He sat down!", "New paragraph without a stop"]
+    assert untrained.split(text)[:2] == ["Dr.", "Smith arrived."]
+
+
+def test_punkt_falls_back_when_the_corpus_is_tiny():
+    assert not SentenceSplitter.train(["One. Two."]).trained
+
+
+def test_sentences_are_substrings_of_the_document():
+    splitter = SentenceSplitter.untrained()
+    text = "  First one.   Second one,\nstill second?  \n\n Third!"
+    sentences = splitter.split(text)
+    assert sentences == ["First one.", "Second one,\nstill second?", "Third!"]
+    assert all(s in text for s in sentences)
+
+
+# ---------------------------------------------------------------- records
+
+class WordTokenizer:
+    """Stand-in tokenizer: one id per whitespace-separated word; a toy chat template."""
+
+    bos_id = 1
+
+    def __init__(self):
+        self.vocab: dict[str, int] = {}
+
+    def encode(self, text, *, bos=False, eos=False):
+        ids = [self.vocab.setdefault(w, 10 + len(self.vocab)) for w in text.split()]
+        return [self.bos_id] * bos + ids
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        return [self.bos_id, 2, 3] + self.encode(messages[0]["content"]) + [4] + [5] * add_generation_prompt
+
+
+def test_records_cap_labels_and_limits(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label\n\"Alpha beta gamma delta epsilon. Zeta eta.\",pos\n\"Theta iota.\",neg\n\"Kappa lambda mu.\",pos\n")
+    tok = WordTokenizer()
+    options = SentenceOptions(max_tokens=3)
+    records = list(iter_records(TextSource(path, "text", "label"), tok, options, SentenceSplitter.untrained()))
+    assert [(r["doc"], r["sentence"], r["text"], len(r["tokens"]), r.get("truncated", False), r["label"])
+            for r in records] == [(0, 0, "Alpha beta gamma delta epsilon.", 3, True, "pos"),
+                                  (0, 1, "Zeta eta.", 2, False, "pos"), (1, 0, "Theta iota.", 2, False, "neg"),
+                                  (2, 0, "Kappa lambda mu.", 3, False, "pos")]
+    assert records[0]["tokens"] == tok.encode("Alpha beta gamma")  # the first max_tokens tokens
+    limited = SentenceOptions(max_tokens=3, max_total_tokens=5)
+    assert len(list(iter_records(TextSource(path, "text", "label"), tok, limited,
+                                 SentenceSplitter.untrained()))) == 2  # stops once 5 tokens are reached
+    one_doc = SentenceOptions(max_documents=1)
+    assert {r["doc"] for r in iter_records(TextSource(path, "text", "label"), tok, one_doc,
+                                           SentenceSplitter.untrained())} == {0}
+    summary = write_sentences(tmp_path / "s.jsonl", iter(records))
+    assert summary == {"sentences": 4, "tokens": 10, "documents": 3, "truncated": 1, "labels": ["neg", "pos"]}
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records
+
+
+def test_context_prefix_bos_and_chat():
+    tok = WordTokenizer()
+    assert context_prefix(tok, SentenceOptions()) == []
+    assert context_prefix(tok, SentenceOptions(bos=True)) == [1]
+    assert chat_prefix(tok) == [1, 2, 3]  # template opening up to the user's text
+    assert context_prefix(tok, SentenceOptions(chat=True, bos=True)) == [1, 2, 3]  # BOS not doubled
+
+
+# ---------------------------------------------------------------- chunks and batches
+
+def test_plan_batches_respects_the_budget_and_covers_everything():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, size=500).tolist()
+    batches = plan_batches(lengths, batch_tokens=256)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for b in batches:
+        padded = max(lengths[i] for i in b) * len(b)
+        assert padded <= 256 or len(b) == 1
+    padding = sum(max(lengths[i] for i in b) * len(b) for b in batches) - sum(lengths)
+    assert padding < 0.1 * sum(lengths)  # length sorting keeps padding small
+
+
+def test_chunks_close_at_the_token_threshold():
+    records = [{"tokens": [0] * n} for n in (3, 4, 2, 5, 1)]
+    chunks = list(iter_chunks(iter(records), chunk_tokens=6))
+    assert [(c.index, c.first_sentence, len(c.records), c.rows) for c in chunks] == [(0, 0, 2, 7), (1, 2, 2, 7),
+                                                                                     (2, 4, 1, 1)]
+    assert chunks[0].row_offsets() == [0, 3]
+
+
+# ---------------------------------------------------------------- shards
+
+def make_capture(folder: Path, rows_per_shard: list[int], d: int = 8, dtype=torch.float32, seed: int = 0):
+    """A synthetic capture folder written through the real writer; returns all rows as float64."""
+    rng = np.random.default_rng(seed)
+    book = CaptureBook({"h": folder}, {"model": {"path": "m"}, "dtype": str(dtype).removeprefix("torch."),
+                                       "prepend_bos": False, "chat": False, "settings": {}})
+    folder.mkdir(parents=True, exist_ok=True)
+    book.start({"h": d})
+    writer, all_rows, doc = ShardWriter(), [], 0
+    for shard, rows in enumerate(rows_per_shard):
+        acts = torch.from_numpy(rng.normal(size=(rows, d)).astype(np.float32) * 3 + 1).to(dtype)
+        docs = doc + np.arange(rows) // 3  # three tokens per document
+        doc = int(docs[-1]) + 1 if rows else doc
+        index = np.stack([docs, np.zeros(rows), np.arange(rows) % 3], 1).astype(np.int32)
+        tokens = rng.integers(0, 1000, size=rows).astype(np.int32)
+        writer.submit(shard, [ShardData(folder, acts, tokens, index)],
+                      lambda s, r=rows: book.commit({"shard": s, "name": f"{s:05d}", "rows": r}))
+        all_rows.append((acts.float().double().numpy(), tokens, index))
+    writer.close()
+    book.finalize()
+    return all_rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_shards_round_trip_as_raw_little_endian(tmp_path, dtype):
+    expected = make_capture(tmp_path, [5, 0, 7], dtype=dtype)
+    ds = CapturedDataset(tmp_path)
+    assert len(ds) == 3 and ds.total_rows == 12 and ds.dtype == dtype
+    raw = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<u2"}[dtype]
+    for shard, (acts, tokens, index) in zip(ds, expected):
+        assert shard.acts.dtype == dtype
+        np.testing.assert_array_equal(shard.acts.double().numpy(), acts)
+        np.testing.assert_array_equal(shard.tokens.numpy(), tokens)
+        np.testing.assert_array_equal(shard.index.numpy(), index)
+        # the files are exactly the little-endian bytes, readable without this project's code
+        on_disk = np.fromfile(tmp_path / f"acts-{shard.number:05d}.bin", dtype=raw)
+        assert on_disk.tobytes() == shard.acts.contiguous().view(torch.int16 if dtype != torch.float32
+                                                                  else torch.int32).numpy().tobytes()
+    assert read_manifest(tmp_path)["total_rows"] == 12 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_disk_full_removes_the_partial_shard_and_keeps_the_manifest(tmp_path, monkeypatch):
+    make_capture(tmp_path, [4], d=4)
+    before = (tmp_path / "manifest.json").read_bytes()
+    calls = {"n": 0}
+    real = data.fileio.append_array
+
+    def full_disk(f, array, dtype):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the tokens file of the next shard
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, array, dtype)
+
+    monkeypatch.setattr(data.shards, "append_array", full_disk)
+    book = CaptureBook({"h": tmp_path}, {})
+    writer = ShardWriter()
+    writer.submit(1, [ShardData(tmp_path, torch.ones(2, 4), np.zeros(2, np.int32), np.zeros((2, 3), np.int32))],
+                  book.commit)
+    with pytest.raises(OSError, match="disk full.*partial shard removed.*rerun") as err:
+        writer.close()
+    assert err.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir() if "00001" in p.name) == []
+    assert (tmp_path / "manifest.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------- prebatching and statistics
+
+def row_digests(rows: np.ndarray) -> list[bytes]:
+    return sorted(hashlib.sha1(np.ascontiguousarray(r, dtype=np.float32).tobytes()).digest() for r in rows)
+
+
+@pytest.fixture(scope="module")
+def prebatched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prebatch")
+    expected = make_capture(root / "capture", [50, 13, 0, 77, 31, 64], d=6)
+    cfg = PrebatchConfig(batch_size=16, val_fraction=0.2, window_shards=2, file_mb=1, seed=3)
+    progress = []
+    meta = prebatch(root / "capture", root / "batches", cfg, on_progress=progress.append)
+    return root, expected, cfg, meta, progress
+
+
+def test_prebatch_keeps_every_activation_exactly_once(prebatched):
+    root, expected, cfg, meta, progress = prebatched
+    captured = np.concatenate([a for a, _, _ in expected])
+    stored = []
+    for split in ("train", "val"):
+        ds = BatchDataset(root / "batches", split)
+        assert len(ds) == meta[f"n_{split}"]
+        for i in range(len(ds)):
+            assert ds[i].shape == (16, 6) and ds[i].dtype == torch.float32
+            stored.append(ds[i].numpy())
+        assert len(ds.remainder()) < 16
+        stored.append(ds.remainder().numpy())
+    stored = np.concatenate(stored)
+    assert row_digests(stored) == row_digests(captured)
+    assert sum(progress) == captured.size * 4
+
+
+def test_prebatch_validation_holds_whole_documents_and_batches_are_shuffled(prebatched):
+    root, expected, cfg, meta, _ = prebatched
+    captured = np.concatenate([a for a, _, _ in expected]).astype(np.float32)
+    docs = np.concatenate([i[:, 0] for _, _, i in expected])
+    lookup = {r.tobytes(): d for r, d in zip(captured, docs)}
+    val_docs = {lookup[r.tobytes()] for i in range(meta["n_val"]) for r in BatchDataset(root / "batches", "val")[i].numpy()}
+    train = BatchDataset(root / "batches", "train")
+    train_docs = {lookup[r.tobytes()] for i in range(len(train)) for r in train[i].numpy()}
+    assert val_docs and not val_docs & train_docs
+    assert val_docs <= set(docs[is_validation(docs, cfg.val_fraction, cfg.seed)].tolist())
+    first = [lookup[r.tobytes()] for r in train[0].numpy()]
+    assert first != sorted(first)  # rows are not in capture order
+
+
+def test_welford_statistics_equal_numpy(prebatched):
+    root, expected, cfg, meta, _ = prebatched
+    captured = np.concatenate([a for a, _, _ in expected])
+    docs = np.concatenate([i[:, 0] for _, _, i in expected])
+    val = is_validation(docs, cfg.val_fraction, cfg.seed)
+    stats = json.loads((root / "batches" / "stats.json").read_text())
+    for name, rows in (("all", captured), ("train", captured[~val]), ("val", captured[val])):
+        s = stats[name]
+        assert s["count"] == len(rows)
+        np.testing.assert_allclose(s["mean"], rows.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(s["var"], rows.var(0), rtol=1e-10)
+        np.testing.assert_allclose(s["mean_sq_norm"], (rows ** 2).sum(1).mean(), rtol=1e-12)
+    assert BatchDataset(root / "batches").stats == stats["train"]
+
+
+def test_prebatch_with_workers_gives_the_same_files(prebatched, tmp_path):
+    root, _, cfg, meta, _ = prebatched
+    cfg2 = PrebatchConfig(**{**cfg.__dict__, "workers": 2})
+    meta2 = prebatch(root / "capture", tmp_path, cfg2)
+    assert meta2["files"] == meta["files"]
+    for entry in meta["files"]["train"] + meta["files"]["val"]:
+        assert (tmp_path / entry["name"]).read_bytes() == (root / "batches" / entry["name"]).read_bytes()
+
+
+def test_batch_files_hold_whole_batches(prebatched):
+    root, _, cfg, meta, _ = prebatched
+    bytes_per_batch = cfg.batch_size * 6 * 4
+    for entry in meta["files"]["train"]:
+        size = (root / "batches" / entry["name"]).stat().st_size
+        assert size == entry["batches"] * bytes_per_batch
+    raw = np.fromfile(root / "batches" / meta["files"]["train"][0]["name"], "<f4").reshape(-1, 16, 6)
+    np.testing.assert_array_equal(raw[0], BatchDataset(root / "batches")[0].numpy())
