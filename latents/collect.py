@@ -101,8 +101,7 @@ def collect_stats(data: CapturedData, encode: Encoder, d_sae: int, cfg: StatsCon
     holds a partial pass over the same inputs (`identity`: anything that names them)."""
     table = data.sentences
     labels_of = torch.from_numpy(table.labels.astype("int64"))
-    acc = LatentAccumulator(d_sae, len(table.label_names), len(table.labels), cfg,
-                            has_bos=bool(data.manifest.get("prepend_bos", False)), device=device)
+    acc = LatentAccumulator(d_sae, len(table.label_names), len(table.labels), cfg, device=device)
     meta = {"config": cfg.to_dict(), "label_names": table.label_names, "identity": identity or {},
             "rows_per_chunk": rows_per_chunk, "n_sentences": len(table.labels), "d_sae": d_sae}
     done = _resume(acc, checkpoint, meta)

@@ -31,7 +31,6 @@ class StatsConfig:
     context: int = 15               # tokens either side of a top token, within its sentence
     n_random_sentences: int = 200   # fixed random sentences (scored for every latent), for detection
     ngram_buckets: int = 1 << 22    # hashed bigram / trigram counts (base rates for explanations)
-    exclude_bos: bool = True        # drop BOS rows (position 0 when the capture prepended BOS)
     seed: int = 0
     bins: LogBins = field(default_factory=LogBins)
 
@@ -58,9 +57,8 @@ class LatentAccumulator:
     """Fixed-size running statistics for `d_sae` latents; `update` once per chunk of whole sentences."""
 
     def __init__(self, d_sae: int, n_labels: int, n_sentences: int, cfg: StatsConfig, *,
-                 has_bos: bool = False, device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu"):
         self.cfg, self.d_sae, self.n_labels, self.device = cfg, d_sae, n_labels, torch.device(device)
-        self.skip_first = has_bos and cfg.exclude_bos  # position 0 is BOS: leave it out
         z = dict(device=self.device)
         self.rows = torch.zeros((), dtype=torch.int64, **z)
         self.fired = torch.zeros(d_sae, dtype=torch.int64, **z)
@@ -90,15 +88,13 @@ class LatentAccumulator:
     def update(self, h: torch.Tensor, chunk: Chunk, labels: torch.Tensor) -> None:
         """Fold one chunk in. h: (n, d_sae) latent activations of chunk.acts; labels: (n_s,) label
         index per sentence of the chunk, in order (-1 unlabelled)."""
-        position = chunk.position.to(self.device)
-        bos = (position == 0) if self.skip_first else torch.zeros_like(position, dtype=torch.bool)
-        h = h.float().masked_fill(bos[:, None], 0.0)
+        h = h.float()
         groups = sentence_groups(chunk.sentence.to(self.device))
-        self.rows += int((~bos).sum())
+        self.rows += h.shape[0]
         self._update_density(h)
         self._update_tokens(h, groups, chunk.first_row)
-        self._update_sentences(h, groups, labels, bos)
-        self._update_base_counts(chunk.tokens.to(self.device), position, bos)
+        self._update_sentences(h, groups, labels)
+        self._update_base_counts(chunk.tokens.to(self.device), chunk.position.to(self.device))
 
     def _update_density(self, h: torch.Tensor) -> None:
         active = h > 0
@@ -126,12 +122,11 @@ class LatentAccumulator:
         self.top_tokens.merge(scores, {"row": rows + first_row, "lo": lo, "values": values,
                                        "sentence": ordinals[inverse[rows]]})
 
-    def _update_sentences(self, h: torch.Tensor, groups, labels: torch.Tensor, bos: torch.Tensor) -> None:
+    def _update_sentences(self, h: torch.Tensor, groups, labels: torch.Tensor) -> None:
         ordinals, inverse, counts = groups
         n_s = len(ordinals)
-        kept = torch.zeros(n_s, dtype=torch.int64, device=h.device).index_add_(0, inverse, (~bos).long())
         mean = torch.zeros(n_s, self.d_sae, device=h.device).index_add_(0, inverse, h)
-        mean /= kept.clamp(min=1)[:, None].float()                                # (n_s, d_sae)
+        mean /= counts[:, None].float()                                           # (n_s, d_sae)
         last = h[torch.cumsum(counts, 0) - 1]                                     # (n_s, d_sae)
         m = min(self.cfg.top_n, n_s)
         for buffer, table in ((self.top_mean, mean), (self.top_last, last)):
@@ -155,15 +150,12 @@ class LatentAccumulator:
         flat = (latent * self.label_hist.shape[1] + labels[sent]) * self.cfg.bins.n_bins + bins
         self.label_hist.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
-    def _update_base_counts(self, tokens: torch.Tensor, position: torch.Tensor, bos: torch.Tensor) -> None:
-        kept = tokens[~bos]
-        if kept.numel():
-            counts = torch.bincount(kept, minlength=max(self.unigram.numel(), int(kept.max()) + 1))
-            self.unigram = torch.nn.functional.pad(self.unigram, (0, counts.numel() - self.unigram.numel()))
-            self.unigram += counts
-        first = int(self.skip_first)  # n-grams never reach back into the BOS row
+    def _update_base_counts(self, tokens: torch.Tensor, position: torch.Tensor) -> None:
+        counts = torch.bincount(tokens, minlength=max(self.unigram.numel(), int(tokens.max()) + 1))
+        self.unigram = torch.nn.functional.pad(self.unigram, (0, counts.numel() - self.unigram.numel()))
+        self.unigram += counts
         for n, table in ((2, self.bigram), (3, self.trigram)):
-            ok = position[n - 1:] >= n - 1 + first                                  # all in one sentence
+            ok = position[n - 1:] >= n - 1                                          # all in one sentence
             grams = [tokens[i:len(tokens) - n + 1 + i][ok] for i in range(n)]
             if grams[0].numel():
                 table += torch.bincount(ngram_hash(grams, table.numel()), minlength=table.numel()).int()

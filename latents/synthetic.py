@@ -1,7 +1,7 @@
 """Write a captured dataset in the documented on-disk format from arrays (tests, benchmarks, demos).
 
-Independent of the reader in latents/source.py: it writes the bytes the format describes
-(docs/ARCHITECTURE.md) with numpy, so a test that reads them back checks the reader too.
+It writes the bytes the format describes (data/shards.py, docs/ARCHITECTURE.md) directly with numpy,
+so a test that reads them back checks the reader too.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from data.shards import FORMAT, VERSION
 
 _DTYPES = {"float32": "<f4", "float16": "<f2"}
 
@@ -27,35 +29,41 @@ def write_captured(folder: Path, acts: np.ndarray, tokens: np.ndarray, index: np
     while begin < len(index):
         end = max((s for s in starts if s <= begin + shard_rows), default=begin)
         end = end if end > begin else next(s for s in starts if s > begin)
-        name = f"{len(shards):05d}"
+        name = f"{len(shards):05d}"  # data/shards.py names: {part}-{shard:05d}.bin
         np.ascontiguousarray(acts[begin:end], dtype=_DTYPES[dtype]).tofile(folder / f"acts-{name}.bin")
         np.ascontiguousarray(tokens[begin:end], dtype="<i4").tofile(folder / f"tokens-{name}.bin")
         np.ascontiguousarray(index[begin:end], dtype="<i4").tofile(folder / f"index-{name}.bin")
-        shards.append({"name": name, "rows": end - begin})
+        shards.append({"shard": len(shards), "rows": end - begin})
         begin = end
     with open(folder / "sentences.jsonl", "w", encoding="utf-8") as f:
         for record in sentences:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    manifest = {"model": model, "hook": hook, "d_model": int(acts.shape[1]), "dtype": dtype,
-                "prepend_bos": prepend_bos, "chat": False, "shards": shards,
-                "label_column": "sentiment" if label_names else None, "label_names": list(label_names)}
+    manifest = {"format": FORMAT, "version": VERSION, "hook": hook, "d_model": int(acts.shape[1]),
+                "model": model, "dtype": dtype, "prepend_bos": prepend_bos, "chat": False,
+                "label_field": "sentiment" if label_names else None, "labels": list(label_names),
+                "shards": shards, "total_rows": int(len(index)), "complete": True}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
 
 
 def random_corpus(rng: np.random.Generator, n_sentences: int, *, vocab: int = 50, min_len: int = 3,
-                  max_len: int = 12, n_labels: int = 2, sentences_per_doc: int = 3):
-    """Random token sentences: (tokens (rows,), index (rows, 3), sentence records)."""
+                  max_len: int = 12, labels: tuple[str, ...] = ("negative", "positive"),
+                  sentences_per_doc: int = 3):
+    """Random token sentences: (tokens (rows,), index (rows, 3), sentence records); each document
+    gets one random label from `labels` (none if empty)."""
     lengths = rng.integers(min_len, max_len + 1, size=n_sentences)
     tokens = rng.integers(0, vocab, size=int(lengths.sum())).astype(np.int32)
     index = np.zeros((len(tokens), 3), dtype=np.int32)
     records, row = [], 0
+    doc_labels = rng.integers(0, max(len(labels), 1), size=n_sentences)
     for s, length in enumerate(lengths):
         doc, number = divmod(s, sentences_per_doc)
         index[row:row + length] = np.stack([np.full(length, doc), np.full(length, number),
                                             np.arange(length)], axis=1)
         ids = tokens[row:row + length].tolist()
         records.append({"doc": doc, "sentence": number, "text": " ".join(f"t{i}" for i in ids),
-                        "tokens": ids, "label": int(rng.integers(0, n_labels)) if n_labels else None})
+                        "tokens": ids})
+        if labels:
+            records[-1]["label"] = labels[doc_labels[doc]]
         row += length
     return tokens, index, records

@@ -116,7 +116,7 @@ def rank_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 def test_label_association_matches_brute_force(dataset, stats):
     _, _, _, _, records = dataset
     _, _, _, mean, _ = brute_force(dataset)
-    labels = np.array([r["label"] for r in records])
+    labels = np.array([["negative", "positive"].index(r["label"]) for r in records])
     binned = LogBins()
     for j in range(D_SAE):
         score = mean[:, j]
