@@ -41,15 +41,19 @@ def identity_sae(zero: bool = False) -> SparseAutoencoder:
     return sae
 
 
-def reference_losses(model, sentences, hook, replace=None) -> float:
-    """Mean next-token CE, one unpadded sentence at a time."""
+def reference_losses(model, sentences, hook, replace=None, prefix=()) -> float:
+    """Mean next-token CE of the sentence tokens, one unpadded sequence at a time."""
     total, count = 0.0, 0
+    p = len(prefix)
     for seq in sentences:
-        tokens = torch.tensor([seq])
-        injections = {hook: replace} if replace else None
-        logits = model(tokens, injections=injections).logits[0]
-        total += F.cross_entropy(logits[:-1], tokens[0, 1:], reduction="sum").item()
-        count += len(seq) - 1
+        tokens = torch.tensor([list(prefix) + seq])
+
+        def splice(a):  # replace the sentence positions only
+            return torch.cat([a[:, :p], replace(a[:, p:])], dim=1)
+        logits = model(tokens, injections={hook: splice} if replace else None).logits[0]
+        first = max(p, 1)  # the first sentence token is predicted only when a prefix precedes it
+        total += F.cross_entropy(logits[first - 1:-1], tokens[0, first:], reduction="sum").item()
+        count += tokens.shape[1] - first
     return total / count
 
 
@@ -86,3 +90,14 @@ def test_reconstruction_metrics_match_numpy_definitions(model, sentences):
     assert report["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
     loss = reference_losses(model, sentences, HOOK, lambda a: sae(a).x_hat)
     assert report["loss_spliced"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_context_prefix_is_fed_but_not_scored(model, sentences):
+    prefix = [5, 17]
+    sae = identity_sae(zero=True)
+    report = evaluate_sae(model, sae, HOOK, left_padded_batches(sentences, batch_size=4, prefix=prefix))
+    assert report["tokens"] == sum(len(s) for s in sentences)
+    assert report["predicted_tokens"] == sum(len(s) for s in sentences)
+    assert report["loss_clean"] == pytest.approx(reference_losses(model, sentences, HOOK, prefix=prefix), rel=1e-5)
+    assert report["loss_zero"] == pytest.approx(
+        reference_losses(model, sentences, HOOK, torch.zeros_like, prefix=prefix), rel=1e-5)

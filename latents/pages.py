@@ -1,0 +1,195 @@
+"""Static HTML pages to browse latents: no server, no external assets, every corpus string escaped.
+
+`index.html`: the evaluation figures, a link to the training curves, and a table of latents that can
+be sorted (click a column) and filtered (text box, minimum certainty) with a little inline JS.
+`pages/<latent>.html`: one page per latent: explanations, activation histogram (inline SVG), logit
+lens, label association, top contexts with each token shaded by its activation, top sentences.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from html import escape
+from pathlib import Path
+
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:70em;padding:0 1em;color:#222}
+table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{cursor:pointer;background:#f4f4f4;user-select:none}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
+.ctx i{font-style:normal;background:rgba(255,120,0,var(--a))}.ctx i.c{outline:1px solid #c40}
+.muted{color:#777}h1 small{font-weight:normal;color:#777}"""
+
+SORT_JS = """const t=document.getElementById('latents'),q=document.getElementById('q'),m=document.getElementById('minc');
+function filter(){const s=q.value.toLowerCase(),c=parseFloat(m.value)||0;for(const r of t.tBodies[0].rows){
+r.hidden=!(r.textContent.toLowerCase().includes(s)&&parseFloat(r.dataset.certainty||0)>=c);}}
+q.addEventListener('input',filter);m.addEventListener('input',filter);
+for(const [i,h] of [...t.tHead.rows[0].cells].entries()){h.addEventListener('click',()=>{
+const up=h.dataset.dir!=='asc';h.dataset.dir=up?'asc':'desc';const rows=[...t.tBodies[0].rows];
+const key=r=>{const v=r.cells[i].dataset.v;return v===undefined?r.cells[i].textContent:parseFloat(v);};
+rows.sort((a,b)=>{const x=key(a),y=key(b);return (x<y?-1:x>y?1:0)*(up?1:-1);});
+for(const r of rows)t.tBodies[0].appendChild(r);});}"""
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    js = f"<script>{script}</script>" if script else ""
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n{js}</body></html>\n")
+
+
+def _num(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _cell(x, digits: int = 4) -> str:
+    value = x if isinstance(x, (int, float)) and x is not None and math.isfinite(x) else -1e300
+    return f"<td class='n' data-v='{value}'>{escape(_num(x, digits))}</td>"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def token_html(token: str) -> str:
+    """A token as text: escaped, with newlines and tabs made visible."""
+    return escape(token.replace("\n", "↵").replace("\t", "⇥"))
+
+
+def context_html(context: dict, scale: float) -> str:
+    """Tokens of one context; each active one shaded by activation / scale, the centre outlined."""
+    parts = []
+    for i, (token, value) in enumerate(zip(context["tokens"], context["values"])):
+        alpha = min(1.0, max(0.0, value / scale)) if scale > 0 else 0.0
+        cls = " class='c'" if i == context["center"] else ""
+        if alpha > 0 or cls:
+            parts.append(f"<i{cls} style='--a:{alpha:.2f}' title='{value:.3g}'>{token_html(token)}</i>")
+        else:
+            parts.append(token_html(token))
+    return "".join(parts)
+
+
+def histogram_svg(hist: dict, width: int = 560, height: int = 140) -> str:
+    """Bars over log-spaced bins (edges from the evidence), as inline SVG."""
+    counts, edges = hist.get("counts", []), hist.get("edges", [])
+    if not counts:
+        return "<p class='muted'>never active</p>"
+    top, bar = max(counts), width / len(counts)
+    rects = "".join(f"<rect x='{i * bar:.1f}' y='{height - 20 - c / top * (height - 30):.1f}' "
+                    f"width='{max(bar - 1, 1):.1f}' height='{c / top * (height - 30):.1f}' fill='#e67a00'>"
+                    f"<title>{edges[i]:.3g} – {edges[i + 1]:.3g}: {c}</title></rect>"
+                    for i, c in enumerate(counts))
+    axis = (f"<text x='0' y='{height - 4}' font-size='11'>{edges[0]:.3g}</text>"
+            f"<text x='{width}' y='{height - 4}' font-size='11' text-anchor='end'>{edges[-1]:.3g}</text>"
+            f"<text x='{width / 2}' y='{height - 4}' font-size='11' text-anchor='middle'>activation (log scale)"
+            f"</text><text x='2' y='10' font-size='11'>{top}</text>")
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+            f"aria-label='activation histogram'>{rects}{axis}</svg>")
+
+
+def _explanations_html(record: dict) -> str:
+    rows = []
+    for name in ("offline", "llm"):
+        ex = record.get("explanations", {}).get(name)
+        if ex:
+            rows.append(f"<tr><th>{name}</th><td>{escape(ex['common_semantic'])}</td>"
+                        f"<td class='n'>certainty {_num(ex.get('certainty'), 3)}</td></tr>")
+    score = record.get("detection")
+    if score is not None:
+        rows.append(f"<tr><th>detection</th><td>balanced accuracy of the LLM explanation</td>"
+                    f"<td class='n'>{_num(score, 3)}</td></tr>")
+    return f"<table>{''.join(rows)}</table>" if rows else "<p class='muted'>no explanation</p>"
+
+
+def _lens_html(lens: dict) -> str:
+    def column(pairs):
+        return "<br>".join(f"<span class='ctx'>{token_html(t)}</span> <span class='muted'>{v:+.3g}</span>"
+                           for t, v in pairs)
+    return (f"<table><tr><th>promotes</th><th>suppresses</th></tr><tr><td>{column(lens.get('promoted', []))}"
+            f"</td><td>{column(lens.get('suppressed', []))}</td></tr></table>")
+
+
+def _labels_html(labels: list[dict]) -> str:
+    if not labels:
+        return "<p class='muted'>the corpus has no labels</p>"
+    rows = "".join(f"<tr><td>{escape(str(lab['label']))}</td>{_cell(lab['auroc'], 3)}{_cell(lab['mean_diff'], 3)}</tr>"
+                   for lab in labels)
+    return f"<table><tr><th>label</th><th>AUROC</th><th>mean difference</th></tr>{rows}</table>"
+
+
+def _sentences_html(items: list[dict], limit: int) -> str:
+    rows = "".join(f"<tr>{_cell(s['value'], 3)}<td>{escape(str(s.get('label') or ''))}</td>"
+                   f"<td>{escape(s['text'])}</td></tr>" for s in items[:limit])
+    return f"<table>{rows}</table>" if rows else "<p class='muted'>none</p>"
+
+
+def latent_page(record: dict, *, n_contexts: int = 20, n_sentences: int = 20) -> str:
+    """The HTML page of one latent from its record (evidence + explanations)."""
+    j = record["latent"]
+    contexts = record["contexts"][:n_contexts]
+    scale = max([c["activation"] for c in contexts] + [0.0])
+    ctx_rows = "".join(f"<tr>{_cell(c['activation'], 3)}<td class='ctx'>{context_html(c, scale)}</td></tr>"
+                       for c in contexts)
+    body = (f"<p><a href='../index.html'>all latents</a></p><h1>Latent {j} <small>density "
+            f"{_num(record['density'], 3)} · mean when active {_num(record['mean_active'], 3)} · max "
+            f"{_num(record['max'], 3)}</small></h1><h2>Explanation</h2>{_explanations_html(record)}"
+            f"<h2>Activation histogram</h2>{histogram_svg(record['histogram'])}"
+            f"<h2>Logit lens</h2>{_lens_html(record['logit_lens'])}"
+            f"<h2>Label association</h2>{_labels_html(record['labels'])}"
+            f"<h2>Top contexts</h2><table id='contexts'>{ctx_rows}</table>"
+            f"<h2>Top sentences by mean activation</h2>{_sentences_html(record['top_sentences_mean'], n_sentences)}"
+            f"<h2>Top sentences by last-token activation</h2>"
+            f"{_sentences_html(record['top_sentences_last'], n_sentences)}")
+    return _page(f"Latent {j}", body)
+
+
+def _best_label(labels: list[dict]) -> tuple[str, float | None]:
+    known = [lab for lab in labels if lab.get("auroc") is not None]
+    if not known:
+        return "", None
+    best = max(known, key=lambda lab: abs(lab["auroc"] - 0.5))
+    return str(best["label"]), best["auroc"]
+
+
+def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str | None, title: str) -> str:
+    """The index: evaluation, curves link, sortable / filterable latent table. summaries: one dict per
+    latent with latent, explanation, certainty, density, mean_active, max, labels, detection, page."""
+    rows = []
+    for s in summaries:
+        label, auroc = _best_label(s.get("labels", []))
+        rows.append(f"<tr data-certainty='{s.get('certainty') or 0}'><td data-v='{s['latent']}'>"
+                    f"<a href='{escape(s['page'])}'>{s['latent']}</a></td><td>{escape(s.get('explanation', ''))}</td>"
+                    f"{_cell(s.get('certainty'), 3)}{_cell(s['density'], 3)}{_cell(s['mean_active'], 3)}"
+                    f"{_cell(s['max'], 3)}<td>{escape(label)}</td>{_cell(auroc, 3)}{_cell(s.get('detection'), 3)}</tr>")
+    evaluation_html = "<p class='muted'>no evaluation</p>"
+    if evaluation:
+        evaluation_html = "<table>" + "".join(f"<tr><th>{escape(k)}</th><td class='n'>{escape(_num(v, 5))}</td></tr>"
+                                              for k, v in evaluation.items() if not isinstance(v, (dict, list))) + "</table>"
+    curves = (f"<a href='{escape(curves_href)}'>training curves</a>" if curves_href
+              else "<span class='muted'>no training curves found</span>")
+    body = (f"<h1>{escape(title)}</h1><p>{curves}</p><h2>Evaluation on held-out text</h2>{evaluation_html}"
+            f"<h2>Latents ({len(summaries)})</h2><p><input id='q' placeholder='filter text' size='40'> "
+            f"minimum certainty <input id='minc' type='number' min='0' max='1' step='0.05' value='0'></p>"
+            f"<table id='latents'><thead><tr><th>latent</th><th>explanation</th><th>certainty</th>"
+            f"<th>density</th><th>mean active</th><th>max</th><th>label</th><th>label AUROC</th>"
+            f"<th>detection</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return _page(title, body, SORT_JS)
+
+
+def write_site(folder: Path, records: list[dict], summaries: list[dict], evaluation: dict | None,
+               curves: Path | None, title: str = "SAE latents") -> Path:
+    """Write index.html and pages/<latent>.html into `folder`; returns the index path."""
+    folder = Path(folder)
+    (folder / "pages").mkdir(parents=True, exist_ok=True)
+    for record in records:
+        _write(folder / "pages" / page_name(record["latent"]), latent_page(record))
+    href = os.path.relpath(curves, folder) if curves is not None and Path(curves).is_file() else None
+    _write(folder / "index.html", index_page(summaries, evaluation, href, title))
+    return folder / "index.html"
+
+
+def page_name(latent: int) -> str:
+    return f"{latent}.html"
