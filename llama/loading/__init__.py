@@ -1,0 +1,82 @@
+"""`load_model(path)`: one entry point for every checkpoint format, detected from what the path holds.
+
+    a .gguf file (magic bytes "GGUF")                    -> loading/gguf.py
+    a folder with params.json + consolidated.*.pth       -> loading/meta.py
+    a folder with config.json + *.safetensors            -> loading/hf.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from llama.loading import hf, meta
+from llama.loading.common import build_model, fingerprint
+from llama.model import ModelArgs, Transformer
+
+__all__ = ["LoadedModel", "load_model", "detect_format"]
+
+
+class LoadedModel(NamedTuple):
+    """What `load_model` returns."""
+
+    model: Transformer
+    """The model, in eval mode, on the requested device and dtype."""
+    tokenizer: Any
+    """The checkpoint's tokenizer (llama.tokenizers protocol: encode, decode, stop_ids, encode_chat...)."""
+    args: ModelArgs
+    """The hyperparameters read from the checkpoint."""
+    source: str
+    """An identity for manifests: file or folder name, format, and a fingerprint of the files."""
+
+
+def detect_format(path: Path) -> str:
+    """'gguf', 'meta' or 'hf'; a one-line error naming the path otherwise."""
+    if path.is_file():
+        with path.open("rb") as fh:
+            if fh.read(4) == b"GGUF":
+                return "gguf"
+        raise ValueError(f"{path}: not a GGUF file; pass a .gguf file, a Meta folder (params.json + "
+                         f"consolidated.*.pth) or a Hugging Face folder (config.json + *.safetensors)")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if meta.is_meta_folder(path):
+        return "meta"
+    if hf.is_hf_folder(path):
+        return "hf"
+    raise ValueError(f"{path}: neither a Meta checkpoint (params.json + consolidated.*.pth) nor a Hugging Face "
+                     f"one (config.json + *.safetensors)")
+
+
+def load_model(path: str | Path | None = None, *, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32, tokenizer: bool = True) -> LoadedModel:
+    """Load a checkpoint (default: the embedded SmolLM2-135M-Instruct GGUF) and its tokenizer.
+
+    tokenizer=False skips the tokenizer (LoadedModel.tokenizer is then None).
+    """
+    from llama.tokenizers import load_tokenizer  # imported here: the tokenizer is optional
+
+    if path is None:
+        import paths
+        path = paths.default_model_path()
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "gguf":
+        from llama.loading.gguf import load_gguf
+        args, state, gguf = load_gguf(path, dtype)
+        tok = load_tokenizer(path, gguf_metadata=gguf.metadata) if tokenizer else None
+        files = [path]
+    elif kind == "meta":
+        args = meta.model_args(path)
+        state = meta.load_state_dict(path)
+        tok = load_tokenizer(path) if tokenizer else None
+        files = [path / "params.json", *path.glob("consolidated.*.pth")]
+    else:
+        args = hf.model_args(path)
+        state = hf.load_state_dict(path, args)
+        tok = load_tokenizer(path) if tokenizer else None
+        files = [path / "config.json", *path.glob("*.safetensors")]
+    model = build_model(args, state, device=device, dtype=dtype)
+    return LoadedModel(model, tok, args, f"{path.name} ({kind}, {fingerprint(files)})")

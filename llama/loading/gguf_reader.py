@@ -1,0 +1,185 @@
+"""A small, fast reader for GGUF files (llama.cpp's format) and dequantisation to torch tensors.
+
+Layout (little-endian): magic "GGUF", version (u32), tensor count (u64), metadata count (u64); the
+metadata key/value pairs; one info record per tensor (name, dims, type, offset); padding to
+`general.alignment`; the tensor data. The header is parsed once with `struct` (gguf.GGUFReader builds
+numpy views of every token and merge string, which takes seconds), and the data is memory-mapped.
+Q4_1 and Q8_0 (the default model's types), F32, F16 and BF16 are converted here with vectorised torch
+ops; every other type goes through the gguf package's reference `gguf.quants.dequantize`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+_MAGIC = b"GGUF"
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY = 8, 9
+
+
+class TensorInfo(NamedTuple):
+    name: str
+    shape: tuple[int, ...]  # PyTorch order (rows first); GGUF stores dims fastest-first
+    qtype: GGMLQuantizationType
+    offset: int  # absolute byte offset in the file
+    n_bytes: int
+
+
+class GGUFFile(NamedTuple):
+    path: Path
+    metadata: dict[str, Any]  # key -> int / float / bool / str / list
+    tensors: dict[str, TensorInfo]
+    data: np.memmap  # the whole file, uint8, copy-on-write (never written back)
+
+
+class _Cursor:
+    """Sequential reads from a bytes-like header buffer."""
+
+    def __init__(self, buf: memoryview, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def unpack(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise ValueError(f"{self.path}: truncated GGUF header; the file is incomplete, download it again")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if self.pos + n > len(self.buf):
+            raise ValueError(f"{self.path}: truncated GGUF header; the file is incomplete, download it again")
+        text = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def value(self, vtype: int) -> Any:
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            item_type, count = self.unpack("<I"), self.unpack("<Q")
+            if item_type in _NUMPY:  # numbers: one numpy read, not `count` struct calls
+                dtype = np.dtype(_NUMPY[item_type])
+                end = self.pos + count * dtype.itemsize
+                if end > len(self.buf):
+                    raise ValueError(f"{self.path}: truncated GGUF header; the file is incomplete")
+                values = np.frombuffer(self.buf[self.pos:end], dtype=dtype).tolist()
+                self.pos = end
+                return values
+            return [self.value(item_type) for _ in range(count)]
+        if vtype not in _SCALARS:
+            raise ValueError(f"{self.path}: unknown GGUF metadata type {vtype}; the file is corrupt")
+        return self.unpack(_SCALARS[vtype])
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Parse the header of a GGUF file and memory-map its data. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    data = np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
+    if bytes(data[:4]) != _MAGIC:
+        raise ValueError(f"{path}: not a GGUF file (bad magic bytes)")
+    cursor = _Cursor(memoryview(data), path)
+    cursor.pos = 4
+    version = cursor.unpack("<I")
+    if version not in (2, 3):
+        raise ValueError(f"{path}: GGUF version {version} is not supported (2 or 3 are); re-convert the model")
+    n_tensors, n_kv = cursor.unpack("<Q"), cursor.unpack("<Q")
+    metadata = {}
+    for _ in range(n_kv):
+        key = cursor.string()
+        metadata[key] = cursor.value(cursor.unpack("<I"))
+    infos = [_tensor_info(cursor) for _ in range(n_tensors)]
+    alignment = metadata.get("general.alignment", 32)
+    start = -(-cursor.pos // alignment) * alignment  # data begins at the next aligned offset
+    tensors = {}
+    for name, shape, qtype, offset in infos:
+        info = TensorInfo(name, shape, qtype, start + offset, _byte_size(shape, qtype, path))
+        if info.offset + info.n_bytes > len(data):
+            raise ValueError(f"{path}: truncated: tensor {name} ends past the end of the file; download it again")
+        tensors[name] = info
+    return GGUFFile(path, metadata, tensors, data)
+
+
+def _tensor_info(cursor: _Cursor) -> tuple[str, tuple[int, ...], GGMLQuantizationType, int]:
+    name = cursor.string()
+    dims = [cursor.unpack("<Q") for _ in range(cursor.unpack("<I"))]
+    try:
+        qtype = GGMLQuantizationType(cursor.unpack("<I"))
+    except ValueError:
+        raise ValueError(f"{cursor.path}: tensor {name} has an unknown type; the file is corrupt or too new") from None
+    return name, tuple(reversed(dims)), qtype, cursor.unpack("<Q")
+
+
+def _byte_size(shape: tuple[int, ...], qtype: GGMLQuantizationType, path: Path) -> int:
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    if shape and shape[-1] % block:
+        raise ValueError(f"{path}: a {qtype.name} row of {shape[-1]} values is not a whole number of blocks")
+    return int(np.prod(shape, dtype=np.int64)) // block * block_bytes
+
+
+def load_tensors(gguf: GGUFFile, names: list[str], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Dequantise tensors to `dtype`, each shaped `TensorInfo.shape`. They share one buffer allocated
+    up front: filling hundreds of separate fresh allocations costs seconds of page faults."""
+    infos = [gguf.tensors[name] for name in names]
+    sizes = [math.prod(info.shape) for info in infos]
+    flat = torch.empty(sum(sizes), dtype=dtype)
+    tensors = {}
+    for info, out in zip(infos, flat.split(sizes)):
+        _dequantize_into(gguf, info, out)
+        tensors[info.name] = out.view(info.shape)
+    return tensors
+
+
+def load_tensor(gguf: GGUFFile, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dequantise one tensor to `dtype`, shape `TensorInfo.shape`."""
+    return load_tensors(gguf, [name], dtype)[name]
+
+
+def _dequantize_into(gguf: GGUFFile, info: TensorInfo, out: torch.Tensor) -> None:
+    """Write the values of one tensor into `out`, a flat tensor of its size."""
+    raw = torch.from_numpy(np.asarray(gguf.data[info.offset:info.offset + info.n_bytes]))  # uint8 view, no copy
+    if info.qtype in _PLAIN:
+        out.copy_(raw.view(_PLAIN[info.qtype]))
+    elif info.qtype in _QUANTIZED:
+        scratch = out if out.dtype == torch.float32 else torch.empty(out.shape)
+        _QUANTIZED[info.qtype](raw, scratch.view(-1, 32))
+        out.copy_(scratch)
+    else:  # the gguf package's reference implementation (numpy), for every other type
+        from gguf.quants import dequantize
+        out.copy_(torch.from_numpy(dequantize(raw.numpy(), info.qtype)).flatten())
+
+
+def _q8_0(raw: torch.Tensor, out: torch.Tensor) -> None:
+    """Blocks of 34 bytes: scale d (f16), 32 int8 values q. Value = d * q. out: (n_blocks, 32) float32."""
+    blocks = raw.view(-1, 34)
+    d = blocks[:, :2].contiguous().view(torch.float16).float()  # (n_blocks, 1)
+    out.copy_(blocks[:, 2:].contiguous().view(torch.int8))
+    out.mul_(d)
+
+
+def _q4_1(raw: torch.Tensor, out: torch.Tensor) -> None:
+    """Blocks of 20 bytes: scale d and minimum m (f16 each), 16 bytes of 4-bit q. Value = d * q + m.
+    The low nibbles hold elements 0..15 of the block, the high nibbles elements 16..31.
+    out: (n_blocks, 32) float32."""
+    blocks = raw.view(-1, 20)
+    dm = blocks[:, :4].contiguous().view(torch.float16).float()  # (n_blocks, 2)
+    packed = blocks[:, 4:]  # (n_blocks, 16) uint8
+    out[:, :16] = packed & 0x0F
+    out[:, 16:] = packed >> 4
+    out.mul_(dm[:, :1]).add_(dm[:, 1:])
+
+
+_PLAIN = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16,
+          GGMLQuantizationType.BF16: torch.bfloat16}
+_QUANTIZED = {GGMLQuantizationType.Q8_0: _q8_0, GGMLQuantizationType.Q4_1: _q4_1}
