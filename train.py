@@ -72,6 +72,9 @@ class Run:
     dead_steps: int                               # silent this many steps = dead
     ortho_rows: torch.Tensor                      # decoder rows sampled for the orthogonality figure
     logger: MetricsLogger | None = None           # rank 0 only
+    window: torch.Tensor | None = None            # (6,) sums of loss, mse, nmse, aux_mse, fvu, l0 since the last record
+    window_steps: int = 0
+    window_seconds: float = 0.0                   # time spent in those steps (validation, checkpoints excluded)
 
 
 def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -114,7 +117,7 @@ def main(cfg: TrainConfig, *, train_data: Sequence[torch.Tensor] | None = None,
         rows = torch.randperm(sae.cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed))[:ORTHO_ROWS]
         run = Run(cfg, dist, out, share, val_data, sae, objective, objective, optimizer, scheduler, state,
                   total_steps, global_batch, max(1, math.ceil(cfg.dead_after_tokens / global_batch)),
-                  rows.to(dist.device))
+                  rows.to(dist.device), window=torch.zeros(6, device=dist.device))
 
         # Resume, then wrap for data parallelism (DDP broadcasts rank 0's weights once more).
         if cfg.resume:
@@ -234,6 +237,8 @@ def train_step(run: Run, x: torch.Tensor) -> StepOutput:
     run.scheduler.step()
     run.sae.set_decoder_norm_to_unit_norm()
     run.state.record_fired(distributed.all_reduce_any(out.losses.fired))
+    run.state.step += 1
+    run.state.tokens += run.global_batch
     return out
 
 
@@ -270,15 +275,16 @@ def evaluate(run: Run) -> dict:
     return {"mse": mse, "nmse": nmse, "fvu": fvu, "l0": l0}
 
 
-def train_record(run: Run, sums: torch.Tensor, steps: int, seconds: float) -> dict:
-    """The train metrics of the last `steps` steps, averaged over them and over ranks."""
-    means = distributed.all_reduce_mean(sums / steps).tolist()
+def train_record(run: Run) -> dict:
+    """The train metrics of the steps since the last record, averaged over them and over ranks."""
+    means = distributed.all_reduce_mean(run.window / run.window_steps).tolist()
     record = dict(zip(("loss", "mse", "nmse", "aux_mse", "fvu", "l0"), means))
     record.update(step=run.state.step, split="train", epoch=run.state.step / run.share.steps_per_epoch,
                   tokens=run.state.tokens, lr=get_lr(run.state.step - 1, run.cfg, run.total_steps),
                   dead_fraction=float(run.state.dead_mask(run.dead_steps).float().mean()),
-                  tokens_per_s=run.global_batch * steps / max(seconds, 1e-9),
+                  tokens_per_s=run.global_batch * run.window_steps / max(run.window_seconds, 1e-9),
                   decoder_cos=decoder_orthogonality(run.sae.W_dec, run.ortho_rows))
+    run.window, run.window_steps, run.window_seconds = torch.zeros_like(run.window), 0, 0.0
     return record
 
 
@@ -294,42 +300,47 @@ def validate(run: Run) -> bool:
 
 
 def train_loop(run: Run) -> None:
-    """Steps from the state's step to the end (or early stop), with metrics, validation, checkpoints."""
+    """Steps from the state's step to the end (or an early stop)."""
     cfg = run.cfg
     if run.dist.is_main:
         run.logger = MetricsLogger(run.out / "metrics.jsonl", wandb_project=cfg.wandb_project,
                                    tensorboard_dir=run.out / "tensorboard" if cfg.tensorboard else None,
                                    config=cfg.to_dict(), run_name=run.out.name)
-    sums, steps, seconds = torch.zeros(6, device=run.dist.device), 0, 0.0
     bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.dist.is_main,
                desc="train", unit="step", dynamic_ncols=True)
-    with logging_redirect_tqdm():
-        while run.state.step < run.total_steps:
-            start = time.perf_counter()
-            out = train_step(run, run.share.batch(run.state.step).to(run.dist.device, non_blocking=True))
-            run.state.step += 1
-            run.state.tokens += run.global_batch
-            bar.update()
-            losses = out.losses
-            sums += torch.stack([losses.loss, losses.mse, out.nmse, losses.aux_mse, losses.fvu, losses.l0]).detach()
-            steps, seconds = steps + 1, seconds + time.perf_counter() - start
-            last = run.state.step == run.total_steps
-            if run.state.step % cfg.log_every == 0 or last:
-                record = train_record(run, sums, steps, seconds)
-                if run.logger is not None:
-                    run.logger.log(record)
-                bar.set_postfix(mse=f"{record['mse']:.4f}", fvu=f"{record['fvu']:.3f}",
-                                l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.3f}")
-                sums, steps, seconds = torch.zeros_like(sums), 0, 0.0
-            stop = (run.val_data is not None and cfg.val_every > 0
-                    and (run.state.step % cfg.val_every == 0 or last) and validate(run))
-            if stop:
-                log.info("early stop at step %d: no improvement in %d validations", run.state.step, cfg.patience)
-            if stop or last or (cfg.checkpoint_every and run.state.step % cfg.checkpoint_every == 0):
-                save_checkpoint(run)
-            if stop:
-                break
-    bar.close()
+    try:
+        with logging_redirect_tqdm():
+            while run.state.step < run.total_steps:
+                start = time.perf_counter()
+                out = train_step(run, run.share.batch(run.state.step).to(run.dist.device, non_blocking=True))
+                losses = out.losses
+                run.window += torch.stack([losses.loss, losses.mse, out.nmse, losses.aux_mse, losses.fvu,
+                                           losses.l0]).detach()
+                run.window_steps += 1
+                run.window_seconds += time.perf_counter() - start
+                bar.update()
+                if end_of_step(run, bar):
+                    break
+    finally:
+        bar.close()  # ends the bar's line before any error message
+
+
+def end_of_step(run: Run, bar: tqdm) -> bool:
+    """Log, validate and checkpoint as scheduled; True when early stopping ends the run."""
+    cfg, step = run.cfg, run.state.step
+    last = step == run.total_steps
+    if step % cfg.log_every == 0 or last:
+        record = train_record(run)
+        if run.logger is not None:
+            run.logger.log(record)
+        bar.set_postfix(mse=f"{record['mse']:.4f}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
+                        dead=f"{record['dead_fraction']:.3f}")
+    stop = run.val_data is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last) and validate(run)
+    if stop:
+        log.info("early stop at step %d: no improvement in %d validations", step, cfg.patience)
+    if stop or last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        save_checkpoint(run)
+    return stop
 
 
 def finish(run: Run) -> Path:

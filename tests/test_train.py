@@ -1,0 +1,315 @@
+"""The trainer on one process: exact resume, the NaN guard, schedules, data shares, checkpoints, metrics
+and the command line. (Data parallelism: tests/test_train_ddp.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cli
+import train
+from data.batches import ChunkWriter, write_meta, write_remainder
+from sae.io import load_sae
+from train_helpers import Batches, merge_pairs, planted_batches
+from training.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+from training.config import PRESETS, TrainConfig, parse_train_config
+from training.curves import render_curves
+from training.data import RankShare, Rebatched
+from training.metrics import read_metrics, truncate_metrics
+from training.state import TrainState, capture_rng, restore_rng
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_KEYS = {"step", "split", "loss", "mse", "nmse", "aux_mse", "fvu", "l0", "dead_fraction", "lr",
+              "tokens_per_s", "decoder_cos", "tokens", "epoch"}
+
+
+def small_config(out: Path, **overrides) -> TrainConfig:
+    values = dict(out=str(out), expansion=4, k=3, lr=3e-3, warmup_steps=2, grad_clip=0.5,
+                  dead_after_tokens=128, log_every=2, val_every=4, checkpoint_every=4, device="cpu")
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return planted_batches(12, 64, seed=5), planted_batches(3, 64, seed=6)
+
+
+# ---- resume and the NaN guard ------------------------------------------------------------------
+
+def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, data, monkeypatch):
+    train_data, val_data = data
+    steps, crash_after = 20, 11  # 12 batches per epoch: the run crosses an epoch; checkpoint at 8
+    straight = train.main(small_config(tmp_path / "a", max_steps=steps), train_data=train_data, val_data=val_data)
+
+    real_step = train.train_step
+
+    def crashing_step(run, x):
+        if run.state.step == crash_after:
+            raise RuntimeError("simulated crash")
+        return real_step(run, x)
+
+    monkeypatch.setattr(train, "train_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(small_config(tmp_path / "b", max_steps=steps), train_data=train_data, val_data=val_data)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "checkpoints")] == [4, 8]
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed = train.main(small_config(tmp_path / "b", max_steps=steps, resume=True),
+                         train_data=train_data, val_data=val_data)
+
+    want, got = load_sae(straight).state_dict(), load_sae(resumed).state_dict()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    first = load_checkpoint(list_checkpoints(tmp_path / "a" / "checkpoints")[-1][1])
+    second = load_checkpoint(list_checkpoints(tmp_path / "b" / "checkpoints")[-1][1])
+    assert torch.equal(first["state"]["steps_since_fired"], second["state"]["steps_since_fired"])
+    assert first["optimizer"]["state"][0]["step"] == second["optimizer"]["state"][0]["step"] == steps
+    # The metrics after the checkpoint were rewritten once, not duplicated, and match the straight run.
+    drop = ("tokens_per_s",)
+    a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
+    b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
+    assert a == b
+
+
+def test_nan_in_a_batch_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    train_data, val_data = data
+    poisoned = Batches([b.clone() for b in train_data], stats=train_data.stats)
+    bad_index = RankShare(poisoned, 0, 1, seed=0).index(5)  # read at step 6 (0-based step 5)
+    poisoned[bad_index][7, 3] = float("nan")
+    with pytest.raises(train.NonFiniteLossError) as err:
+        train.main(small_config(tmp_path, max_steps=10, checkpoint_every=2), train_data=poisoned, val_data=val_data)
+    message = str(err.value)
+    assert "\n" not in message and "nan at step 6" in message and f"batch {bad_index}" in message
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [s for s, _ in kept] == [2, 4] and str(kept[-1][1]) in message
+    last = load_checkpoint(kept[-1][1])
+    assert all(torch.isfinite(t).all() for t in last["sae"].values())
+    assert not (tmp_path / "sae").exists()
+
+
+# ---- schedule, data shares, state, checkpoints, metrics -----------------------------------------
+
+def test_lr_schedule_matches_torch_schedulers():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=5, min_lr_ratio=0.1, schedule="cosine")
+    total = 45
+    assert [train.get_lr(s, cfg, total) for s in range(5)] == pytest.approx([1e-3 * (s + 1) / 6 for s in range(5)])
+    for schedule, make in (("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=39, eta_min=1e-4)),
+                           ("linear", lambda o: torch.optim.lr_scheduler.LinearLR(o, 1.0, 0.1, total_iters=39))):
+        cfg.schedule = schedule
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        sched = make(opt)
+        for s in range(5, total):
+            assert train.get_lr(s, cfg, total) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+            opt.step()
+            sched.step()
+    cfg.schedule = "constant"
+    assert train.get_lr(30, cfg, total) == 1e-3
+
+
+def test_rank_shares_partition_each_epoch_and_match_one_process():
+    batches = Batches([torch.full((2, 3), float(i)) for i in range(31)])  # 10 groups of 3, one left over
+    shares = [RankShare(batches, r, 3, seed=7) for r in range(3)]
+    orders = []
+    for epoch in range(2):
+        seen = [[shares[r].index(epoch * 10 + s) for s in range(10)] for r in range(3)]
+        for r in range(3):
+            assert sorted(seen[r]) == list(range(r, 30, 3))  # batch i on rank i % 3, each once per epoch
+        assert [[i // 3 for i in row] for row in seen] == [[i // 3 for i in seen[0]]] * 3  # same group per step
+        orders.append(seen[0])
+    assert orders[0] != orders[1]  # a new order each epoch
+    single = RankShare(merge_pairs(batches, 3), 0, 1, seed=7)
+    for step in range(20):
+        assert torch.equal(single.batch(step), torch.cat([shares[r].batch(step) for r in range(3)]))
+
+
+def test_rebatched_views_split_and_join_stored_batches():
+    batches = [torch.randn(8, 4) for _ in range(6)]
+    rows = torch.cat(batches)
+    for size in (2, 4, 16, 24):
+        view = Rebatched(batches, size, 8)
+        assert len(view) == len(rows) // size
+        assert torch.equal(torch.cat([view[i] for i in range(len(view))]), rows[:len(view) * size])
+    with pytest.raises(ValueError, match="--batch-size 12"):
+        Rebatched(batches, 12, 8)
+
+
+def test_dead_counters_match_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    state, last_fired = TrainState(d_sae=20), np.full(20, -1)
+    for step in range(30):
+        fired = torch.rand(20, generator=gen) < 0.15
+        state.record_fired(fired)
+        last_fired[fired.numpy()] = step
+        expected = step - last_fired  # steps since the last firing (or since the start)
+        assert state.steps_since_fired.tolist() == expected.tolist()
+        assert state.dead_mask(5).tolist() == (expected >= 5).tolist()
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    saved = capture_rng()
+    torch.save(saved, tmp_path / "rng.pt")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+
+
+def test_checkpoints_keep_the_newest_and_skip_damaged_ones(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"x": torch.full((2,), float(step))}, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    (tmp_path / "step-00000004.pt.tmp").write_bytes(b"half written")  # never a complete name
+    (tmp_path / "step-00000003.pt").write_bytes(b"\x00" * 100)        # damaged after the fact
+    path, payload, skipped = load_latest(tmp_path)
+    assert path.name == "step-00000002.pt" and payload["x"].tolist() == [2.0, 2.0]
+    assert len(skipped) == 1 and "damaged checkpoint" in skipped[0]
+
+
+def test_metrics_truncation_and_decoder_orthogonality(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "split": "train", "mse": 1.0 / s}) + "\n" for s in range(1, 6))
+                    + '{"step": 6, "spl')  # a torn last line from a crash
+    truncate_metrics(path, 3)
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+
+    w = torch.randn(50, 8)
+    unit = w.numpy() / np.linalg.norm(w.numpy(), axis=1, keepdims=True)
+    cos = np.abs(unit @ unit.T)
+    brute = (cos.sum() - np.trace(cos)) / (50 * 49)
+    assert train.decoder_orthogonality(w, torch.arange(50)) == pytest.approx(brute, rel=1e-5)
+
+
+def test_curves_page_draws_one_line_per_split_and_metric():
+    records = [{"step": s, "split": "train", "mse": 1 / s, "l0": 3.0, "lr": float("nan")} for s in range(1, 9)]
+    records += [{"step": 4, "split": "val", "mse": 0.3}, {"step": 8, "split": "val", "mse": 0.2}]
+    page = render_curves(records, "t")
+    assert page.count("<svg") == 2  # mse and l0; lr has no finite value
+    assert page.count("<polyline") == 3  # train mse, val mse, train l0
+    first_line = page.split('<polyline points="')[1].split('"')[0]
+    assert len(first_line.split()) == 8
+
+
+# ---- configuration and command line -------------------------------------------------------------
+
+def test_every_field_has_a_flag_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_config(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in text, name
+
+
+def test_preset_file_and_flags_layer_in_order(tmp_path):
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"lr": 2e-4, "epochs": 2}))
+    cfg = parse_train_config(["--preset", "reference", "--config", str(config_file), "--k", "16"])
+    assert cfg.k == 16 and cfg.lr == 2e-4 and cfg.epochs == 2  # flag and file beat the preset
+    reference = PRESETS["reference"]
+    assert cfg.betas == [0.85, 0.9999] and cfg.eps == 6.25e-10 and cfg.batch_size == 1024
+    assert cfg.min_lr_ratio == reference["min_lr_ratio"] == 0.2 and cfg.schedule == "cosine"
+    assert parse_train_config([]).k == 32 and parse_train_config(["--betas", "0.8", "0.99"]).betas == [0.8, 0.99]
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(lambda: train.cli_main(argv))
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--k", "0"], "--k must be an integer >= 1"),
+    (["--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["--betas", "0.9"], "--betas takes two numbers"),
+    (["--resume", "--overwrite"], "give one"),
+    (["--data", "/nonexistent/batches"], "/nonexistent/batches/batches.json: not found"),
+])
+def test_bad_values_give_one_line_errors(argv, expected, capsys, tmp_path):
+    code, err = run_cli(argv + ["--out", str(tmp_path)], capsys)
+    assert code == 2 and err.startswith("error: ") and expected in err and "\n" not in err
+
+
+def test_unknown_choice_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_config(["--schedule", "exponential"])
+    assert exit_info.value.code == 2 and "--schedule" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def batches_folder(tmp_path_factory, data):
+    """A prebatched dataset on disk, in the data package's format."""
+    folder = tmp_path_factory.mktemp("batches")
+    files = {}
+    for split, batches in zip(("train", "val"), data):
+        writer = ChunkWriter(folder, split, batch_size=64, d_model=16, batches_per_file=5)
+        for b in batches:
+            writer.write(b.numpy())
+        files[split] = writer.close()
+    remainders = {s: write_remainder(folder, s, np.zeros((0, 16), np.float32)) for s in ("train", "val")}
+    stats = {s: {**data[0].stats} for s in ("train", "val", "all")}
+    meta = {"batch_size": 64, "d_model": 16, "hook": "blocks.3.hook_resid_post", "model": "disk-model",
+            "prepend_bos": False, "chat": True, "n_train": 12, "n_val": 3, "files": files,
+            "remainders": remainders}
+    write_meta(folder, meta, stats)
+    return folder
+
+
+def test_script_trains_end_to_end_and_writes_its_run_folder(tmp_path, batches_folder):
+    out = tmp_path / "run"
+    argv = ["--data", str(batches_folder), "--out", str(out), "--max-steps", "8", "--expansion", "4", "--k", "3",
+            "--log-every", "2", "--val-every", "4", "--lr", "0.002", "--device", "cpu"]
+    result = subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["lr"] == 0.002 and saved["k"] == 3 and saved["max_steps"] == 8
+    records = read_metrics(out / "metrics.jsonl")
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [2, 4, 6, 8] and TRAIN_KEYS <= set(train_records[0])
+    assert [r["step"] for r in records if r["split"] == "val"] == [4, 8]
+    assert train_records[-1]["tokens"] == 8 * 64 and train_records[-1]["l0"] == pytest.approx(3.0)
+    assert "<polyline" in (out / "curves.html").read_text()
+    sae = load_sae(out / "sae")
+    assert (sae.cfg.hook_name, sae.cfg.model, sae.cfg.chat, sae.cfg.d_sae) == ("blocks.3.hook_resid_post",
+                                                                               "disk-model", True, 64)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))  # renormalised after the last step
+    scale = math.sqrt(16 / data_mean_sq_norm(batches_folder))
+    assert sae.cfg.norm_scale == pytest.approx(scale, rel=1e-6)
+
+
+def data_mean_sq_norm(folder: Path) -> float:
+    return json.loads((folder / "stats.json").read_text())["train"]["mean_sq_norm"]
+
+
+def test_nan_data_on_disk_exits_2_with_one_line(tmp_path, batches_folder, capsys):
+    poisoned = tmp_path / "batches"
+    poisoned.mkdir()
+    for f in batches_folder.iterdir():
+        (poisoned / f.name).write_bytes(f.read_bytes())
+    raw = np.memmap(poisoned / "train-00000.bin", dtype="<f4", mode="r+")
+    raw[:] = np.nan  # the first five batches
+    raw.flush()
+    code, err = run_cli(["--data", str(poisoned), "--out", str(tmp_path / "run"), "--expansion", "2",
+                         "--max-steps", "12", "--device", "cpu"], capsys)
+    last_line = err.splitlines()[-1]  # after the progress bar's line
+    assert code == 2 and re.match(r"error: the loss became nan at step \d+: training batch [0-4] contains NaN", last_line)
+
+
+def test_refuses_to_mix_runs_and_reports_missing_optional_packages(tmp_path, batches_folder, capsys, monkeypatch):
+    argv = ["--data", str(batches_folder), "--out", str(tmp_path), "--expansion", "2", "--max-steps", "2",
+            "--device", "cpu"]
+    assert train.cli_main(argv) == 0
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were absent
+    code, err = run_cli(argv + ["--overwrite", "--tensorboard"], capsys)
+    assert code == 2 and "pip install tensorboard" in err and "\n" not in err
