@@ -1,47 +1,46 @@
 """Fast sparse kernels for the TopK SAE, as autograd Functions, each with a plain eager twin.
 
 With k of d_sae latents active, the only dense O(d_in * d_sae) work of a training step is the encoder
-matmul. Everything downstream of the TopK touches k latents per row:
-  - `topk_encode`: forward = dense matmul + topk; backward needs the gradient only at the k selected
-    pre-activations, so grad W_enc is a scatter of k outer products per row (`index_add_`), grad b_enc an
-    `index_add_`, and the input gradient (only when asked for) a gather of k encoder columns.
-  - `sparse_decode`: x_hat = sum_j values_j * W_dec[indices_j], an `F.embedding_bag` with per-sample
-    weights; backward = k dot products per row for the values and an `index_add_` for W_dec.
+matmul. Everything after the TopK touches k latents per row, so the k (row, latent) pairs are held as a
+sparse CSR matrix S (B, d_sae) and every product becomes a sparse one:
+  - `topk_encode`: forward = dense matmul + topk (row chunks, so topk reads the pre-activations while
+    they are still in cache); backward needs the gradient only at the k selected pre-activations:
+    grad W_enc = (S^T @ (x_n - b_pre))^T with S holding those gradients, grad b_enc = an `index_add_`,
+    grad b_pre = -W_enc @ grad b_enc, and the input gradient (only when asked for) = S @ W_enc^T.
+  - `sparse_decode`: x_hat = S @ W_dec with S holding the activations, computed as `F.embedding_bag`
+    with per-sample weights; backward: grad W_dec = S^T @ grad_out and grad values = (grad_out @ W_dec^T)
+    sampled at the k positions (`torch.sparse.sampled_addmm`), never a dense (B, d_sae) matrix.
 sparsify (EleutherAI) and OpenAI's Triton kernels use the same decomposition. The eager twins
 (`topk_encode_eager`, `sparse_decode_eager`) are the plain autograd formulas the tests hold them to.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_ROWS = 512  # rows per chunk for the (rows, k, d_in) temporaries: ~37 MiB at k 32, d_in 576 fp32
+# Sparse CSR is documented as beta; the products used here are the long-supported ones (CPU and CUDA).
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+TOPK_CHUNK_ELEMENTS = 1 << 21  # pre-activations per forward chunk (8 MiB in fp32): stays in cache for topk
 
 
-def _scatter_outer(indices: Tensor, weights: Tensor, rows: Tensor, n_out: int) -> Tensor:
-    """sum over (b, j) of weights[b, j] * rows[b] added into out[indices[b, j]] -> (n_out, d).
-
-    indices, weights (B, k); rows (B, d). This is S^T @ rows for the sparse (B, n_out) matrix S.
-    """
-    out = torch.zeros(n_out, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    for start in range(0, rows.shape[0], CHUNK_ROWS):
-        end = start + CHUNK_ROWS
-        w, r = weights[start:end], rows[start:end]
-        outer = w.unsqueeze(-1) * r.unsqueeze(1)  # (chunk, k, d)
-        out.index_add_(0, indices[start:end].reshape(-1), outer.reshape(-1, rows.shape[1]))
-    return out
+def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
+    """The sparse (B, n_cols) matrix with values[b, j] at column indices[b, j]; indices (B, k) must be
+    sorted along each row (CSR's invariant, which cuSPARSE relies on)."""
+    rows, k = indices.shape
+    crow = torch.arange(0, rows * k + 1, k, device=indices.device)
+    return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), size=(rows, n_cols),
+                                   check_invariants=False)
 
 
-def _gather_dot(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
-    """out[b, j] = table[indices[b, j]] . rows[b] -> (B, k); table (n, d), rows (B, d)."""
-    out = torch.empty(indices.shape, dtype=rows.dtype, device=rows.device)
-    for start in range(0, rows.shape[0], CHUNK_ROWS):
-        end = start + CHUNK_ROWS
-        gathered = F.embedding(indices[start:end], table)  # (chunk, k, d)
-        out[start:end] = torch.bmm(gathered, rows[start:end].unsqueeze(-1)).squeeze(-1)
-    return out
+def _sorted(indices: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sort each row by latent index -> (indices, values, order) with indices = input.gather(-1, order)."""
+    indices, order = indices.sort(dim=-1)
+    return indices, values.gather(-1, order), order
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -49,9 +48,18 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_n, W_enc, b_enc, b_pre, h_bias, k):
-        x_c = x_n - b_pre                                         # (B, d_in)
-        pre = torch.addmm(b_enc + h_bias, x_c, W_enc)             # (B, d_sae): the one dense matmul
-        top, indices = pre.topk(k, dim=-1, sorted=False)          # (B, k)
+        x_c = x_n - b_pre                                          # (B, d_in)
+        bias = b_enc + h_bias                                      # (d_sae,)
+        rows, d_sae = x_c.shape[0], W_enc.shape[1]
+        pre = torch.empty(rows, d_sae, dtype=x_c.dtype, device=x_c.device)
+        top = torch.empty(rows, k, dtype=x_c.dtype, device=x_c.device)
+        indices = torch.empty(rows, k, dtype=torch.int64, device=x_c.device)
+        step = max(1, TOPK_CHUNK_ELEMENTS // d_sae)
+        for s in range(0, rows, step):
+            e = min(rows, s + step)
+            torch.addmm(bias, x_c[s:e], W_enc, out=pre[s:e])         # the one dense matmul
+            torch.topk(pre[s:e], k, dim=-1, sorted=False, out=(top[s:e], indices[s:e]))
+        indices, top, _ = _sorted(indices, top)                      # ascending latent index per row
         values = top.relu()
         ctx.save_for_backward(x_c, W_enc, indices, values)
         ctx.mark_non_differentiable(indices)
@@ -61,22 +69,23 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, _grad_indices, grad_pre):
         x_c, W_enc, indices, values = ctx.saved_tensors
-        d_in, d_sae = W_enc.shape
+        d_sae = W_enc.shape[1]
         g = grad_values * (values > 0) if grad_values is not None else torch.zeros_like(values)  # ReLU'
         need_x = ctx.needs_input_grad[0]
         if grad_pre is not None:
             # Another loss (aux-k) used the dense pre-activations: fall back to dense products.
-            dense = grad_pre.scatter_add(1, indices, g)           # (B, d_sae)
-            grad_W = x_c.t() @ dense
-            grad_b = dense.sum(0)
+            dense = grad_pre.scatter_add(1, indices, g)            # (B, d_sae)
+            grad_W, grad_b = x_c.t() @ dense, dense.sum(0)
             grad_xc = dense @ W_enc.t() if need_x else None
         else:
-            grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
-            grad_W = _scatter_outer(indices, g, x_c, d_sae).t()  # (d_in, d_sae) view of (d_sae, d_in)
-            grad_xc = F.embedding_bag(indices, W_enc.t(), per_sample_weights=g, mode="sum") if need_x else None
+            S = _csr(indices, g, d_sae)                             # (B, d_sae), k entries per row
+            grad_W = (S.t() @ x_c).t()                              # (d_in, d_sae)
+            grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(
+                0, indices.reshape(-1), g.reshape(-1))
+            grad_xc = S @ W_enc.t() if need_x else None
         grad_b_pre = None
         if ctx.needs_input_grad[3]:
-            # sum_b d/dx_c = (sum_b G_b) @ W_enc^T = W_enc @ grad_b_enc
+            # sum over rows of d/dx_c = (sum_b G_b) @ W_enc^T = W_enc @ grad_b_enc
             grad_b_pre = -(grad_xc.sum(0) if grad_xc is not None else W_enc @ grad_b)
         grad_h = grad_b if ctx.needs_input_grad[4] else None
         return grad_xc, grad_W, grad_b, grad_b_pre, grad_h, None
@@ -87,18 +96,18 @@ def topk_encode(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_pre: Tensor, h_bias
     """TopK encoder with a sparse backward.
 
     x_n (B, d_in), W_enc (d_in, d_sae), b_enc/h_bias (d_sae,), b_pre (d_in,) ->
-    values (B, k) = ReLU of the k largest pre-activations, indices (B, k) int64, pre (B, d_sae).
-    `pre` is differentiable too (the aux-k loss ranks and uses dead latents there); when it receives a
-    gradient the backward uses dense products.
+    values (B, k) = ReLU of the k largest pre-activations, indices (B, k) int64 ascending along each row,
+    pre (B, d_sae). `pre` is differentiable too (the aux-k loss uses dead latents there); when it
+    receives a gradient the backward uses dense products.
     """
     return _TopKEncode.apply(x_n, W_enc, b_enc, b_pre, h_bias, k)
 
 
 def topk_encode_eager(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_pre: Tensor, h_bias: Tensor,
                       k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The eager twin of `topk_encode`: plain autograd through matmul, topk and gather."""
+    """The eager twin of `topk_encode`: plain autograd through matmul, topk and gather (same order)."""
     pre = (x_n - b_pre) @ W_enc + (b_enc + h_bias)
-    indices = pre.detach().topk(k, dim=-1, sorted=False).indices
+    indices = pre.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
     return pre.gather(-1, indices).relu(), indices, pre
 
 
@@ -107,19 +116,27 @@ class _SparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, indices, W_dec):
+        out = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")  # (B, d_in)
         ctx.save_for_backward(values, indices, W_dec)
-        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")  # (B, d_in)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         values, indices, W_dec = ctx.saved_tensors
-        grad_values = _gather_dot(indices, W_dec, grad_out) if ctx.needs_input_grad[0] else None
-        grad_W = _scatter_outer(indices, values, grad_out, W_dec.shape[0]) if ctx.needs_input_grad[2] else None
+        indices, values, order = _sorted(indices, values)
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            pattern = _csr(indices, torch.empty_like(values), W_dec.shape[0])
+            # (grad_out @ W_dec^T) evaluated only at the k positions of each row
+            sampled = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0)
+            grad_values = torch.empty_like(values).scatter_(-1, order, sampled.values().view_as(values))
+        if ctx.needs_input_grad[2]:
+            grad_W = _csr(indices, values, W_dec.shape[0]).t() @ grad_out   # (d_sae, d_in)
         return grad_values, None, grad_W
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """values, indices (B, k), W_dec (d_sae, d_in) -> (B, d_in), without a bias."""
+    """values, indices (B, k), W_dec (d_sae, d_in) -> (B, d_in) = sum of k weighted rows, no bias."""
     return _SparseDecode.apply(values, indices, W_dec)
 
 
