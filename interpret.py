@@ -1,0 +1,255 @@
+"""Interpret a trained SAE: what each latent means, how good the SAE is, and pages to browse.
+
+    python interpret.py                       # runs/capture/<hook>, runs/train/sae -> runs/interpret/
+    python interpret.py --llm-provider openai --llm-base-url http://127.0.0.1:8080/v1 --llm-model local
+    ANTHROPIC_API_KEY=... python interpret.py --llm-provider anthropic --llm-model claude-sonnet-4-5 --detection
+
+Stages, each written under --out (rerunning reuses the statistics and the LLM answers already paid for):
+  1. one streaming pass over the captured activations -> stats.safetensors, stats.json
+  2. logit lens, evidence and offline explanations    -> latents/<latent>.json, latent_index_meaning.json
+  3. optional LLM explanations and detection scores   -> llm/explain/, llm/detect/, llm/failures.json
+  4. evaluation on held-out sentences                 -> evaluation.json
+  5. static pages                                     -> index.html, pages/<latent>.html
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import cli
+import paths
+from latents.autointerp import explain_with_llm, latent_id
+from latents.collect import LatentStats, collect_stats
+from latents.evaluate import evaluate_sae, left_padded_batches
+from latents.evidence import build_evidence
+from latents.explain import BaseRates, explain_offline
+from latents.llm import LLMConfig, make_client
+from latents.logit_lens import logit_lens, model_head, sae_directions
+from latents.pages import write_site
+from latents.report import assemble, summaries, write_json, write_records
+from latents.scoring import score_detection
+from latents.source import CapturedData
+from latents.stats import StatsConfig
+
+log = logging.getLogger("interpret")
+
+
+@dataclass
+class InterpretConfig:
+    sae: str = field(default=str(paths.DEFAULT_SAE_DIR), metadata={"help": "SAE folder (config.json + sae.safetensors)"})
+    capture_dir: str = field(default="", metadata={"help": "captured dataset folder (default: runs/capture/<the SAE's hook>)"})
+    model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
+    out: str = field(default=str(paths.DEFAULT_INTERPRET_DIR), metadata={"help": "output folder"})
+    top_n: int = field(default=50, metadata={"help": "top sentences and contexts kept per latent"})
+    context: int = field(default=15, metadata={"help": "tokens either side of a top-activating token"})
+    rows_per_chunk: int = field(default=4096, metadata={"help": "activations encoded at a time (memory)"})
+    max_latents: int = field(default=0, metadata={"help": "explain and page only the N densest live latents (0 = all)"})
+    lens_top: int = field(default=10, metadata={"help": "tokens listed per latent by the logit lens"})
+    llm_provider: str = field(default="", metadata={"help": "LLM explanations: openai (chat completions) or "
+                                                            "anthropic (message batches); empty = offline only",
+                                                    "choices": ["", "openai", "anthropic"]})
+    llm_base_url: str = field(default="", metadata={"help": "API base (default: http://127.0.0.1:8080/v1 for "
+                                                            "openai, https://api.anthropic.com for anthropic)"})
+    llm_model: str = field(default="", metadata={"help": "model name sent to the API"})
+    llm_api_key_env: str = field(default="", metadata={"help": "environment variable holding the API key "
+                                                               "(default: OPENAI_API_KEY / ANTHROPIC_API_KEY)"})
+    llm_max_latents: int = field(default=0, metadata={"help": "send at most N latents to the LLM (0 = all explained)"})
+    llm_batch_size: int = field(default=500, metadata={"help": "requests per Anthropic batch"})
+    llm_poll_s: float = field(default=30.0, metadata={"help": "seconds between batch status checks"})
+    detection: bool = field(default=False, metadata={"help": "score LLM explanations by detection (more requests)"})
+    eval_sentences: int = field(default=512, metadata={"help": "held-out sentences for the evaluation (0 = skip)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "sentences per forward pass in the evaluation"})
+    batches_dir: str = field(default=str(paths.DEFAULT_BATCHES_DIR),
+                             metadata={"help": "prebatched folder root: its train/val split picks held-out documents"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    seed: int = field(default=0, metadata={"help": "seed of the random sentences (detection negatives)"})
+
+    def __post_init__(self):
+        for name in ("top_n", "rows_per_chunk", "lens_top", "eval_batch_size", "llm_batch_size"):
+            if getattr(self, name) < 1:
+                raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        for name in ("context", "max_latents", "llm_max_latents", "eval_sentences"):
+            if getattr(self, name) < 0:
+                raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
+        if self.llm_provider and not self.llm_model:
+            raise cli.UsageError(f"--llm-provider {self.llm_provider} needs --llm-model")
+        if self.detection and not self.llm_provider:
+            raise cli.UsageError("--detection scores LLM explanations: give --llm-provider too")
+
+
+def main() -> None:
+    cfg, _ = cli.parse_config(InterpretConfig, description=__doc__.split("\n\n")[0])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    interpret(cfg)
+
+
+def interpret(cfg: InterpretConfig) -> dict:
+    """Run every stage; returns the evaluation (empty when skipped)."""
+    from llama import load_model
+    from sae.io import load_sae
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cli.save_config(cfg, out / "config.json")
+    sae = load_sae(cfg.sae, device=device).eval()
+    hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
+    data = open_capture(cfg, hook, sae.cfg.d_in)
+    stats = statistics(cfg, data, sae, device, out)
+    loaded = load_model(Path(cfg.model) if cfg.model else paths.default_model_path(), device=device)
+    if loaded.args.dim != sae.cfg.d_in:
+        raise cli.UsageError(f"--model has dim {loaded.args.dim} but the SAE expects d_in {sae.cfg.d_in}")
+    latents = chosen_latents(stats, cfg.max_latents)
+    log.info("explaining %d of %d latents (%d dead)", len(latents), stats.d_sae, stats.d_sae - len(stats.live()))
+    records = explain(cfg, data, stats, sae, loaded, latents, out)
+    evaluation = evaluate(cfg, data, sae, loaded, hook, out)
+    write_records(out, records)
+    index = write_site(out, records, summaries(records), evaluation, Path(cfg.sae).parent / "curves.html",
+                       title=f"SAE latents: {hook}")
+    log.info("pages: %s", index)
+    return evaluation
+
+
+def open_capture(cfg: InterpretConfig, hook: str, d_in: int) -> CapturedData:
+    folder = Path(cfg.capture_dir) if cfg.capture_dir else paths.DEFAULT_CAPTURE_DIR / hook
+    data = CapturedData(folder)
+    if data.d_model != d_in:
+        raise cli.UsageError(f"--capture-dir {folder}: activations have d_model {data.d_model} but the SAE "
+                             f"expects d_in {d_in}; pass the capture the SAE was trained on")
+    if data.hook_name and data.hook_name != hook:
+        raise cli.UsageError(f"--capture-dir {folder}: captured at {data.hook_name}, the SAE reads {hook}")
+    return data
+
+
+def statistics(cfg: InterpretConfig, data: CapturedData, sae, device, out: Path) -> LatentStats:
+    """The statistics pass, reused when stats.safetensors was computed from the same inputs."""
+    sae_file = Path(cfg.sae) / "sae.safetensors"
+    identity = {"sae": str(Path(cfg.sae).resolve()), "sae_mtime_ns": sae_file.stat().st_mtime_ns,
+                "capture": str(data.folder.resolve()), "rows": data.n_rows}
+    scfg = StatsConfig(top_n=cfg.top_n, context=cfg.context, seed=cfg.seed)
+    path = out / "stats.safetensors"
+    if path.is_file():
+        stats = LatentStats.load(path)
+        if stats.meta.get("identity") == identity and stats.meta.get("config") == scfg.to_dict():
+            log.info("statistics: reusing %s", path)
+            return stats
+    log.info("statistics: one pass over %d activations of %s", data.n_rows, data.folder)
+    bar = lambda chunks: tqdm(chunks, desc="statistics", unit="chunk",
+                              total=max(1, data.n_rows // cfg.rows_per_chunk))
+    stats = collect_stats(data, sae.encode, sae.cfg.d_sae, scfg, rows_per_chunk=cfg.rows_per_chunk,
+                          device=device, checkpoint=out / "stats-partial.safetensors", identity=identity,
+                          progress=bar)
+    stats.save(path)
+    live = stats.live()
+    write_json(out / "stats.json", {
+        "rows": int(stats["rows"]), "d_sae": stats.d_sae, "live": len(live), "dead": stats.d_sae - len(live),
+        "dead_fraction": 1 - len(live) / stats.d_sae, "labels": stats.label_names,
+        "density_quantiles": {str(q): float(np.quantile(stats["density"].numpy(), q)) for q in (0.1, 0.5, 0.9, 0.99)}})
+    return stats
+
+
+def chosen_latents(stats: LatentStats, limit: int) -> list[int]:
+    """Live latents (the `limit` densest when limit > 0), in index order."""
+    live = stats.live()
+    if limit and len(live) > limit:
+        live = live[torch.argsort(stats["density"][live], descending=True)[:limit]]
+    return sorted(live.tolist())
+
+
+def explain(cfg: InterpretConfig, data: CapturedData, stats: LatentStats, sae, loaded, latents: list[int],
+            out: Path) -> list[dict]:
+    """Evidence and explanations (offline, then LLM and detection when asked) of `latents`."""
+    token_text = loaded.tokenizer.token_str
+    gain, unembed = model_head(loaded.model)
+    lens = logit_lens(sae_directions(sae, torch.tensor(latents, dtype=torch.long)), gain, unembed, top=cfg.lens_top)
+    evidence = build_evidence(stats, data, latents, token_text, lens)
+    rates = BaseRates.from_stats(stats)
+    offline = {j: explain_offline(ev, rates, token_text) for j, ev in evidence.items()}
+    llm, detection = {}, {}
+    if cfg.llm_provider:
+        llm, detection = llm_stage(cfg, data, stats, evidence, out / "llm")
+    return assemble(evidence, offline, llm, detection)
+
+
+def llm_stage(cfg: InterpretConfig, data: CapturedData, stats: LatentStats, evidence: dict[int, dict],
+              folder: Path) -> tuple[dict, dict]:
+    """LLM explanations (and detection scores); failures reported in llm/failures.json."""
+    default_url = "http://127.0.0.1:8080/v1" if cfg.llm_provider == "openai" else "https://api.anthropic.com"
+    default_key = "OPENAI_API_KEY" if cfg.llm_provider == "openai" else "ANTHROPIC_API_KEY"
+    llm_cfg = LLMConfig(provider=cfg.llm_provider, base_url=cfg.llm_base_url or default_url, model=cfg.llm_model,
+                        api_key_env=cfg.llm_api_key_env or default_key, batch_size=cfg.llm_batch_size,
+                        poll_s=cfg.llm_poll_s)
+    folder.mkdir(parents=True, exist_ok=True)
+    client = make_client(llm_cfg, journal=folder / "open-batches.json")
+    chosen = dict(sorted(evidence.items())[:cfg.llm_max_latents or None])
+    report = explain_with_llm(client, chosen, folder / "explain")
+    log.info("LLM explanations: %d new, %d reused, %d failed", len(report.results) - len(report.skipped),
+             len(report.skipped), len(report.failures))
+    llm = {j: report.results[latent_id(j)] for j in chosen if latent_id(j) in report.results}
+    failures = {"explain": report.failures}
+    detection = {}
+    if cfg.detection and llm:
+        scores = detect(cfg, client, data, stats, evidence, llm, folder / "detect")
+        detection = {j: scores.results[latent_id(j)]["balanced_accuracy"] for j in llm
+                     if latent_id(j) in scores.results}
+        failures["detect"] = scores.failures
+    write_json(folder / "failures.json", failures)
+    return llm, detection
+
+
+def detect(cfg, client, data: CapturedData, stats: LatentStats, evidence, llm, folder: Path):
+    """Detection scoring: top sentences vs random sentences on which the latent is zero."""
+    ordinals = stats["random_sentences"].tolist()
+    texts = data.read_sentences(ordinals)
+    quiet = {j: [texts[o]["text"] for i, o in enumerate(ordinals) if float(stats["random_mean"][i, j]) == 0.0]
+             for j in llm}
+    top = {j: [s["text"] for s in evidence[j]["top_sentences_mean"]] for j in llm}
+    return score_detection(client, {j: e["common_semantic"] for j, e in llm.items()}, top, quiet, folder,
+                           seed=cfg.seed)
+
+
+def held_out_sentences(cfg: InterpretConfig, data: CapturedData, hook: str) -> tuple[list[list[int]], bool]:
+    """Token lists of up to cfg.eval_sentences sentences from documents the prebatching held out for
+    validation (its seeded per-document split); the last captured sentences when there is no split."""
+    from data.prebatch import is_validation
+
+    table = data.sentences
+    meta_path = Path(cfg.batches_dir) / hook / "batches.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"val_fraction": 0.02, "seed": 0}
+    lines = np.flatnonzero(is_validation(table.docs, float(meta["val_fraction"]), int(meta["seed"])))
+    held_out = len(lines) > 0
+    if not held_out:
+        lines = np.arange(len(table.docs))[::-1]
+    records = data.read_sentences(lines[:cfg.eval_sentences].tolist())
+    return [records[i]["tokens"] for i in sorted(records) if len(records[i]["tokens"]) >= 1], held_out
+
+
+def evaluate(cfg: InterpretConfig, data: CapturedData, sae, loaded, hook: str, out: Path) -> dict:
+    if cfg.eval_sentences == 0:
+        return {}
+    sentences, held_out = held_out_sentences(cfg, data, hook)
+    prefix = list(data.manifest.get("context_prefix") or [])
+    if not prefix:  # a single sentence token predicts nothing: drop those
+        sentences = [s for s in sentences if len(s) >= 2]
+    device = next(sae.parameters()).device
+    batches = left_padded_batches(sentences, batch_size=cfg.eval_batch_size, prefix=prefix,
+                                  pad_id=loaded.tokenizer.pad_id or 0, device=device)
+    bar = lambda b: tqdm(b, desc="evaluation", unit="batch", total=-(-len(sentences) // cfg.eval_batch_size))
+    report = {"hook": hook, "sentences": len(sentences), "held_out": held_out,
+              **evaluate_sae(loaded.model, sae, hook, batches, progress=bar)}
+    write_json(out / "evaluation.json", report)
+    log.info("evaluation: FVU %.4f, L0 %.1f, CE loss recovered %.4f, delta LM loss %.4f",
+             report["fvu"], report["l0"], report["ce_loss_recovered"], report["delta_lm_loss"])
+    return report
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
