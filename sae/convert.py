@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sae.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="source_format", required=True, choices=sorted(READERS),
                         help="format of SRC")
-    parser.add_argument("--to", dest="target_format", required=True, choices=sorted(WRITERS),
-                        help="format to write DST in")
+    parser.add_argument("--to", dest="target_format", required=True, choices=sorted(READERS),
+                        help=f"format to write DST in ({', '.join(sorted(WRITERS))})")
     parser.add_argument("src", metavar="SRC", type=Path, help="SAE folder (a .pt/.safetensors file for openai)")
     parser.add_argument("dst", metavar="DST", type=Path, help="folder to write (sparsify: a run folder, "
                         "the SAE goes into DST/<hookpoint>/ unless DST is named so)")
@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    if args.target_format not in WRITERS:
+        raise cli.UsageError(f"--to {args.target_format}: that format is read here, not written; "
+                             f"write one of {', '.join(sorted(WRITERS))}")
     if args.hook:
         hooks.parse_hook(args.hook)
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:
