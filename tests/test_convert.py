@@ -397,15 +397,43 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "sae_weights.safetensors" in lines[0]
 
 
-def test_cli_refuses_an_sae_of_the_wrong_width_for_the_model(tmp_path, monkeypatch):
+def _default_model_or_skip():
+    import paths
+    try:
+        return paths.default_model_path()
+    except FileNotFoundError as err:
+        pytest.skip(f"default model not installed: {err}")
+
+
+def test_model_shape_reads_the_default_model_header():
+    from sae.convert import model_shape
+    assert model_shape(_default_model_or_skip()) == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
+
+
+def test_cli_refuses_an_sae_of_the_wrong_width_for_the_model(tmp_path):
     from sae import convert
-    folder = _saelens_folder(tmp_path)  # d_in 16; the model below is 576 wide
-    monkeypatch.setattr(convert, "model_shape", lambda path: (576, 30))
+    _default_model_or_skip()
+    folder = _saelens_folder(tmp_path)  # d_in 16; the default model is 576 wide
     with pytest.raises(ValueError) as err:
-        convert.main(["--from", "saelens", "--to", "ours", "--model", str(tmp_path), str(folder),
-                      str(tmp_path / "out")])
+        convert.main(["--from", "saelens", "--to", "ours", str(folder), str(tmp_path / "out")])
     assert "width 16" in _one_line(err) and "576" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_pre_6_saelens_flat_config_is_read(tmp_path):
+    ours = _our_sae("topk", "none", seed=13)
+    config, tensors, _ = saelens.to_saelens(from_sae(ours))
+    legacy = {"d_in": D_IN, "d_sae": D_SAE, "hook_point": "blocks.1.hook_mlp_out", "model_name": "gpt2",
+              "activation_fn_str": "topk", "activation_fn_kwargs": {"k": K}, "normalize_activations": False,
+              "apply_b_dec_to_input": True, "dtype": "float32", "sae_lens_version": "3.20.0"}
+    (tmp_path / "cfg.json").write_text(json.dumps(legacy))
+    save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp_path / "sae_weights.safetensors"))
+    conv = saelens.read(tmp_path)
+    assert (conv.cfg.activation, conv.cfg.k, conv.cfg.hook_name, conv.cfg.model) == \
+        ("topk", K, "blocks.1.hook_mlp_out", "gpt2")
+    x = _inputs(seed=14)
+    with torch.no_grad():
+        _close(to_sae(conv)(x).x_hat, ours(x).x_hat)
 
 
 # ---- hook names --------------------------------------------------------------------------------
