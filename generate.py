@@ -1,0 +1,293 @@
+"""Generate text with the model, optionally with an SAE spliced in and its latents steered.
+
+    python generate.py "Today I went to the park and"            # plain completion, streamed
+    python generate.py --chat "Tell me about your day."          # the model's chat format
+    python generate.py --steer 896:20 "Today I went to the park and"   # steer latent 896 by +20
+    python generate.py --steer 896:20 --compare --show-features  # unsteered vs steered, latents per token
+    python generate.py --prompt-file prompts.txt                 # one prompt per line, as a batch ("-": stdin)
+
+The SAE (default: the one the pipeline trained, runs/train/sae) decides how prompts are tokenized (BOS,
+chat format), so it sees the distribution it was trained on. Steering modes are described in
+sae/steering.py; "sae" is the default (see docs/readme/generate.md for why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cli
+import paths
+
+log = logging.getLogger("generate")
+DEFAULT_PROMPT = "Today I went to the park and"
+
+
+@dataclass
+class GenerateConfig:
+    prompts: list[str] = field(default_factory=list, metadata={"cli": False})  # positional arguments
+    steer: list[str] = field(default_factory=list, metadata={"cli": False})    # --steer, repeatable
+    prompt_file: str = field(default="", metadata={"help": "file of prompts, one per line, run as a batch "
+                                                           "('-' reads standard input)"})
+    model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
+    sae: str = field(default="", metadata={"help": f"SAE folder to splice in (default: {paths.DEFAULT_SAE_DIR} "
+                                                   f"when steering or showing features)"})
+    mode: str = field(default="sae", metadata={"help": "steering mode: sae (reconstruction replaces the "
+                                               "activation, VALUE added through h_bias), direction (add VALUE x "
+                                               "decoder direction), clamp (set the latent to VALUE)",
+                                               "choices": ["sae", "direction", "clamp"]})
+    chat: bool = field(default=False, metadata={"help": "wrap prompts in the model's chat format (on by itself "
+                                                        "when the SAE was trained on chat-formatted text)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "tokens to generate per prompt"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; otherwise sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with --temperature > 0)"})
+    seed: int = field(default=0, metadata={"help": "random seed for sampling"})
+    compare: bool = field(default=False, metadata={"help": "print the unsteered and the steered completion "
+                                                           "(same seed) side by side"})
+    show_features: bool = field(default=False, metadata={"help": "list the strongest SAE latents at each "
+                                                                 "generated token"})
+    top_features: int = field(default=4, metadata={"help": "latents listed per token with --show-features"})
+    explanations: str = field(default=str(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json"),
+                              metadata={"help": "latent explanations written by interpret.py"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+
+
+def parse_args(argv: list[str] | None = None) -> GenerateConfig:
+    def extend(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("prompts", nargs="*", default=None, help=f"prompts (default: {DEFAULT_PROMPT!r})")
+        parser.add_argument("--steer", action="append", default=None, metavar="IDX:VALUE",
+                            help="steer latent IDX by VALUE; repeatable")
+
+    cfg, _ = cli.parse_config(GenerateConfig, __doc__.split("\n\n")[0], argv, extend=extend)
+    return cfg
+
+
+def main(cfg: GenerateConfig) -> int:
+    """Validate everything, load the model (and SAE), generate and print. Returns the exit code."""
+    import torch
+
+    from llama import load_model
+    from sae.steering import parse_steer
+
+    steers = [parse_steer(s) for s in cfg.steer]
+    check_numbers(cfg)
+    sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
+    sae_cfg = check_sae_config(sae_dir, steers) if sae_dir else None
+    prompts = read_prompts(cfg)
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    loaded = load_model(Path(cfg.model) if cfg.model else None, device=device)
+    sae = load_matching_sae(sae_dir, sae_cfg, loaded, device) if sae_dir else None
+    chat = cfg.chat or bool(sae and sae.cfg.chat)
+    bos = sae.cfg.prepend_bos if sae else loaded.tokenizer.add_bos
+    token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
+    runs = plan_runs(cfg, sae, steers)
+    results = {label: run_generation(cfg, loaded, token_prompts, steering, stream=len(runs) == 1
+                                     and len(prompts) == 1 and not cfg.show_features, echo=prompts[0] if not chat else "")
+               for label, steering in runs.items()}
+    print_results(cfg, loaded, prompts, token_prompts, runs, results)
+    return 0
+
+
+def check_numbers(cfg: GenerateConfig) -> None:
+    if cfg.max_new_tokens < 1:
+        raise cli.UsageError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
+    if not cfg.temperature >= 0 or cfg.temperature != cfg.temperature:
+        raise cli.UsageError(f"--temperature {cfg.temperature}: must be >= 0")
+    if not 0 < cfg.top_p <= 1:
+        raise cli.UsageError(f"--top-p {cfg.top_p}: must be in (0, 1]")
+    if cfg.top_features < 1:
+        raise cli.UsageError(f"--top-features {cfg.top_features}: must be at least 1")
+
+
+def resolve_sae(cfg: GenerateConfig, needed: bool) -> Path | None:
+    """The SAE folder to use, None when no SAE is wanted; a one-line hint when one is needed but absent."""
+    if cfg.sae:
+        return Path(cfg.sae)
+    if not needed:
+        return None
+    if not (paths.DEFAULT_SAE_DIR / "config.json").is_file():
+        flags = "--steer" if cfg.steer else "--show-features" if cfg.show_features else "--compare"
+        raise cli.UsageError(f"{flags} needs a trained SAE and there is none at {paths.DEFAULT_SAE_DIR}: run "
+                             f"`python pipeline.py` (or capture.py then train.py), or pass --sae FOLDER")
+    return paths.DEFAULT_SAE_DIR
+
+
+def check_sae_config(folder: Path, steers) -> "SAEConfig":
+    from sae.io import load_config
+    from sae.steering import check_steers
+
+    sae_cfg = load_config(folder)
+    check_steers(steers, sae_cfg.d_sae)
+    return sae_cfg
+
+
+def load_matching_sae(folder: Path, sae_cfg, loaded, device):
+    """Load the SAE after checking it belongs to this model: width, hook, model identity."""
+    from llama.hooks import parse_hook_name
+    from sae.io import load_sae
+
+    if sae_cfg.d_in != loaded.args.dim:
+        raise ValueError(f"SAE {folder} reads {sae_cfg.d_in}-dim activations but the model's are "
+                         f"{loaded.args.dim}-dim: it was trained on another model")
+    try:
+        parse_hook_name(sae_cfg.hook_name, loaded.args.n_layers)
+    except ValueError as err:
+        raise ValueError(f"SAE {folder}: {err}") from None
+    if sae_cfg.model and not same_model(sae_cfg.model, loaded.source):
+        raise ValueError(f"SAE {folder} was trained on {sae_cfg.model}, not on {loaded.source}; pass --model "
+                         f"for that model, or an SAE trained on this one")
+    return load_sae(folder, device=device)
+
+
+def same_model(a: str, b: str) -> bool:
+    """Equal identities, or equal file fingerprints (a renamed or moved file is the same model)."""
+    prints = [re.search(r"\b([0-9a-f]{16})\)$", s) for s in (a, b)]
+    return a == b or (all(prints) and prints[0].group(1) == prints[1].group(1))
+
+
+def read_prompts(cfg: GenerateConfig) -> list[str]:
+    prompts = list(cfg.prompts)
+    if cfg.prompt_file:
+        try:
+            text = sys.stdin.read() if cfg.prompt_file == "-" else Path(cfg.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--prompt-file {cfg.prompt_file}: no such file") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"--prompt-file {cfg.prompt_file}: not UTF-8 text") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise cli.UsageError(f"--prompt-file {cfg.prompt_file}: no prompts in it (one per line)")
+    if any(not p.strip() for p in prompts):
+        raise cli.UsageError("empty prompt: give some text to continue")
+    return prompts or [DEFAULT_PROMPT]
+
+
+def encode_prompt(tokenizer, text: str, *, chat: bool, bos: bool) -> list[int]:
+    """Tokens of a prompt, formatted as the SAE's training data was (chat template or not, BOS or not)."""
+    ids = tokenizer.encode_chat([{"role": "user", "content": text}]) if chat else tokenizer.encode(text)
+    if bos and ids[:1] != [tokenizer.bos_id]:
+        ids = [tokenizer.bos_id, *ids]
+    return ids
+
+
+def plan_runs(cfg: GenerateConfig, sae, steers) -> dict:
+    """label -> Steering (or None for the plain model). --compare adds the unsteered run: the SAE spliced
+    with no steering in "sae" mode, the plain model in the other modes."""
+    from sae.steering import Steering
+
+    if sae is None:
+        return {"plain": None}
+    label = "steered " + ", ".join(f"{s.latent}:{s.value:+g}" for s in steers) + f" ({cfg.mode})" if steers \
+        else f"SAE spliced ({cfg.mode})"
+    runs = {label: Steering(sae, steers, cfg.mode)}
+    if cfg.compare:
+        base = {"unsteered (SAE spliced)": Steering(sae, [], "sae")} if cfg.mode == "sae" else {"unsteered": None}
+        runs = {**base, **runs}
+    return runs
+
+
+def run_generation(cfg: GenerateConfig, loaded, prompts: list[list[int]], steering, *, stream: bool,
+                   echo: str) -> list[list[int]]:
+    from llama import generate
+    from llama.tokenizers import StreamDecoder
+
+    injections = {steering.sae.cfg.hook_name: steering} if steering is not None else None
+    on_token = None
+    if stream:
+        decoder = StreamDecoder(loaded.tokenizer)
+        print(echo, end="", flush=True)
+
+        def on_token(step, tokens):
+            if int(tokens[0]) >= 0:
+                print(decoder.feed(int(tokens[0])), end="", flush=True)
+
+    out = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, injections=injections,
+                   on_token=on_token)
+    if stream:
+        print(decoder.flush())
+    return out
+
+
+def print_results(cfg, loaded, prompts, token_prompts, runs, results) -> None:
+    tokenizer = loaded.tokenizer
+    streamed = len(runs) == 1 and len(prompts) == 1 and not cfg.show_features
+    explanations = read_explanations(Path(cfg.explanations)) if cfg.show_features else {}
+    for i, prompt in enumerate(prompts):
+        texts = {label: tokenizer.decode(out[i]) for label, out in results.items()}
+        if len(runs) > 1:
+            print(f"prompt: {prompt}")
+            print_side_by_side(texts)
+        elif not streamed:
+            print(f"{prompt}{next(iter(texts.values()))}" if len(prompts) == 1 else f"[{i}] {prompt} ->"
+                  f"{next(iter(texts.values()))}")
+        if cfg.show_features:
+            for label, steering in runs.items():
+                if steering is not None:
+                    print(f"-- latents per generated token, {label} --")
+                    print_features(loaded, steering, token_prompts[i], results[label][i], cfg.top_features,
+                                   explanations)
+
+
+def print_side_by_side(texts: dict[str, str]) -> None:
+    width = shutil.get_terminal_size((100, 20)).columns
+    column = (width - 3) // len(texts)
+    if column < 30:  # too narrow for columns: one block after the other
+        for label, text in texts.items():
+            print(f"--- {label} ---\n{text.strip()}\n")
+        return
+    wrapped = [[label[:column], "-" * min(column, len(label))] + textwrap.wrap(text.strip(), column)
+               for label, text in texts.items()]
+    for row in range(max(map(len, wrapped))):
+        print(" | ".join((lines[row] if row < len(lines) else "").ljust(column) for lines in wrapped).rstrip())
+    print()
+
+
+def print_features(loaded, steering, prompt: list[int], new: list[int], n: int, explanations: dict) -> None:
+    """One line per generated token: the strongest latents on it (on what flows on after steering)."""
+    import torch
+
+    from sae.steering import top_latents
+
+    tokens = torch.tensor([prompt + new], device=steering.sae.W_dec.device)
+    steering.record = True
+    try:
+        with torch.no_grad():
+            loaded.model(tokens, injections={steering.sae.cfg.hook_name: steering}, return_logits=False,
+                         taps=(steering.sae.cfg.hook_name,))
+        values, indices = top_latents(steering.last, n)
+    finally:
+        steering.record = False
+    for pos in range(len(prompt), len(prompt) + len(new)):
+        token = loaded.tokenizer.token_str(int(tokens[0, pos]))
+        parts = [f"{int(j)}:{float(v):.1f}" + (f" ({explanations[int(j)]})" if int(j) in explanations else "")
+                 for v, j in zip(values[0, pos].tolist(), indices[0, pos].tolist()) if v > 0]
+        print(f"{token!r:>16}  " + "  ".join(parts))
+
+
+def read_explanations(path: Path) -> dict[int, str]:
+    """latent -> explanation from interpret.py's latent_index_meaning.json ({} when absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        return {int(k): str(v.get("common_semantic", ""))[:60] for k, v in table.items()
+                if isinstance(v, dict) and v.get("common_semantic")}
+    except (json.JSONDecodeError, ValueError, AttributeError):
+        raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return main(parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli.run_main(cli_main)
