@@ -158,7 +158,8 @@ class LatentAccumulator:
             ok = position[n - 1:] >= n - 1                                          # all in one sentence
             grams = [tokens[i:len(tokens) - n + 1 + i][ok] for i in range(n)]
             if grams[0].numel():
-                table += torch.bincount(ngram_hash(grams, table.numel()), minlength=table.numel()).int()
+                hashes = ngram_hash(grams, table.numel())
+                table.index_add_(0, hashes, torch.ones_like(hashes, dtype=table.dtype))  # O(n), not O(buckets)
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

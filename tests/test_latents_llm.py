@@ -29,6 +29,8 @@ def answer_for(prompt: str, calls: dict) -> str:
     if "numbered sentences" in prompt:  # detection: claim the sentences that mention "top"
         lines = [line for line in prompt.splitlines() if line[:1].isdigit() and ". " in line]
         return json.dumps({"activating": [int(line.split(".")[0]) for line in lines if "top" in line]})
+    if '"common_semantic"' in prompt:  # any other explanation request
+        return GOOD % "anything"
     return "?"
 
 

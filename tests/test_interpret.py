@@ -1,0 +1,194 @@
+"""interpret.py end to end on a tiny model and a captured dataset with a planted latent: the latent is
+found with the right contexts, LLM explanations flow through a local server, pages escape corpus
+text and load in headless Chromium without console errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import interpret
+from data.prebatch import is_validation
+import llama
+from latents.synthetic import write_captured
+from llama.loading import LoadedModel
+from llama.model import ModelArgs, Transformer
+from sae import SAEConfig, SparseAutoencoder
+from sae.io import save_sae
+from tests.test_latents_llm import FakeAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOK = "blocks.1.hook_resid_post"
+DIM, VOCAB, PLANTED_TOKEN, PLANTED_LATENT = 16, 40, 7, 5
+HOSTILE = 'He said "<script>alert(1)</script>" & left \'quietly\''
+
+
+class StubTokenizer:
+    """What interpret.py needs from a tokenizer: token_str and pad_id (texts are synthetic)."""
+    pad_id = 0
+
+    def token_str(self, token_id: int) -> str:
+        return " <b>" if token_id == 3 else f" w{token_id}"
+
+
+def capture(model, sentences: list[list[int]], direction: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Activations at HOOK per sentence, with `direction` * 10 added where the planted token is."""
+    acts, index = [], []
+    for s, ids in enumerate(sentences):
+        with torch.no_grad():
+            a = model(torch.tensor([ids]), taps=(HOOK,), return_logits=False).taps[HOOK][0]
+        a = a + 10.0 * direction * (torch.tensor(ids) == PLANTED_TOKEN)[:, None]
+        acts.append(a.numpy())
+        index.append(np.stack([np.full(len(ids), s // 2), np.full(len(ids), s % 2), np.arange(len(ids))], 1))
+    return np.concatenate(acts), np.concatenate(index)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interp")
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=DIM, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB,
+                                  multiple_of=16, max_seq_len=64)).eval()
+    rng = np.random.default_rng(0)
+    sentences = [rng.integers(8, VOCAB, size=int(rng.integers(4, 14))).tolist() for _ in range(80)]
+    for s in sentences[::3]:  # the planted token in a third of the sentences
+        s[int(rng.integers(0, len(s)))] = PLANTED_TOKEN
+    direction = torch.nn.functional.normalize(torch.randn(DIM), dim=0)
+    acts, index = capture(model, sentences, direction)
+    records = [{"doc": int(i // 2), "sentence": int(i % 2), "tokens": ids,
+                "text": HOSTILE if i == 0 else " ".join(f"w{t}" for t in ids),
+                "label": "positive" if PLANTED_TOKEN in ids else "negative"} for i, ids in enumerate(sentences)]
+    tokens = np.concatenate([np.array(s) for s in sentences])
+    write_captured(root / "capture", acts, tokens, index, records, label_names=["negative", "positive"],
+                   hook=HOOK, shard_rows=200)
+    sae = SparseAutoencoder(SAEConfig(d_in=DIM, d_sae=24, k=3, normalization="none", hook_name=HOOK))
+    with torch.no_grad():  # the planted latent reads the planted direction, with a threshold
+        sae.W_enc[:, PLANTED_LATENT] = 3 * direction
+        sae.W_dec[PLANTED_LATENT] = direction
+        sae.b_enc[PLANTED_LATENT] = -15.0
+    save_sae(sae, root / "train" / "sae")
+    (root / "train" / "curves.html").write_text("<!DOCTYPE html><title>curves</title>")
+    (root / "batches" / HOOK).mkdir(parents=True)  # the prebatching's document split: half held out
+    (root / "batches" / HOOK / "batches.json").write_text('{"val_fraction": 0.5, "seed": 0}')
+    return root, model, sentences
+
+
+@pytest.fixture(scope="module")
+def run(setup):
+    root, model, sentences = setup
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeAPI)
+    httpd.state = {"prompts": [], "headers": [], "calls": {}, "batches": {}, "fail_polls": 0}
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    loaded = LoadedModel(model, StubTokenizer(), model.args, "stub")
+    cfg = interpret.InterpretConfig(
+        sae=str(root / "train" / "sae"), capture_dir=str(root / "capture"), out=str(root / "out"),
+        top_n=10, context=4, rows_per_chunk=64, eval_sentences=30, eval_batch_size=8,
+        batches_dir=str(root / "batches"), llm_provider="openai", llm_model="local", detection=True,
+        llm_base_url=f"http://127.0.0.1:{httpd.server_port}/v1", llm_max_latents=3)
+    original = llama.load_model
+    llama.load_model = lambda *a, **k: loaded
+    try:
+        evaluation = interpret.interpret(cfg)
+    finally:
+        llama.load_model = original
+        httpd.shutdown()
+        httpd.server_close()
+    return root / "out", evaluation, sentences, httpd.state
+
+
+def test_planted_latent_is_found_with_its_contexts(run):
+    out, _, sentences, _ = run
+    record = json.loads((out / "latents" / f"{PLANTED_LATENT}.json").read_text())
+    planted_rows = sum(s.count(PLANTED_TOKEN) for s in sentences)
+    total_rows = sum(len(s) for s in sentences)
+    assert record["density"] == pytest.approx(planted_rows / total_rows)
+    assert len(record["contexts"]) == min(10, planted_rows)
+    for ctx in record["contexts"]:
+        assert ctx["token_ids"][ctx["center"]] == PLANTED_TOKEN
+        assert ctx["tokens"][ctx["center"]] == f" w{PLANTED_TOKEN}"
+        assert ctx["values"][ctx["center"]] == pytest.approx(ctx["activation"], rel=1e-2)
+    offline = record["explanations"]["offline"]
+    assert f"w{PLANTED_TOKEN}" in offline["common_semantic"] and offline["certainty"] >= 0.9
+    positive = next(lab for lab in record["labels"] if lab["label"] == "positive")
+    assert positive["auroc"] == pytest.approx(1.0) and positive["mean_diff"] > 0
+    index = json.loads((out / "latent_index_meaning.json").read_text())
+    assert index[str(PLANTED_LATENT)]["common_semantic"]
+
+
+def test_outputs_evaluation_and_llm_results(run):
+    out, evaluation, _, state = run
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved == pytest.approx(evaluation) and 0 <= saved["dead_fraction"] <= 1
+    docs = np.arange(40)  # two sentences per document
+    held_out = 2 * int(is_validation(docs, 0.5, 0).sum())
+    assert saved["held_out"] is True and saved["sentences"] == min(30, held_out) > 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rows"] > 0 and stats["live"] + stats["dead"] == 24
+    assert len(list((out / "llm" / "explain").glob("latent-*.json"))) == 3
+    assert json.loads((out / "config.json").read_text())["top_n"] == 10
+    assert any("numbered sentences" in p for p in state["prompts"])  # detection requests were sent
+
+
+def test_pages_escape_corpus_text(run):
+    out = run[0]
+    pages = [p.read_text() for p in (out / "pages").glob("*.html")]
+    assert pages and not any("<script>alert" in p for p in pages)
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in p and "&quot;" in p for p in pages)
+    assert all("<b>" not in p for p in pages)  # a token that looks like a tag stays text
+    index = (out / "index.html").read_text()
+    assert "href='../train/curves.html'" in index and "ce_loss_recovered" in index
+
+
+def chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp}",
+             "--enable-logging=stderr", "--v=0", "--window-size=1200,1600"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=60)
+
+
+def console_messages(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
+def test_pages_load_in_chromium_without_console_errors(run, tmp_path):
+    out = run[0]
+    control = tmp_path / "control.html"
+    control.write_text("<!DOCTYPE html><p>x</p><script>throw new Error('planted')</script>")
+    assert console_messages(chromium(["--dump-dom", control.as_uri()], tmp_path / "p0").stderr)  # detector works
+    latent_page = out / "pages" / f"{PLANTED_LATENT}.html"
+    for page, expected in ((out / "index.html", "Evaluation on held-out text"),
+                           (latent_page, f"Latent {PLANTED_LATENT}")):
+        result = chromium(["--dump-dom", page.as_uri()], tmp_path / page.stem)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert console_messages(result.stderr) == []
+        assert expected in result.stdout
+    dom = chromium(["--dump-dom", (out / "index.html").as_uri()], tmp_path / "i2").stdout
+    assert len(re.findall(r"<tr data-certainty", dom)) >= 3  # the table rows were rendered
+    shot = tmp_path / "latent.png"
+    result = chromium([f"--screenshot={shot}", latent_page.as_uri()], tmp_path / "shot")
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+    assert console_messages(result.stderr) == []
+
+
+def test_cli_help_and_one_line_errors(tmp_path):
+    python = sys.executable
+    ok = subprocess.run([python, "interpret.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "--llm-provider" in ok.stdout
+    bad = subprocess.run([python, "interpret.py", "--top-n", "0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --top-n 0: must be at least 1"
+    with pytest.raises(FileNotFoundError, match="nope"):  # run_main turns it into "error: ..." + exit 2
+        interpret.interpret(interpret.InterpretConfig(sae=str(tmp_path / "nope"), out=str(tmp_path / "out")))
