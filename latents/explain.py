@@ -81,7 +81,8 @@ def strongest_label(labels: list[dict]) -> dict | None:
     known = [lab for lab in labels if lab.get("auroc") is not None]
     if not known:
         return None
-    best = max(known, key=lambda lab: abs(lab["auroc"] - 0.5))
+    # With two labels both are equally far from 0.5: name the one the latent is more active on.
+    best = max(known, key=lambda lab: (round(abs(lab["auroc"] - 0.5), 9), lab["auroc"]))
     return {**best, "strength": round(2 * abs(best["auroc"] - 0.5), 3)}
 
 
