@@ -3,8 +3,7 @@
 With k of d_sae latents active, the only dense O(d_in * d_sae) work of a training step is the encoder
 matmul. Everything after the TopK touches k latents per row, so the k (row, latent) pairs are held as a
 sparse CSR matrix S (B, d_sae) and every product becomes a sparse one:
-  - `topk_encode`: forward = dense matmul + topk (row chunks, so topk reads the pre-activations while
-    they are still in cache); backward needs the gradient only at the k selected pre-activations:
+  - `topk_encode`: forward = dense matmul + topk; backward needs the gradient only at the k selected pre-activations:
     grad W_enc = (S^T @ (x_n - b_pre))^T with S holding those gradients, grad b_enc = an `index_add_`,
     grad b_pre = -W_enc @ grad b_enc, and the input gradient (only when asked for) = S @ W_enc^T.
   - `sparse_decode`: x_hat = S @ W_dec with S holding the activations, computed as `F.embedding_bag`
@@ -22,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Sparse CSR is documented as beta; the products used here are the long-supported ones (CPU and CUDA).
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
-TOPK_CHUNK_ELEMENTS = 1 << 21  # pre-activations per forward chunk (8 MiB in fp32): stays in cache for topk
+
+def _sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    # CSR is documented as beta; the products used here are the long-supported ones (CPU and CUDA).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
@@ -33,8 +35,17 @@ def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     sorted along each row (CSR's invariant, which cuSPARSE relies on)."""
     rows, k = indices.shape
     crow = torch.arange(0, rows * k + 1, k, device=indices.device)
-    return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), size=(rows, n_cols),
-                                   check_invariants=False)
+    return _sparse_csr(crow, indices.reshape(-1), values.reshape(-1), (rows, n_cols))
+
+
+def _transposed_csr(indices: Tensor, values: Tensor, n_rows: int) -> Tensor:
+    """S^T as a CSR (n_rows, B) matrix, for S (B, n_rows) with values[b, j] at column indices[b, j]:
+    the entries grouped by latent (a stable sort keeps each latent's batch rows ascending)."""
+    flat = indices.reshape(-1)                                   # (B * k,)
+    order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
+    torch.cumsum(torch.bincount(flat, minlength=n_rows), 0, out=crow[1:])
+    return _sparse_csr(crow, order // indices.shape[1], values.reshape(-1)[order], (n_rows, indices.shape[0]))
 
 
 def _sorted(indices: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -50,15 +61,8 @@ class _TopKEncode(torch.autograd.Function):
     def forward(ctx, x_n, W_enc, b_enc, b_pre, h_bias, k):
         x_c = x_n - b_pre                                          # (B, d_in)
         bias = b_enc + h_bias                                      # (d_sae,)
-        rows, d_sae = x_c.shape[0], W_enc.shape[1]
-        pre = torch.empty(rows, d_sae, dtype=x_c.dtype, device=x_c.device)
-        top = torch.empty(rows, k, dtype=x_c.dtype, device=x_c.device)
-        indices = torch.empty(rows, k, dtype=torch.int64, device=x_c.device)
-        step = max(1, TOPK_CHUNK_ELEMENTS // d_sae)
-        for s in range(0, rows, step):
-            e = min(rows, s + step)
-            torch.addmm(bias, x_c[s:e], W_enc, out=pre[s:e])         # the one dense matmul
-            torch.topk(pre[s:e], k, dim=-1, sorted=False, out=(top[s:e], indices[s:e]))
+        pre = torch.addmm(bias, x_c, W_enc)                         # (B, d_sae): the one dense matmul
+        top, indices = pre.topk(k, dim=-1, sorted=False)             # (B, k)
         indices, top, _ = _sorted(indices, top)                      # ascending latent index per row
         values = top.relu()
         ctx.save_for_backward(x_c, W_enc, indices, values)
@@ -78,11 +82,10 @@ class _TopKEncode(torch.autograd.Function):
             grad_W, grad_b = x_c.t() @ dense, dense.sum(0)
             grad_xc = dense @ W_enc.t() if need_x else None
         else:
-            S = _csr(indices, g, d_sae)                             # (B, d_sae), k entries per row
-            grad_W = (S.t() @ x_c).t()                              # (d_in, d_sae)
+            grad_W = (_transposed_csr(indices, g, d_sae) @ x_c).t()  # (d_in, d_sae)
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(
                 0, indices.reshape(-1), g.reshape(-1))
-            grad_xc = S @ W_enc.t() if need_x else None
+            grad_xc = _csr(indices, g, d_sae) @ W_enc.t() if need_x else None
         grad_b_pre = None
         if ctx.needs_input_grad[3]:
             # sum over rows of d/dx_c = (sum_b G_b) @ W_enc^T = W_enc @ grad_b_enc
@@ -131,7 +134,7 @@ class _SparseDecode(torch.autograd.Function):
             sampled = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0)
             grad_values = torch.empty_like(values).scatter_(-1, order, sampled.values().view_as(values))
         if ctx.needs_input_grad[2]:
-            grad_W = _csr(indices, values, W_dec.shape[0]).t() @ grad_out   # (d_sae, d_in)
+            grad_W = _transposed_csr(indices, values, W_dec.shape[0]) @ grad_out  # (d_sae, d_in)
         return grad_values, None, grad_W
 
 

@@ -1,0 +1,334 @@
+"""The SAE model, its loss and its file format, checked against independent numpy formulas.
+
+The reference design's bugs are pinned here: decoder renormalisation and gradient projection per latent
+(per ROW of W_dec), an aux reconstruction without b_pre, and b_pre initialised in normalised space.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sae import SAEConfig, SparseAutoencoder
+from sae.activations import jumprelu_thresholds
+from sae.io import load_sae, save_sae
+from sae.loss import aux_reconstruction, sae_loss
+
+D_IN, D_SAE, K = 12, 40, 4
+
+
+def make_sae(seed: int = 0, **overrides) -> SparseAutoencoder:
+    torch.manual_seed(seed)
+    cfg = SAEConfig(**{"d_in": D_IN, "d_sae": D_SAE, "k": K, "normalization": "none", **overrides})
+    sae = SparseAutoencoder(cfg, dtype=torch.float64)
+    with torch.no_grad():  # move off the symmetric init so every bias matters
+        sae.b_enc.normal_(0, 0.3)
+        sae.b_pre.normal_(0, 0.5)
+    return sae
+
+
+def np_normalize(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Independent normalisation: (x_n, shift, scale) with x = x_n * scale + shift."""
+    kind = sae.cfg.normalization
+    zeros, ones = np.zeros_like(x[:, :1]), np.ones_like(x[:, :1])
+    if kind == "dataset_scale":
+        return x * sae.cfg.norm_scale, zeros, ones / sae.cfg.norm_scale
+    if kind == "token_standardize":
+        mean, std = x.mean(1, keepdims=True), x.std(1, ddof=1, keepdims=True) + sae.cfg.norm_eps
+        return (x - mean) / std, mean, std
+    if kind == "mean_centred_unit_norm":
+        mu = sae.norm_mean.numpy()
+        norm = np.linalg.norm(x - mu, axis=1, keepdims=True)
+        return (x - mu) / norm, np.broadcast_to(mu, x.shape), norm
+    return x, zeros, ones
+
+
+def np_forward(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.ndarray]:
+    """Independent TopK SAE forward -> (dense latents, x_hat raw)."""
+    p = {n: t.detach().numpy() for n, t in sae.state_dict().items()}
+    x_n, shift, scale = np_normalize(x, sae)
+    pre = (x_n - p["b_pre"]) @ p["W_enc"] + p["b_enc"] + p["h_bias"]
+    h = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=1)[:, :sae.cfg.k]
+    np.put_along_axis(h, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
+    return h, (h @ p["W_dec"] + p["b_pre"]) * scale + shift
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, field", [({"d_in": 0}, "d_in"), ({"k": 50}, "k"), ({"activation": "gelu"}, "activation"),
+                                        ({"normalization": "batch"}, "normalization"), ({"norm_scale": -1.0}, "norm_scale"),
+                                        ({"k_aux": 0}, "k_aux"), ({"aux_coeff": float("nan")}, "aux_coeff")])
+def test_config_rejects_bad_values_naming_the_field(bad, field):
+    with pytest.raises(ValueError, match=field):
+        SAEConfig(**{"d_in": D_IN, "d_sae": D_SAE, **bad})
+
+
+def test_config_dict_round_trip_and_defaults():
+    cfg = SAEConfig(d_in=8, d_sae=64, hook_name="blocks.3.hook_resid_post", model="m", chat=True)
+    assert cfg.k_aux == 32 and SAEConfig(d_in=8, d_sae=100_000).k_aux == 2048
+    assert SAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown field"):
+        SAEConfig.from_dict({**cfg.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="d_in"):
+        cfg.check_model(9)
+
+
+# ---- initialisation and forward -------------------------------------------------------------------
+
+def test_init_orthogonal_encoder_tied_unit_decoder_rows():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=128), dtype=torch.float64)
+    W_enc, W_dec = sae.W_enc.detach(), sae.W_dec.detach()
+    torch.testing.assert_close(W_dec.norm(dim=1), torch.ones(128, dtype=torch.float64))
+    torch.testing.assert_close(W_enc, W_dec.t())
+    gram = W_enc @ W_enc.t() / (128 / 32)  # orthogonal rows: (d_sae / d_in) I up to the column rescale
+    assert (gram - torch.eye(32, dtype=torch.float64)).abs().max() < 0.35
+    assert sae.b_pre.abs().max() == 0 and sae.h_bias.abs().max() == 0
+
+
+@pytest.mark.parametrize("normalization", ["none", "dataset_scale", "token_standardize", "mean_centred_unit_norm"])
+@pytest.mark.parametrize("sparse_kernels", [True, False])
+def test_forward_matches_numpy(normalization, sparse_kernels):
+    sae = make_sae(normalization=normalization, norm_scale=0.37)
+    sae.use_sparse_kernels = sparse_kernels
+    if normalization == "mean_centred_unit_norm":
+        sae.set_normalization_stats(mean=torch.randn(D_IN, dtype=torch.float64))
+    with torch.no_grad():
+        sae.h_bias.normal_(0, 0.2)
+    x = torch.randn(64, D_IN, dtype=torch.float64) * 3 + 1
+    h, x_hat = np_forward(x.numpy(), sae)
+    out = sae(x)
+    np.testing.assert_allclose(out.x_hat.detach().numpy(), x_hat, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(sae.encode(x).detach().numpy(), h, rtol=1e-10, atol=1e-10)
+    assert out.values.shape == (64, K) and out.pre.shape == (64, D_SAE)
+    np.testing.assert_allclose(sae.denormalize(out.x_n, sae.normalize(x)[1]).numpy(), x.numpy(), atol=1e-10)
+
+
+def test_h_bias_steers_a_latent_into_the_top_k():
+    sae = make_sae()
+    x = torch.randn(32, D_IN, dtype=torch.float64)
+    latent = int(sae.encode(x).count_nonzero(0).argmin())  # the least used latent
+    with torch.no_grad():
+        sae.h_bias[latent] = 100.0
+    h = sae.encode(x)
+    assert (h[:, latent] > 90).all() and ((h > 0).sum(1) <= K).all()
+
+
+def test_decoder_direction_is_the_raw_space_effect_of_one_unit():
+    sae = make_sae(normalization="dataset_scale", norm_scale=0.25)
+    v, i = torch.zeros(1, K, dtype=torch.float64), torch.arange(K)[None]
+    ctx = sae.normalize(torch.randn(1, D_IN, dtype=torch.float64))[1]
+    base = sae.denormalize(sae.decode_topk(v, i), ctx)
+    v[0, 2] = 1.0
+    moved = sae.denormalize(sae.decode_topk(v, i), ctx)
+    torch.testing.assert_close((moved - base)[0], sae.decoder_direction(2))
+    with pytest.raises(ValueError, match="out of range"):
+        sae.decoder_direction(D_SAE)
+
+
+# ---- decoder upkeep: per latent, i.e. per ROW of W_dec (d_sae, d_in) ----------------------------------
+
+def test_renormalisation_is_per_row_and_keeps_directions():
+    sae = make_sae()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1, dtype=torch.float64) * 3 + 0.1)
+    before = sae.W_dec.detach().numpy().copy()
+    sae.set_decoder_norm_to_unit_norm()
+    expected = before / np.linalg.norm(before, axis=1, keepdims=True)  # per row, not per column
+    np.testing.assert_allclose(sae.W_dec.detach().numpy(), expected, rtol=1e-12)
+
+
+def test_projected_gradient_is_orthogonal_to_each_row():
+    sae = make_sae()
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1, dtype=torch.float64) + 0.5)  # not unit: the formula must divide
+    grad = torch.randn(D_SAE, D_IN, dtype=torch.float64)
+    sae.W_dec.grad = grad.clone()
+    sae.project_decoder_grads()
+    w, g = sae.W_dec.detach().numpy(), grad.numpy()
+    expected = g - (g * w).sum(1, keepdims=True) / (w * w).sum(1, keepdims=True) * w
+    np.testing.assert_allclose(sae.W_dec.grad.numpy(), expected, rtol=1e-10, atol=1e-12)
+    assert np.abs((sae.W_dec.grad.numpy() * w).sum(1)).max() < 1e-12
+
+
+def test_rows_unit_norm_and_gradients_projected_after_every_step():
+    sae = make_sae()
+    sae.set_decoder_norm_to_unit_norm()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for step in range(5):
+        x = torch.randn(64, D_IN, dtype=torch.float64)
+        sae_loss(sae, x).loss.backward()
+        sae.project_decoder_grads()
+        assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-12, step
+        opt.step()
+        opt.zero_grad()
+        sae.set_decoder_norm_to_unit_norm()
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE, dtype=torch.float64))
+
+
+# ---- b_pre in normalised space ----------------------------------------------------------------------
+
+def test_b_pre_initialised_from_the_normalised_mean():
+    sae = make_sae(normalization="token_standardize")
+    x = torch.randn(500, D_IN, dtype=torch.float64) * torch.linspace(0.5, 4, D_IN, dtype=torch.float64) + 5
+    sae.init_from_data(sae.normalized_mean([x[:200], x[200:]]))
+    x_n, _, _ = np_normalize(x.numpy(), sae)
+    np.testing.assert_allclose(sae.b_pre.detach().numpy(), x_n.mean(0), rtol=1e-10, atol=1e-12)
+    assert np.abs(sae.b_pre.detach().numpy() - x.numpy().mean(0)).min() > 1.0  # not the raw mean
+
+
+def test_dataset_scale_fits_mean_squared_norm_to_d_in():
+    sae = make_sae(normalization="dataset_scale")
+    x = torch.randn(1000, D_IN, dtype=torch.float64) * 7
+    sae.set_normalization_stats(mean_sq_norm=float(x.pow(2).sum(1).mean()))
+    assert abs(float(sae.normalize(x)[0].pow(2).sum(1).mean()) - D_IN) < 1e-9
+
+
+# ---- loss ------------------------------------------------------------------------------------------
+
+def test_loss_figures_match_numpy():
+    sae = make_sae()
+    x = torch.randn(64, D_IN, dtype=torch.float64)
+    out = sae_loss(sae, x)
+    h, x_hat = np_forward(x.numpy(), sae)
+    err = x_hat - x.numpy()
+    assert out.mse.item() == pytest.approx((err ** 2).mean(), rel=1e-10)
+    fvu = (err ** 2).sum() / ((x.numpy() - x.numpy().mean(0)) ** 2).sum()
+    assert out.fvu.item() == pytest.approx(fvu, rel=1e-10)
+    assert out.l0.item() == pytest.approx((h > 0).sum(1).mean())
+    np.testing.assert_array_equal(out.fired.numpy(), (h > 0).any(0))
+    assert out.aux_mse.item() == 0 and out.loss.item() == pytest.approx(out.mse.item())
+
+
+def test_aux_reconstruction_has_no_b_pre_and_a_detached_target():
+    sae = make_sae()
+    x = torch.randn(6, D_IN, dtype=torch.float64)
+    dead = ~sae_loss(sae, x).fired  # latents silent in this batch: the main path leaves them alone
+    k_aux = 6
+    assert dead.sum() > k_aux
+    # 1. the aux reconstruction alone: sum of the top-k_aux dead rows, no bias, no path to b_pre
+    pre = sae(x).pre.detach()
+    aux = aux_reconstruction(sae, pre, dead, k_aux)
+    assert torch.autograd.grad(aux.sum(), sae.b_pre, allow_unused=True)[0] is None
+    p, w = pre.numpy(), sae.W_dec.detach().numpy()
+    masked = np.where(dead.numpy(), p, -np.inf)
+    top = np.argsort(-masked, axis=1)[:, :k_aux]
+    h = np.zeros_like(p)
+    np.put_along_axis(h, top, np.maximum(np.take_along_axis(p, top, 1), 0), 1)
+    np.testing.assert_allclose(aux.detach().numpy(), h @ w, rtol=1e-10, atol=1e-12)
+    # 2. in the loss: aux_mse against the residual, and the main path's gradients untouched by it
+    with_aux = sae_loss(sae, x, dead_mask=dead, k_aux=k_aux, aux_coeff=0.5)
+    _, x_hat = np_forward(x.numpy(), sae)
+    assert with_aux.aux_mse.item() == pytest.approx(((h @ w - (x.numpy() - x_hat)) ** 2).mean(), rel=1e-9)
+    grads_aux = torch.autograd.grad(with_aux.loss, [sae.W_dec, sae.W_enc])
+    grads_main = torch.autograd.grad(sae_loss(sae, x).loss, [sae.W_dec, sae.W_enc])
+    live = ~dead
+    torch.testing.assert_close(grads_aux[0][live], grads_main[0][live])      # decoder rows of live latents
+    torch.testing.assert_close(grads_aux[1][:, live], grads_main[1][:, live])  # encoder columns of live latents
+    assert grads_aux[0][dead].abs().sum() > 0 and grads_main[0][dead].abs().sum() == 0
+
+
+def test_aux_gate_waits_for_k_aux_dead_latents_only_when_asked():
+    sae = make_sae()
+    x = torch.randn(32, D_IN, dtype=torch.float64)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[:3] = True
+    assert sae_loss(sae, x, dead_mask=dead, k_aux=8).aux_mse > 0
+    assert sae_loss(sae, x, dead_mask=dead, k_aux=8, aux_gate_requires_k_aux_dead=True).aux_mse == 0
+
+
+def test_relu_l1_penalty():
+    sae = make_sae(activation="relu", l1_coeff=0.01)
+    x = torch.randn(32, D_IN, dtype=torch.float64)
+    out = sae_loss(sae, x)
+    p = {n: t.detach().numpy() for n, t in sae.state_dict().items()}
+    h = np.maximum((x.numpy() - p["b_pre"]) @ p["W_enc"] + p["b_enc"], 0)
+    mse = ((h @ p["W_dec"] + p["b_pre"] - x.numpy()) ** 2).mean()
+    l1 = (h * np.linalg.norm(p["W_dec"], axis=1)).sum(1).mean()
+    assert out.loss.item() == pytest.approx(mse + 0.01 * l1, rel=1e-10)
+    assert out.l0.item() == pytest.approx((h > 0).sum(1).mean())
+
+
+# ---- other activations ------------------------------------------------------------------------------
+
+def test_batchtopk_keeps_k_per_row_on_average():
+    sae = make_sae(activation="batchtopk")
+    x = torch.randn(50, D_IN, dtype=torch.float64)
+    h = sae.encode(x).detach().numpy()
+    pre = sae(x).pre.detach().numpy()
+    cutoff = np.sort(np.maximum(pre, 0).ravel())[-K * 50]
+    np.testing.assert_array_equal(h > 0, (pre >= cutoff) & (pre > 0))
+    assert (h > 0).sum() == K * 50
+
+
+def test_topk_decnorm_ranks_by_activation_times_decoder_norm():
+    sae = make_sae(activation="topk_decnorm")
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1, dtype=torch.float64) * 4)
+    x = torch.randn(20, D_IN, dtype=torch.float64)
+    pre = sae(x).pre.detach().numpy()
+    score = np.maximum(pre, 0) * np.linalg.norm(sae.W_dec.detach().numpy(), axis=1)
+    top = np.argsort(-score, axis=1)[:, :K]
+    expected = np.zeros_like(pre)
+    np.put_along_axis(expected, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
+    np.testing.assert_allclose(sae.encode(x).detach().numpy(), expected, rtol=1e-12)
+
+
+def test_jumprelu_thresholds_from_a_topk_sae_keep_k_on_average():
+    sae = make_sae()
+    x = torch.randn(400, D_IN, dtype=torch.float64)
+    pre = sae(x).pre.detach()
+    thresholds = jumprelu_thresholds([pre[:200], pre[200:]], K, sae.W_dec.detach().norm(dim=1))
+    jr = make_sae(activation="jumprelu")
+    jr.load_state_dict({**sae.state_dict(), "threshold": thresholds})
+    l0 = (jr.encode(x) > 0).sum(1).double().mean().item()
+    assert abs(l0 - K) < 0.25, l0
+    torch.testing.assert_close(jr.encode(x), torch.where(pre > thresholds, pre, 0.0))
+
+
+# ---- save / load -----------------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    sae = make_sae(activation="jumprelu", normalization="mean_centred_unit_norm", hook_name="blocks.1.hook_resid_post")
+    with torch.no_grad():
+        sae.threshold.uniform_(0, 0.1)
+        sae.norm_mean.normal_()
+    save_sae(sae, tmp_path / "sae")
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["config.json", "sae.safetensors"]
+    loaded = load_sae(tmp_path / "sae", dtype=torch.float64)
+    assert loaded.cfg == sae.cfg
+    for (name, a), (name_b, b) in zip(sae.state_dict().items(), loaded.state_dict().items()):
+        assert name == name_b and torch.equal(a, b), name
+    x = torch.randn(8, D_IN, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x).x_hat, sae(x).x_hat)
+
+
+def test_load_errors_are_one_line_naming_the_file(tmp_path):
+    def one_line(err):
+        assert "\n" not in str(err.value)
+        return str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        load_sae(tmp_path / "nowhere")
+    assert "nowhere" in one_line(err)
+    folder = save_sae(make_sae(), tmp_path / "sae")
+    (folder / "sae.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError) as err:
+        load_sae(folder)
+    assert "sae.safetensors" in one_line(err)
+    (folder / "sae.safetensors").unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        load_sae(folder)
+    assert "sae.safetensors" in one_line(err)
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(ValueError) as err:
+        load_sae(folder)
+    assert "config.json" in one_line(err)
+    save_sae(make_sae(), folder)
+    (folder / "config.json").write_text(json.dumps({**make_sae().cfg.to_dict(), "d_sae": 41}))
+    with pytest.raises(ValueError) as err:
+        load_sae(folder)
+    assert "do not match" in one_line(err)
