@@ -9,7 +9,8 @@ Folds that keep outputs identical (each one is listed in `Converted.notes` when 
     (SAELens' `fold_activation_norm_scaling_factor` does the same);
   - h_bias (steering) into b_enc, since both are added to the pre-activations before the activation;
   - a decoder bias that the other tool does not subtract from the input into b_enc: b_enc + b_dec @ W_enc.
-Arithmetic runs in float64 and the result is stored as float32. Files are safetensors + JSON only.
+Weights are handled as float32 (an SAE of 131072 x 4096 latents is 2 GiB a matrix); the vector-matrix
+products of the bias folds accumulate in float64. Files are safetensors + JSON only.
 """
 
 from __future__ import annotations
@@ -57,23 +58,41 @@ def to_sae(conv: Converted, *, device: torch.device | str = "cpu") -> SparseAuto
 
 def make_state(cfg: SAEConfig, *, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_pre: Tensor,
                threshold: Tensor | None = None) -> dict[str, Tensor]:
-    """Our state dict from float tensors (stored as float32, h_bias zero)."""
+    """Our state dict from float tensors (stored as contiguous float32 that shares no memory with the
+    inputs; h_bias zero)."""
     state = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_pre": b_pre,
              "h_bias": torch.zeros(cfg.d_sae)}
     if cfg.activation == "jumprelu":
         if threshold is None:
             raise ValueError("a JumpReLU SAE needs a threshold tensor")
         state["threshold"] = threshold.expand(cfg.d_sae)
-    return {name: t.detach().to(torch.float32).contiguous().clone() for name, t in state.items()}
+    out = {}
+    for name, t in state.items():
+        f = t.detach().to(torch.float32)
+        shared = f.data_ptr() == t.data_ptr()  # .to() returned its input: copy, but only once
+        out[name] = f.clone(memory_format=torch.contiguous_format) if shared or not f.is_contiguous() else f
+    return out
 
 
-# ---- folds (float64 in, float64 out) -----------------------------------------------------------
+# ---- folds -------------------------------------------------------------------------------------
+
+def bias_through(v: Tensor, W: Tensor, chunk: int = 8192) -> Tensor:
+    """v (d_in,) @ W (d_in, d_sae) accumulated in float64, a block of columns at a time (bounded memory)."""
+    v64 = v.to(torch.float64)
+    return torch.cat([v64 @ W[:, i:i + chunk].to(torch.float64)
+                      for i in range(0, W.shape[1], chunk)]).to(torch.float32)
+
+
+def row_norms(W: Tensor, chunk: int = 8192) -> Tensor:
+    """L2 norm of every row of W (rows, cols) in float64 -> (rows,), a block of rows at a time (W may be
+    a transposed view, for which one strided float64 reduction is slow)."""
+    return torch.cat([W[i:i + chunk].to(torch.float64).norm(dim=-1) for i in range(0, W.shape[0], chunk)])
 
 def fold_for_export(conv: Converted) -> tuple[dict[str, Tensor], list[str]]:
-    """Our weights (float64) for a tool with no h_bias and no dataset scaling: h_bias is folded into
+    """Our weights (float32) for a tool with no h_bias and no dataset scaling: h_bias is folded into
     b_enc and dataset_scale into W_enc, W_dec and b_pre. Per-token normalisations are left to the caller."""
     cfg, notes = conv.cfg, []
-    w = {name: t.to(torch.float64) for name, t in conv.state.items()}
+    w = {name: t.to(torch.float32) for name, t in conv.state.items()}
     if bool(w["h_bias"].ne(0).any()):
         w["b_enc"] = w["b_enc"] + w["h_bias"]
         notes.append("h_bias (steering) was non-zero and is folded into b_enc")
@@ -89,7 +108,7 @@ def fold_for_export(conv: Converted) -> tuple[dict[str, Tensor], list[str]]:
 def fold_decoder_norms(w: dict[str, Tensor]) -> Tensor:
     """Make decoder rows unit norm without changing the reconstruction: W_enc columns and b_enc are
     multiplied by each row's norm, so every latent's value is multiplied by it. Returns the norms."""
-    norms = w["W_dec"].norm(dim=-1).clamp_min(1e-12)  # (d_sae,)
+    norms = row_norms(w["W_dec"]).clamp_min(1e-12).to(w["W_dec"].dtype)  # (d_sae,)
     w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
     return norms
 
@@ -98,7 +117,7 @@ def unfold_uniform_decoder_norm(w: dict[str, Tensor], bias: str) -> float | None
     """Undo a folded dataset scale: if every decoder row has the same norm c != 1, rescale to unit rows
     with dataset_scale s = 1 / c (W_enc / s, W_dec * s, w[bias] * s; same latents and outputs).
     Returns s, or None when the rows are already unit norm or differ in norm."""
-    norms = w["W_dec"].norm(dim=-1)
+    norms = row_norms(w["W_dec"])
     c = float(norms.mean()) if norms.numel() else 1.0
     if not c > 0 or abs(c - 1) < 1e-6 or float((norms - c).abs().max()) > 1e-6 * c:
         return None
@@ -109,7 +128,7 @@ def unfold_uniform_decoder_norm(w: dict[str, Tensor], bias: str) -> float | None
 
 def decoder_row_norm_note(W_dec: Tensor) -> list[str]:
     """A note when decoder rows are not unit norm (our trainer keeps them so; imports keep them as is)."""
-    norms = W_dec.to(torch.float64).norm(dim=-1)
+    norms = row_norms(W_dec)
     if norms.numel() and float((norms - 1).abs().max()) > 1e-4:
         return [f"decoder rows are not unit norm (min {float(norms.min()):.4g}, max {float(norms.max()):.4g}); "
                 f"kept as they are so that latent values match the source"]
@@ -196,7 +215,7 @@ class Source:
         return name in self.tensors
 
     def tensor(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """Tensor `name` as float64 of `shape`; a matrix stored transposed is turned (orientation is
+        """Tensor `name` as float32 of `shape`; a matrix stored transposed is turned (orientation is
         judged by shape, never by name alone)."""
         if name not in self.tensors:
             found = ", ".join(sorted(self.tensors)) or "none"
@@ -211,8 +230,8 @@ class Source:
             else:
                 raise ValueError(f"{self.tensors_path}: tensor {name!r} has shape {tuple(t.shape)}, "
                                  f"expected {shape}")
-        t = t.to(torch.float64)
-        if not bool(torch.isfinite(t).all()):
+        t = t.to(torch.float32)
+        if t.numel() and not bool(torch.isfinite(torch.stack(t.aminmax())).all()):  # NaN and inf reach min/max
             raise ValueError(f"{self.tensors_path}: tensor {name!r} holds NaN or infinite values")
         return t
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from sae.config import SAEConfig
-from sae.formats import Converted, Source, check_finite_scalar, make_state, read_json, read_tensors
+from sae.formats import (Converted, Source, bias_through, check_finite_scalar, make_state, read_json,
+                         read_tensors, row_norms)
 
 CONFIG_NAME = "hyperparams.json"
 WEIGHTS_PATH = "checkpoints/final.safetensors"
@@ -75,15 +76,15 @@ def from_llamascope(src: Source) -> Converted:
     s_in, s_out = _scales(src, hook_in, hook_out, d)
     We = src.tensor("encoder.weight", (d_sae, d))
     Wd = src.tensor("decoder.weight", (d, d_sae))
-    bd = src.tensor("decoder.bias", (d,)) if src.field("use_decoder_bias", bool, True) else torch.zeros(d, dtype=torch.float64)
+    bd = src.tensor("decoder.bias", (d,)) if src.field("use_decoder_bias", bool, True) else torch.zeros(d)
     W_enc, W_dec_base = We.t(), Wd.t()                  # (d, d_sae), (d_sae, d)
     ratio = s_in / s_out
     W_dec, b_pre = W_dec_base * ratio, bd * ratio       # ours denormalises with 1 / s_in
-    b_enc = src.tensor("encoder.bias", (d_sae,)) + b_pre @ W_enc  # ours subtracts b_pre before W_enc
+    b_enc = src.tensor("encoder.bias", (d_sae,)) + bias_through(b_pre, W_enc)  # ours subtracts b_pre first
     if src.field("apply_decoder_bias_to_pre_encoder", bool, True):
-        b_enc = b_enc - bd @ W_enc
+        b_enc = b_enc - bias_through(bd, W_enc)
     with_norm = src.field("sparsity_include_decoder_norm", bool, True)
-    col_norms = W_dec_base.norm(dim=-1)                  # (d_sae,) one per latent
+    col_norms = row_norms(W_dec_base)                    # (d_sae,) float64, one per latent
     unit = bool((col_norms - 1).abs().max() < 1e-6)
     activation, k, threshold = act, min(32, d_sae), None
     if act == "topk":

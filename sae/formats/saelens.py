@@ -22,8 +22,8 @@ from torch import Tensor
 
 from sae.config import SAEConfig
 from sae.formats import (Converted, Source, decoder_row_norm_note, fold_decoder_norms, fold_for_export,
-                         make_state, read_json, read_tensors, unfold_uniform_decoder_norm, write_json,
-                         write_tensors)
+                         bias_through, make_state, read_json, read_tensors, unfold_uniform_decoder_norm,
+                         write_json, write_tensors)
 
 CONFIG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
@@ -99,7 +99,7 @@ def from_saelens(src: Source) -> Converted:
     w = {"W_enc": src.tensor("W_enc", (d_in, d_sae)), "b_enc": src.tensor("b_enc", (d_sae,)),
          "W_dec": src.tensor("W_dec", (d_sae, d_in)), "b_dec": src.tensor("b_dec", (d_in,))}
     if flat.get("apply_b_dec_to_input", True) is False:
-        w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]  # (x - b_dec) @ W + b_enc' == x @ W + b_enc
+        w["b_enc"] = w["b_enc"] + bias_through(w["b_dec"], w["W_enc"])  # (x - b_dec) @ W + b_enc' == x @ W + b_enc
         notes.append("apply_b_dec_to_input is false: b_dec @ W_enc is folded into b_enc")
     if activation == "topk" and flat.get("rescale_acts_by_decoder_norm"):
         fold_decoder_norms(w)
