@@ -225,6 +225,8 @@ def _llamascope_numpy(folder: Path, hp: dict, x: np.ndarray) -> tuple[np.ndarray
     score = pre * np.linalg.norm(t["decoder.weight"], axis=0) if hp["sparsity_include_decoder_norm"] else pre
     if hp["act_fn"] == "jumprelu":
         mask = score > hp["jump_relu_threshold"] * s_in  # threshold rescaled by sqrt(d) / avg_norm
+    elif hp["act_fn"] == "relu":
+        mask = score > 0
     else:
         mask = np.zeros_like(score, dtype=bool)
         for row in range(len(x)):
@@ -233,7 +235,7 @@ def _llamascope_numpy(folder: Path, hp: dict, x: np.ndarray) -> tuple[np.ndarray
     return acts, (acts @ t["decoder.weight"].T + t["decoder.bias"]) / s_out
 
 
-@pytest.mark.parametrize("act_fn", ["jumprelu", "topk"])
+@pytest.mark.parametrize("act_fn", ["jumprelu", "topk", "relu"])
 def test_llamascope_fixture_matches_its_documented_forward(tmp_path, act_fn):
     hp = _write_llamascope(tmp_path, act_fn)
     conv = llamascope.read(tmp_path)

@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from sae.config import SAEConfig
 from sae.formats import (Converted, Source, bias_through, check_finite_scalar, make_state, read_json,
@@ -58,9 +59,29 @@ def _scales(src: Source, hook_in: str, hook_out: str, d: int) -> tuple[float, fl
     return values[0], values[1]
 
 
+def _selection(src: Source, act: str, d_sae: int, s_in: float,
+               col_norms: Tensor) -> tuple[str, int, Tensor | None]:
+    """(our activation, k, JumpReLU threshold per latent or None) for Llama Scope's act_fn."""
+    with_norm = src.field("sparsity_include_decoder_norm", bool, True)
+    if act == "topk":
+        k = src.positive_int("top_k")
+        if k > d_sae:
+            raise ValueError(f"{src.config_path}: top_k={k} exceeds d_sae={d_sae}")
+        unit = bool((col_norms - 1).abs().max() < 1e-6)
+        return ("topk_decnorm" if with_norm and not unit else "topk"), k, None
+    if act == "relu":
+        return "relu", min(32, d_sae), None
+    theta = src.field("jump_relu_threshold", (int, float))
+    if not (math.isfinite(theta) and theta >= 0):
+        raise ValueError(f"{src.config_path}: jump_relu_threshold must be a number >= 0, got {theta!r}")
+    threshold = torch.full((d_sae,), theta * s_in, dtype=torch.float64)  # stated for unscaled inputs
+    if with_norm:  # score = pre * n > t  <=>  pre > t / n
+        threshold = threshold / col_norms.clamp_min(1e-12)
+    return "jumprelu", min(32, d_sae), threshold
+
+
 def from_llamascope(src: Source) -> Converted:
     """Llama Scope hyperparams + tensors (in `src`) -> our config and state dict."""
-    notes: list[str] = []
     d, d_sae = src.positive_int("d_model"), src.positive_int("d_sae")
     hook_in = src.field("hook_point_in", str)
     hook_out = src.field("hook_point_out", str, hook_in)
@@ -74,33 +95,17 @@ def from_llamascope(src: Source) -> Converted:
     if src.field("use_glu_encoder", bool, False):
         raise ValueError(f"{src.config_path}: GLU encoders have no counterpart here")
     s_in, s_out = _scales(src, hook_in, hook_out, d)
-    We = src.tensor("encoder.weight", (d_sae, d))
-    Wd = src.tensor("decoder.weight", (d, d_sae))
+    W_enc = src.tensor("encoder.weight", (d_sae, d)).t()      # (d, d_sae)
+    W_dec_base = src.tensor("decoder.weight", (d, d_sae)).t()  # (d_sae, d), one row per latent
     bd = src.tensor("decoder.bias", (d,)) if src.field("use_decoder_bias", bool, True) else torch.zeros(d)
-    W_enc, W_dec_base = We.t(), Wd.t()                  # (d, d_sae), (d_sae, d)
     ratio = s_in / s_out
-    W_dec, b_pre = W_dec_base * ratio, bd * ratio       # ours denormalises with 1 / s_in
+    W_dec, b_pre = W_dec_base * ratio, bd * ratio             # ours denormalises with 1 / s_in
     b_enc = src.tensor("encoder.bias", (d_sae,)) + bias_through(b_pre, W_enc)  # ours subtracts b_pre first
     if src.field("apply_decoder_bias_to_pre_encoder", bool, True):
         b_enc = b_enc - bias_through(bd, W_enc)
-    with_norm = src.field("sparsity_include_decoder_norm", bool, True)
-    col_norms = row_norms(W_dec_base)                    # (d_sae,) float64, one per latent
-    unit = bool((col_norms - 1).abs().max() < 1e-6)
-    activation, k, threshold = act, min(32, d_sae), None
-    if act == "topk":
-        k = src.positive_int("top_k")
-        if k > d_sae:
-            raise ValueError(f"{src.config_path}: top_k={k} exceeds d_sae={d_sae}")
-        activation = "topk_decnorm" if with_norm and not unit else "topk"
-    elif act == "jumprelu":
-        theta = src.field("jump_relu_threshold", (int, float))
-        if not (math.isfinite(theta) and theta >= 0):
-            raise ValueError(f"{src.config_path}: jump_relu_threshold must be a number >= 0, got {theta!r}")
-        threshold = torch.full((d_sae,), theta * s_in, dtype=torch.float64)
-        if with_norm:  # score = pre * n > t  <=>  pre > t / n
-            threshold = threshold / col_norms.clamp_min(1e-12)
-    if s_in != 1.0 or s_out != 1.0:
-        notes.append(f"dataset-wise scaling: inputs x {s_in:.6g} (norm_scale); outputs / {s_out:.6g}")
+    activation, k, threshold = _selection(src, act, d_sae, s_in, row_norms(W_dec_base))
+    notes = [f"dataset-wise scaling: inputs x {s_in:.6g} (norm_scale); outputs / {s_out:.6g}"] \
+        if (s_in, s_out) != (1.0, 1.0) else []
     cfg = SAEConfig(d_in=d, d_sae=d_sae, k=k, activation=activation,
                     normalization="dataset_scale" if s_in != 1.0 else "none", norm_scale=s_in,
                     hook_name=hook_in, model=str(src.config.get("model_name") or ""))

@@ -74,9 +74,8 @@ def _normalization(src: Source, flat: dict[str, Any], notes: list[str]) -> tuple
                      f"(supported: none, expected_average_only_in, layer_norm)")
 
 
-def from_saelens(src: Source) -> Converted:
-    """SAELens config + tensors (in `src`) -> our config and state dict."""
-    flat, notes = flatten_config(src.config), []
+def _activation(src: Source, flat: dict[str, Any], d_sae: int) -> tuple[str, int | None]:
+    """(our activation, k or None) for the SAELens architecture, refusing what we lack."""
     arch = flat.get("architecture", "standard")
     if arch not in _ARCHITECTURES:
         raise ValueError(f"{src.config_path}: SAELens architecture {arch!r} has no counterpart here "
@@ -84,12 +83,18 @@ def from_saelens(src: Source) -> Converted:
     if (flat.get("reshape_activations") or "none") != "none" or flat.get("hook_head_index") is not None:
         raise ValueError(f"{src.config_path}: per-head (hook_z) SAEs have no counterpart here; "
                          f"this project's SAEs read residual-width activations")
-    d_in, d_sae = src.positive_int("d_in"), src.positive_int("d_sae")
     activation = _ARCHITECTURES[arch]
-    k = int(flat["k"]) if activation == "topk" and flat.get("k") is not None else None
-    if activation == "topk" and (k is None or not 1 <= k <= d_sae):
-        raise ValueError(f"{src.config_path}: a topk SAE needs k in [1, d_sae={d_sae}], got {flat.get('k')!r}")
-    normalization, eps = _normalization(src, flat, notes)
+    if activation != "topk":
+        return activation, None
+    k = flat.get("k")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+        raise ValueError(f"{src.config_path}: a topk SAE needs k in [1, d_sae={d_sae}], got {k!r}")
+    return activation, k
+
+
+def _weights(src: Source, flat: dict[str, Any], activation: str, d_in: int, d_sae: int,
+             notes: list[str]) -> dict[str, Tensor]:
+    """W_enc, b_enc, W_dec, b_dec with SAELens' input bias and decoder-norm options folded in."""
     extra = sorted(set(src.tensors) - {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", *_IGNORED_TENSORS})
     if extra:
         raise ValueError(f"{src.tensors_path}: tensor(s) {', '.join(extra)} have no counterpart here")
@@ -98,13 +103,23 @@ def from_saelens(src: Source) -> Converted:
             raise ValueError(f"{src.tensors_path}: a {name} other than 1 (legacy SAELens) is not supported")
     w = {"W_enc": src.tensor("W_enc", (d_in, d_sae)), "b_enc": src.tensor("b_enc", (d_sae,)),
          "W_dec": src.tensor("W_dec", (d_sae, d_in)), "b_dec": src.tensor("b_dec", (d_in,))}
-    if flat.get("apply_b_dec_to_input", True) is False:
-        w["b_enc"] = w["b_enc"] + bias_through(w["b_dec"], w["W_enc"])  # (x - b_dec) @ W + b_enc' == x @ W + b_enc
+    if flat.get("apply_b_dec_to_input", True) is False:  # x @ W + b_enc == (x - b_dec) @ W + b_enc'
+        w["b_enc"] = w["b_enc"] + bias_through(w["b_dec"], w["W_enc"])
         notes.append("apply_b_dec_to_input is false: b_dec @ W_enc is folded into b_enc")
     if activation == "topk" and flat.get("rescale_acts_by_decoder_norm"):
         fold_decoder_norms(w)
         notes.append("rescale_acts_by_decoder_norm: decoder row norms are folded into the encoder "
                      "(same latents and reconstruction as SAELens)")
+    return w
+
+
+def from_saelens(src: Source) -> Converted:
+    """SAELens config + tensors (in `src`) -> our config and state dict."""
+    flat, notes = flatten_config(src.config), []
+    d_in, d_sae = src.positive_int("d_in"), src.positive_int("d_sae")
+    activation, k = _activation(src, flat, d_sae)
+    normalization, eps = _normalization(src, flat, notes)
+    w = _weights(src, flat, activation, d_in, d_sae, notes)
     norm_scale = unfold_uniform_decoder_norm(w, "b_dec") if normalization == "none" else None
     if norm_scale is not None:
         normalization = "dataset_scale"
@@ -116,8 +131,9 @@ def from_saelens(src: Source) -> Converted:
         threshold = src.tensor("threshold", (d_sae,)).clamp_min(0)
     notes += decoder_row_norm_note(w["W_dec"])
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k or min(32, d_sae), activation=activation,
-                    normalization=normalization, norm_scale=norm_scale or 1.0, norm_eps=eps, hook_name=str(flat.get("hook_name") or ""),
-                    model=str(flat.get("model_name") or ""), prepend_bos=bool(flat.get("prepend_bos", True)))
+                    normalization=normalization, norm_scale=norm_scale or 1.0, norm_eps=eps,
+                    hook_name=str(flat.get("hook_name") or ""), model=str(flat.get("model_name") or ""),
+                    prepend_bos=bool(flat.get("prepend_bos", True)))
     state = make_state(cfg, W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_pre=w["b_dec"],
                        threshold=threshold)
     return Converted(cfg, state, notes)
