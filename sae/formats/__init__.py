@@ -119,7 +119,7 @@ def unfold_uniform_decoder_norm(w: dict[str, Tensor], bias: str) -> float | None
     Returns s, or None when the rows are already unit norm or differ in norm."""
     norms = row_norms(w["W_dec"])
     c = float(norms.mean()) if norms.numel() else 1.0
-    if not c > 0 or abs(c - 1) < 1e-6 or float((norms - c).abs().max()) > 1e-6 * c:
+    if not c > 0 or abs(c - 1) < 1e-5 or float((norms - c).abs().max()) > 1e-5 * c:
         return None
     s = 1.0 / c
     w["W_enc"], w["W_dec"], w[bias] = w["W_enc"] / s, w["W_dec"] * s, w[bias] * s
