@@ -47,24 +47,29 @@ WRITERS: dict[str, Callable[[Converted, Path], tuple[Path, list[str]]]] = {
 }
 
 
-def model_shape(path: Path) -> tuple[int, int]:
-    """(width, number of layers) of a model checkpoint, read from its header or config only."""
+def model_info(path: Path) -> tuple[int, int, str]:
+    """(width, number of layers, identity) of a model checkpoint, from its header or config only. The
+    identity is the one `llama.load_model` reports as `source` (name, format, file fingerprint)."""
     from llama.loading import detect_format, hf, meta
+    from llama.loading.common import fingerprint
 
     kind = detect_format(path)
     if kind == "gguf":
         from llama.loading.gguf import model_args
         from llama.loading.gguf_reader import read_gguf
-        args = model_args(read_gguf(path))
+        args, files = model_args(read_gguf(path)), [path]
+    elif kind == "meta":
+        args, files = meta.model_args(path), [path / "params.json", *path.glob("consolidated.*.pth")]
     else:
-        args = (meta if kind == "meta" else hf).model_args(path)
-    return args.dim, args.n_layers
+        args, files = hf.model_args(path), [path / "config.json", *path.glob("*.safetensors")]
+    return args.dim, args.n_layers, f"{path.name} ({kind}, {fingerprint(files)})"
 
 
-def check_for_model(conv: Converted, model: str, explicit: bool) -> None:
-    """Refuse an SAE whose d_in or hook does not fit the model at `model` ("default" or a path)."""
+def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
+    """Refuse an SAE whose d_in or hook does not fit the model at `model` ("default", "none" or a
+    path); returns the model's identity, or None when nothing was checked."""
     if model == "none":
-        return
+        return None
     import paths
 
     try:
@@ -73,13 +78,14 @@ def check_for_model(conv: Converted, model: str, explicit: bool) -> None:
         if explicit:
             raise
         log.info("the default model is not installed; d_in and hook are not checked")
-        return
-    width, n_layers = model_shape(path)
+        return None
+    width, n_layers, identity = model_info(path)
     if conv.cfg.d_in != width:
         raise cli.UsageError(f"the SAE reads activations of width {conv.cfg.d_in}, but {path.name} has width "
                              f"{width}; pass --model with the model it was trained on, or --model none")
     if conv.cfg.hook_name:
         hooks.check_hook_for_model(conv.cfg.hook_name, n_layers)
+    return identity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         conv.notes.append(f"hook set to {args.hook} (the source said {conv.cfg.hook_name or 'nothing'})")
         conv.cfg.hook_name = args.hook
     model = args.model or ("default" if args.target_format == "ours" else "none")
-    check_for_model(conv, model, explicit=args.model is not None)
+    identity = check_for_model(conv, model, explicit=args.model is not None)
+    if identity and args.target_format == "ours" and conv.cfg.model != identity:
+        # generate.py and interpret.py refuse an SAE whose model identity differs from the loaded one
+        conv.notes.append(f"model recorded as {identity} (the source named {conv.cfg.model or 'none'})")
+        conv.cfg.model = identity
     folder, notes = WRITERS[args.target_format](conv, args.dst)
     for note in conv.notes + notes:
         log.info("note: %s", note)

@@ -407,9 +407,24 @@ def _default_model_or_skip():
         pytest.skip(f"default model not installed: {err}")
 
 
-def test_model_shape_reads_the_default_model_header():
-    from sae.convert import model_shape
-    assert model_shape(_default_model_or_skip()) == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
+@pytest.mark.slow
+def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, smol, gguf_path):
+    from sae import convert
+    from sae.io import load_config
+    theirs = {"architecture": "topk", "d_in": 576, "d_sae": 64, "k": 4, "apply_b_dec_to_input": True,
+              "normalize_activations": "none", "metadata": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct",
+              "hook_name": "blocks.20.hook_resid_post", "sae_lens_version": "6.54.12"}}
+    src = tmp_path / "sl"
+    src.mkdir()
+    (src / "cfg.json").write_text(json.dumps(theirs))
+    gen = torch.Generator().manual_seed(15)
+    save_file({"W_enc": torch.randn(576, 64, generator=gen), "b_enc": torch.zeros(64),
+               "W_dec": torch.randn(64, 576, generator=gen), "b_dec": torch.zeros(576)},
+              str(src / "sae_weights.safetensors"))
+    assert convert.main(["--from", "saelens", "--to", "ours", "--model", str(gguf_path), str(src),
+                         str(tmp_path / "ours")]) == 0
+    assert convert.model_info(gguf_path)[:2] == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
+    assert load_config(tmp_path / "ours").model == smol.source  # what llama.load_model reports
 
 
 def test_cli_refuses_an_sae_of_the_wrong_width_for_the_model(tmp_path):
