@@ -129,7 +129,7 @@ class _SparseDecode(torch.autograd.Function):
         indices, values, order = _sorted(indices, values)
         grad_values = grad_W = None
         if ctx.needs_input_grad[0]:
-            pattern = _csr(indices, torch.empty_like(values), W_dec.shape[0])
+            pattern = _csr(indices, torch.zeros_like(values), W_dec.shape[0])  # beta=0 still reads it
             # (grad_out @ W_dec^T) evaluated only at the k positions of each row
             sampled = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0)
             grad_values = torch.empty_like(values).scatter_(-1, order, sampled.values().view_as(values))

@@ -1,0 +1,91 @@
+"""The fast sparse kernels against their plain eager twins and a dense reference, gradients included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae import SAEConfig, SparseAutoencoder, sparse
+from sae.loss import sae_loss
+
+B, D_IN, D_SAE, K = 48, 20, 96, 6
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                               reason="needs a CUDA device"))]
+
+
+def leaf(*shape, device="cpu"):
+    return torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pre_gets_gradient", [False, True])
+def test_topk_encode_equals_eager(device, pre_gets_gradient):
+    torch.manual_seed(0)
+    x, W, b, b_pre = leaf(B, D_IN, device=device), leaf(D_IN, D_SAE, device=device), \
+        leaf(D_SAE, device=device), leaf(D_IN, device=device)
+    h_bias = torch.randn(D_SAE, dtype=torch.float64, device=device)
+    g_values = torch.randn(B, K, dtype=torch.float64, device=device)
+    g_pre = torch.randn(B, D_SAE, dtype=torch.float64, device=device)
+    results = []
+    for fn in (sparse.topk_encode, sparse.topk_encode_eager):
+        values, indices, pre = fn(x, W, b, b_pre, h_bias, K)
+        loss = (values * g_values).sum() + ((pre * g_pre).sum() if pre_gets_gradient else 0)
+        results.append((values, indices, pre, torch.autograd.grad(loss, [x, W, b, b_pre])))
+    (v1, i1, p1, g1), (v2, i2, p2, g2) = results
+    assert torch.equal(i1, i2) and (i1.diff(dim=-1) > 0).all()  # same latents, ascending
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(p1, p2)
+    for name, a, e in zip(("x", "W_enc", "b_enc", "b_pre"), g1, g2):
+        torch.testing.assert_close(a, e, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+def test_topk_encode_dense_reference():
+    """The eager twin itself against the textbook dense formula: h = zeros.scatter(topk(relu(pre)))."""
+    torch.manual_seed(1)
+    x, W, b, b_pre = leaf(B, D_IN), leaf(D_IN, D_SAE), leaf(D_SAE), leaf(D_IN)
+    values, indices, _ = sparse.topk_encode(x, W, b, b_pre, torch.zeros(D_SAE, dtype=torch.float64), K)
+    dense = torch.zeros(B, D_SAE, dtype=torch.float64).scatter(1, indices, values)
+    pre = (x - b_pre) @ W + b
+    kth = pre.topk(K, dim=-1).values[:, -1:]
+    expected = torch.where(pre >= kth, pre.relu(), 0.0)
+    torch.testing.assert_close(dense, expected)
+    g = torch.randn(B, D_SAE, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((dense * g).sum(), [W, b_pre]),
+                               torch.autograd.grad((expected * g).sum(), [W, b_pre]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_decode_equals_eager_and_dense(device):
+    torch.manual_seed(2)
+    W_dec = leaf(D_SAE, D_IN, device=device)
+    indices = torch.stack([torch.randperm(D_SAE, device=device)[:K] for _ in range(B)])  # unsorted rows
+    values = leaf(B, K, device=device)
+    g_out = torch.randn(B, D_IN, dtype=torch.float64, device=device)
+    dense_h = torch.zeros(B, D_SAE, dtype=torch.float64, device=device).scatter(1, indices, values)
+    outs = [sparse.sparse_decode(values, indices, W_dec), sparse.sparse_decode_eager(values, indices, W_dec),
+            dense_h @ W_dec]
+    grads = [torch.autograd.grad(out, [values, W_dec], g_out) for out in outs]
+    for out, grad in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(outs[0], out)
+        torch.testing.assert_close(grads[0][0], grad[0])
+        torch.testing.assert_close(grads[0][1], grad[1])
+
+
+@pytest.mark.parametrize("with_aux", [False, True])
+def test_model_fast_path_equals_eager_path(with_aux):
+    """A whole loss.backward() through the model, sparse kernels on and off, float32 as in training."""
+    torch.manual_seed(3)
+    cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="dataset_scale", norm_scale=0.5, k_aux=10)
+    sae = SparseAutoencoder(cfg)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_pre.normal_(0, 0.1)
+    x = torch.randn(256, D_IN)
+    dead = torch.arange(D_SAE) % 3 == 0 if with_aux else None
+    grads = []
+    for fast in (True, False):
+        sae.use_sparse_kernels = fast
+        out = sae_loss(sae, x, dead_mask=dead)
+        grads.append([out.loss.detach(), *torch.autograd.grad(out.loss, list(sae.parameters()))])
+    for name, a, e in zip(("loss", "W_enc", "b_enc", "W_dec", "b_pre"), *grads):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
