@@ -39,12 +39,13 @@ from training.config import TrainConfig, parse_train_config
 from training.curves import write_curves
 from training.data import RankShare, Rebatched, data_stats, normalized_mean
 from training.distributed import DistInfo
-from training.metrics import MetricsLogger, read_metrics, truncate_metrics
+from training.metrics import MetricsLogger, decoder_orthogonality, read_metrics, truncate_metrics
 from training.objective import SAEObjective, StepOutput
 from training.state import TrainState
 
 log = logging.getLogger("train")
 ORTHO_ROWS = 2048  # decoder rows sampled for the orthogonality figure (all of them when fewer)
+WINDOW_KEYS = ("loss", "mse", "nmse", "aux_mse", "fvu", "l0", "grad_norm")  # averaged between records
 RESUME_MUST_MATCH = ("d_sae", "expansion", "k", "activation", "normalization", "batch_size", "seed")
 
 
@@ -72,7 +73,7 @@ class Run:
     dead_steps: int                               # silent this many steps = dead
     ortho_rows: torch.Tensor                      # decoder rows sampled for the orthogonality figure
     logger: MetricsLogger | None = None           # rank 0 only
-    window: torch.Tensor | None = None            # (6,) sums of loss, mse, nmse, aux_mse, fvu, l0 since the last record
+    window: torch.Tensor | None = None            # (len(WINDOW_KEYS),) sums since the last train record
     window_steps: int = 0
     window_seconds: float = 0.0                   # time spent in those steps (validation, checkpoints excluded)
 
@@ -96,6 +97,7 @@ def main(cfg: TrainConfig, *, train_data: Sequence[torch.Tensor] | None = None,
     """Train an SAE as `cfg` says; returns the folder of the saved SAE. `train_data` / `val_data` (any
     sequences of float32 (batch, d_in) tensors) replace the batches folder `cfg.data` when given."""
     dist = distributed.init_distributed(cfg.device)
+    run = None
     try:
         out = cfg.out_dir
         prepare_run_folder(cfg, dist, out)
@@ -115,9 +117,10 @@ def main(cfg: TrainConfig, *, train_data: Sequence[torch.Tensor] | None = None,
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
         state = TrainState(sae.cfg.d_sae).to(dist.device)
         rows = torch.randperm(sae.cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed))[:ORTHO_ROWS]
-        run = Run(cfg, dist, out, share, val_data, sae, objective, objective, optimizer, scheduler, state,
-                  total_steps, global_batch, max(1, math.ceil(cfg.dead_after_tokens / global_batch)),
-                  rows.to(dist.device), window=torch.zeros(6, device=dist.device))
+        run = Run(cfg=cfg, dist=dist, out=out, share=share, val_data=val_data, sae=sae, objective=objective,
+                  model=objective, optimizer=optimizer, scheduler=scheduler, state=state, total_steps=total_steps,
+                  global_batch=global_batch, dead_steps=max(1, math.ceil(cfg.dead_after_tokens / global_batch)),
+                  ortho_rows=rows.to(dist.device), window=torch.zeros(len(WINDOW_KEYS), device=dist.device))
 
         # Resume, then wrap for data parallelism (DDP broadcasts rank 0's weights once more).
         if cfg.resume:
@@ -129,6 +132,8 @@ def main(cfg: TrainConfig, *, train_data: Sequence[torch.Tensor] | None = None,
         train_loop(run)
         return finish(run)
     finally:
+        if run is not None and run.logger is not None:
+            run.logger.close()
         distributed.destroy_distributed()
 
 
@@ -192,6 +197,8 @@ def resume(run: Run) -> None:
         log.warning("skipping %s", reason)
     if payload is None:
         log.info("no checkpoint in %s: starting from scratch", checkpoint_dir(run.out))
+        if run.dist.is_main:
+            truncate_metrics(run.out / "metrics.jsonl", 0)
         return
     saved_cfg, world = payload["config"], payload["world_size"]
     changed = [f"--{n.replace('_', '-')} {saved_cfg.get(n)} -> {getattr(run.cfg, n)}"
@@ -223,8 +230,9 @@ def save_checkpoint(run: Run) -> Path | None:
     return path
 
 
-def train_step(run: Run, x: torch.Tensor) -> StepOutput:
-    """One optimiser step on this rank's batch x (batch, d_in); raises NonFiniteLossError on NaN/Inf."""
+def train_step(run: Run, x: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
+    """One optimiser step on this rank's batch x (batch, d_in) -> (its losses, the gradient norm before
+    clipping); raises NonFiniteLossError on NaN/Inf."""
     out = run.model(x, run.state.dead_mask(run.dead_steps))
     run.optimizer.zero_grad(set_to_none=True)
     out.losses.loss.backward()  # under DDP the gradients are averaged over ranks here
@@ -239,7 +247,7 @@ def train_step(run: Run, x: torch.Tensor) -> StepOutput:
     run.state.record_fired(distributed.all_reduce_any(out.losses.fired))
     run.state.step += 1
     run.state.tokens += run.global_batch
-    return out
+    return out, norm
 
 
 def non_finite_error(run: Run, x: torch.Tensor, out: StepOutput) -> NonFiniteLossError:
@@ -250,15 +258,6 @@ def non_finite_error(run: Run, x: torch.Tensor, out: StepOutput) -> NonFiniteLos
     last = f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written yet"
     return NonFiniteLossError(f"the loss became {out.losses.loss.item()} at step {step}: {cause}; "
                               f"stopped without saving this step, {last}")
-
-
-def decoder_orthogonality(W_dec: torch.Tensor, rows: torch.Tensor) -> float:
-    """Mean |cosine| between distinct decoder rows (over the sampled `rows`); 0 = orthogonal."""
-    with torch.no_grad():
-        w = torch.nn.functional.normalize(W_dec[rows], dim=1)  # (n, d_in)
-        cos = (w @ w.T).abs()                                  # (n, n)
-        n = cos.shape[0]
-        return float((cos.sum() - cos.diagonal().sum()) / max(1, n * (n - 1)))
 
 
 @torch.no_grad()
@@ -278,7 +277,7 @@ def evaluate(run: Run) -> dict:
 def train_record(run: Run) -> dict:
     """The train metrics of the steps since the last record, averaged over them and over ranks."""
     means = distributed.all_reduce_mean(run.window / run.window_steps).tolist()
-    record = dict(zip(("loss", "mse", "nmse", "aux_mse", "fvu", "l0"), means))
+    record = dict(zip(WINDOW_KEYS, means))
     record.update(step=run.state.step, split="train", epoch=run.state.step / run.share.steps_per_epoch,
                   tokens=run.state.tokens, lr=get_lr(run.state.step - 1, run.cfg, run.total_steps),
                   dead_fraction=float(run.state.dead_mask(run.dead_steps).float().mean()),
@@ -312,10 +311,11 @@ def train_loop(run: Run) -> None:
         with logging_redirect_tqdm():
             while run.state.step < run.total_steps:
                 start = time.perf_counter()
-                out = train_step(run, run.share.batch(run.state.step).to(run.dist.device, non_blocking=True))
+                out, grad_norm = train_step(run, run.share.batch(run.state.step).to(run.dist.device,
+                                                                                    non_blocking=True))
                 losses = out.losses
                 run.window += torch.stack([losses.loss, losses.mse, out.nmse, losses.aux_mse, losses.fvu,
-                                           losses.l0]).detach()
+                                           losses.l0, grad_norm]).detach()
                 run.window_steps += 1
                 run.window_seconds += time.perf_counter() - start
                 bar.update()
@@ -347,8 +347,6 @@ def finish(run: Run) -> Path:
     """Save the SAE and the curves page (rank 0); returns the SAE folder."""
     folder = run.out / "sae"
     if run.dist.is_main:
-        if run.logger is not None:
-            run.logger.close()
         save_sae(run.sae, folder)
         page = write_curves(read_metrics(run.out / "metrics.jsonl"), run.out / "curves.html")
         log.info("saved the SAE to %s; curves in %s", folder, page)

@@ -23,11 +23,11 @@ from training.checkpoint import list_checkpoints, load_checkpoint, load_latest, 
 from training.config import PRESETS, TrainConfig, parse_train_config
 from training.curves import render_curves
 from training.data import RankShare, Rebatched
-from training.metrics import read_metrics, truncate_metrics
+from training.metrics import decoder_orthogonality, read_metrics, truncate_metrics
 from training.state import TrainState, capture_rng, restore_rng
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_KEYS = {"step", "split", "loss", "mse", "nmse", "aux_mse", "fvu", "l0", "dead_fraction", "lr",
+TRAIN_KEYS = {"step", "split", "grad_norm", "loss", "mse", "nmse", "aux_mse", "fvu", "l0", "dead_fraction", "lr",
               "tokens_per_s", "decoder_cos", "tokens", "epoch"}
 
 
@@ -92,6 +92,18 @@ def test_nan_in_a_batch_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pat
     last = load_checkpoint(kept[-1][1])
     assert all(torch.isfinite(t).all() for t in last["sae"].values())
     assert not (tmp_path / "sae").exists()
+
+
+def test_early_stopping_ends_the_run_after_patience_runs_out(tmp_path, data):
+    train_data, val_data = data
+    # min_delta so large that no validation after the first counts as an improvement
+    cfg = small_config(tmp_path, max_steps=40, val_every=3, patience=2, min_delta=1e9, checkpoint_every=0)
+    folder = train.main(cfg, train_data=train_data, val_data=val_data)
+    val_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "val"]
+    assert val_steps == [3, 6, 9]  # best at 3, then two without improvement
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [9]
+    assert load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1][1])["state"]["step"] == 9
+    assert (folder / "sae.safetensors").is_file()
 
 
 # ---- schedule, data shares, state, checkpoints, metrics -----------------------------------------
@@ -185,7 +197,7 @@ def test_metrics_truncation_and_decoder_orthogonality(tmp_path):
     unit = w.numpy() / np.linalg.norm(w.numpy(), axis=1, keepdims=True)
     cos = np.abs(unit @ unit.T)
     brute = (cos.sum() - np.trace(cos)) / (50 * 49)
-    assert train.decoder_orthogonality(w, torch.arange(50)) == pytest.approx(brute, rel=1e-5)
+    assert decoder_orthogonality(w, torch.arange(50)) == pytest.approx(brute, rel=1e-5)
 
 
 def test_curves_page_draws_one_line_per_split_and_metric():

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def read_metrics(path: Path) -> list[dict]:
     """All records of a metrics file (a torn last line from a crash is ignored)."""
@@ -36,6 +38,16 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def decoder_orthogonality(W_dec: torch.Tensor, rows: torch.Tensor) -> float:
+    """Mean |cosine| between distinct decoder rows of W_dec (d_sae, d_in), over the sampled `rows`
+    (a random subset keeps this O(n^2 d) cheap for big SAEs); 0 = mutually orthogonal."""
+    with torch.no_grad():
+        w = torch.nn.functional.normalize(W_dec[rows].float(), dim=1)  # (n, d_in)
+        cos = (w @ w.T).abs()                                          # (n, n)
+        n = cos.shape[0]
+        return float((cos.sum() - cos.diagonal().sum()) / max(1, n * (n - 1)))
 
 
 def _finite(value: Any) -> Any:
@@ -74,11 +86,13 @@ class MetricsLogger:
                 self._tensorboard.add_scalar(name, value, record["step"])
 
     def close(self) -> None:
+        """Close the file and the mirrors (safe to call twice)."""
         self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
         if self._tensorboard is not None:
             self._tensorboard.close()
+        self._wandb = self._tensorboard = None
 
 
 def _import_optional(module: str, flag: str, package: str | None = None):
