@@ -36,7 +36,7 @@ from latents.pages import write_site
 from latents.report import assemble, summaries, write_json, write_records
 from latents.scoring import score_detection
 from latents.source import CapturedData
-from latents.stats import StatsConfig
+from latents.stats import StatsConfig, sae_encoder
 
 log = logging.getLogger("interpret")
 
@@ -144,7 +144,7 @@ def statistics(cfg: InterpretConfig, data: CapturedData, sae, device, out: Path)
     log.info("statistics: one pass over %d activations of %s", data.n_rows, data.folder)
     bar = lambda chunks: tqdm(chunks, desc="statistics", unit="chunk",
                               total=max(1, data.n_rows // cfg.rows_per_chunk))
-    stats = collect_stats(data, sae.encode, sae.cfg.d_sae, scfg, rows_per_chunk=cfg.rows_per_chunk,
+    stats = collect_stats(data, sae_encoder(sae), sae.cfg.d_sae, scfg, rows_per_chunk=cfg.rows_per_chunk,
                           device=device, checkpoint=out / "stats-partial.safetensors", identity=identity,
                           progress=bar)
     stats.save(path)

@@ -109,9 +109,9 @@ def collect_stats(data: CapturedData, encode: Encoder, d_sae: int, cfg: StatsCon
         for i, chunk in enumerate(progress(data.chunks(rows_per_chunk))):
             if chunk.first_row < done:
                 continue
-            h = encode(chunk.acts.to(device))                                  # (n, d_sae)
+            values, indices = encode(chunk.acts.to(device))                    # (n, w) each
             ordinals = torch.unique_consecutive(chunk.sentence)
-            acc.update(h, chunk, labels_of[ordinals].to(device))
+            acc.update(values, indices, chunk, labels_of[ordinals].to(device))
             if checkpoint is not None and (i + 1) % checkpoint_every == 0:
                 save_tensors(checkpoint, acc.state_dict(),
                              {**meta, "next_row": chunk.first_row + len(chunk.tokens)})

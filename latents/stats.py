@@ -6,20 +6,22 @@ and separately by its value on the last token, the top N token-level contexts (t
 `context` tokens either side within its sentence, with the latent's value on each), and per label
 the counts needed for AUROC and mean difference of the sentence-level (mean) activation.
 
-Memory is bounded by (d_sae, N, 2 * context + 1) for the contexts plus one chunk of dense latents,
-never by the dataset size: chunks are folded into fixed-size accumulators (`LatentAccumulator`).
+Each chunk is handled as its E = rows x k active (row, latent, value) entries, so the work per chunk
+is O(E log E), never O(rows x d_sae). Memory is bounded by
+(d_sae, N, 2 * context + 1) for the contexts plus one chunk, never by the dataset size: chunks are
+folded into fixed-size accumulators (`LatentAccumulator`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from latents.histogram import LogBins
 from latents.source import Chunk
-from latents.topn import TopNBuffer
+from latents.topn import TopNBuffer, unique_inverse
 
 _HASH_A, _HASH_B = 0x9E3779B1, 0x85EBCA77  # odd multipliers (Fibonacci / murmur-style mixing)
 
@@ -45,6 +47,13 @@ def ngram_hash(grams: list[torch.Tensor], buckets: int) -> torch.Tensor:
         key = (key ^ g.long()) * _HASH_A + _HASH_B
         key = key ^ (key >> 29)
     return key & (buckets - 1)
+
+
+class Active(NamedTuple):
+    """The active latents of a chunk as E (row, latent, value) entries."""
+    row: torch.Tensor     # (E,) int64 row in the chunk
+    latent: torch.Tensor  # (E,) int64
+    value: torch.Tensor   # (E,) float32 > 0
 
 
 def sentence_groups(sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,69 +94,82 @@ class LatentAccumulator:
         self.trigram = torch.zeros(cfg.ngram_buckets, dtype=torch.int32, **z)
 
     @torch.no_grad()
-    def update(self, h: torch.Tensor, chunk: Chunk, labels: torch.Tensor) -> None:
-        """Fold one chunk in. h: (n, d_sae) latent activations of chunk.acts; labels: (n_s,) label
-        index per sentence of the chunk, in order (-1 unlabelled)."""
-        h = h.float()
+    def update(self, values: torch.Tensor, indices: torch.Tensor, chunk: Chunk, labels: torch.Tensor) -> None:
+        """Fold one chunk in. values, indices: (n, w) active latents of each row of chunk.acts (as an
+        SAE's encode_topk gives them; values <= 0 are ignored); labels: (n_s,) label index of each
+        sentence of the chunk, in order (-1 unlabelled)."""
+        n = values.shape[0]
+        rows, slot = torch.nonzero(values > 0, as_tuple=True)
+        active = Active(rows, indices[rows, slot], values[rows, slot].float())     # E entries
         groups = sentence_groups(chunk.sentence.to(self.device))
-        self.rows += h.shape[0]
-        self._update_density(h)
-        self._update_tokens(h, groups, chunk.first_row)
-        self._update_sentences(h, groups, labels)
+        self.rows += n
+        self._update_density(active)
+        self._update_tokens(active, values, indices, groups, chunk.first_row)
+        self._update_sentences(active, groups, labels)
         self._update_base_counts(chunk.tokens.to(self.device), chunk.position.to(self.device))
 
-    def _update_density(self, h: torch.Tensor) -> None:
-        active = h > 0
-        self.fired += active.sum(0)
-        self.sum += h.sum(0, dtype=torch.float64)
-        self.max = torch.maximum(self.max, h.amax(0))
-        rows, cols = active.nonzero(as_tuple=True)
-        flat = cols * self.cfg.bins.n_bins + self.cfg.bins.index(h[rows, cols])
+    def _update_density(self, a: "Active") -> None:
+        self.fired += torch.bincount(a.latent, minlength=self.d_sae)
+        self.sum.index_add_(0, a.latent, a.value.double())
+        self.max.scatter_reduce_(0, a.latent, a.value, reduce="amax")
+        flat = a.latent * self.cfg.bins.n_bins + self.cfg.bins.index(a.value)
         self.hist.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
-    def _update_tokens(self, h: torch.Tensor, groups, first_row: int) -> None:
+    def _update_tokens(self, a: "Active", values: torch.Tensor, indices: torch.Tensor, groups,
+                       first_row: int) -> None:
         ordinals, inverse, counts = groups
-        n, c = h.shape[0], self.cfg.context
+        c, n = self.cfg.context, values.shape[0]
         starts = (torch.cumsum(counts, 0) - counts)[inverse]                     # (n,) sentence start
         stops = starts + counts[inverse]                                          # (n,) one past its end
-        m = min(self.cfg.top_n, n)
-        scores, rows = torch.topk(h, m, dim=0)                                    # (m, d_sae)
-        scores, rows = scores.T, rows.T                                           # (d_sae, m)
-        window = rows[..., None] + torch.arange(-c, c + 1, device=h.device)      # (d_sae, m, W)
-        valid = (window >= starts[rows][..., None]) & (window < stops[rows][..., None])
-        latent = torch.arange(self.d_sae, device=h.device)[:, None, None]
-        values = h.view(-1)[window.clamp(0, n - 1) * self.d_sae + latent]         # (d_sae, m, W)
-        values = values.masked_fill(~valid, float("nan"))
-        lo = rows - (rows - c).clamp(min=0).maximum(starts[rows])                  # tokens kept on the left
-        self.top_tokens.merge(scores, {"row": rows + first_row, "lo": lo, "values": values,
-                                       "sentence": ordinals[inverse[rows]]})
+        offsets = torch.arange(-c, c + 1, device=self.device)
 
-    def _update_sentences(self, h: torch.Tensor, groups, labels: torch.Tensor) -> None:
+        def payload(sel: torch.Tensor) -> dict[str, torch.Tensor]:
+            row, latent = a.row[sel], a.latent[sel]                               # (S,)
+            window = row[:, None] + offsets                                       # (S, W)
+            valid = (window >= starts[row][:, None]) & (window < stops[row][:, None])
+            lo = row - (row - c).clamp(min=0).maximum(starts[row])                 # tokens kept on the left
+            return {"row": row + first_row, "lo": lo, "sentence": ordinals[inverse[row]],
+                    "values": window_values(window.clamp(0, n - 1), latent).masked_fill(~valid, float("nan"))}
+
+        def window_values(window: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+            """(S, W) value of latent[s] on the rows window[s]: from a dense (n, d_sae) table when
+            there are many windows, else by matching the window rows' active latents."""
+            if window.numel() * indices.shape[1] > n * self.d_sae:
+                dense = torch.zeros(n, self.d_sae, device=self.device)
+                dense[a.row, a.latent] = a.value
+                return dense[window, latent[:, None]]
+            return ((indices[window] == latent[:, None, None]) * values[window]).sum(-1).float()
+
+        self.top_tokens.offer(a.latent, a.value, payload)
+
+    def _update_sentences(self, a: "Active", groups, labels: torch.Tensor) -> None:
         ordinals, inverse, counts = groups
-        n_s = len(ordinals)
-        mean = torch.zeros(n_s, self.d_sae, device=h.device).index_add_(0, inverse, h)
-        mean /= counts[:, None].float()                                           # (n_s, d_sae)
-        last = h[torch.cumsum(counts, 0) - 1]                                     # (n_s, d_sae)
-        m = min(self.cfg.top_n, n_s)
-        for buffer, table in ((self.top_mean, mean), (self.top_last, last)):
-            scores, index = torch.topk(table, m, dim=0)                           # (m, d_sae)
-            buffer.merge(scores.T, {"sentence": ordinals[index.T]})
-        self._update_labels(mean, labels)
+        sent = inverse[a.row]                                                    # (E,) local sentence
+        key, where = unique_inverse(sent * self.d_sae + a.latent)
+        mean = torch.zeros(len(key), device=self.device).index_add_(0, where, a.value)
+        s_sent, s_latent = key // self.d_sae, key % self.d_sae                    # (U,) one per pair
+        mean /= counts[s_sent].float()
+        self.top_mean.offer(s_latent, mean, lambda sel: {"sentence": ordinals[s_sent[sel]]})
+        last = a.row == (torch.cumsum(counts, 0) - 1)[sent]                      # entries on a last token
+        self.top_last.offer(a.latent[last], a.value[last], lambda sel: {"sentence": ordinals[sent[last][sel]]})
+        self._update_labels(s_sent, s_latent, mean, labels)
         if self.random_sentences.numel():
             slot = torch.searchsorted(self.random_sentences, ordinals).clamp(max=len(self.random_sentences) - 1)
-            hit = self.random_sentences[slot] == ordinals
-            self.random_mean[slot[hit]] = mean[hit]
+            hit = (self.random_sentences[slot] == ordinals)[s_sent]
+            self.random_mean[slot[s_sent[hit]], s_latent[hit]] = mean[hit]
 
-    def _update_labels(self, mean: torch.Tensor, labels: torch.Tensor) -> None:
+    def _update_labels(self, sent: torch.Tensor, latent: torch.Tensor, mean: torch.Tensor,
+                       labels: torch.Tensor) -> None:
+        """sent, latent, mean: (U,) the non-zero sentence-level activations; labels: (n_s,)."""
         if self.n_labels == 0:
             return
-        labelled = labels >= 0
-        mean, labels = mean[labelled], labels[labelled].long()
-        self.label_count += torch.bincount(labels, minlength=self.label_count.numel())
-        self.label_sum.index_add_(0, labels, mean.double())
-        sent, latent = (mean > 0).nonzero(as_tuple=True)
-        bins = self.cfg.bins.index(mean[sent, latent])
-        flat = (latent * self.label_hist.shape[1] + labels[sent]) * self.cfg.bins.n_bins + bins
+        known = labels[labels >= 0].long()
+        self.label_count += torch.bincount(known, minlength=self.label_count.numel())
+        label = labels[sent].long()
+        ok = label >= 0
+        label, latent, mean = label[ok], latent[ok], mean[ok]
+        self.label_sum.view(-1).index_add_(0, label * self.d_sae + latent, mean.double())
+        flat = (latent * self.label_hist.shape[1] + label) * self.cfg.bins.n_bins + self.cfg.bins.index(mean)
         self.label_hist.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
     def _update_base_counts(self, tokens: torch.Tensor, position: torch.Tensor) -> None:
@@ -179,4 +201,23 @@ class LatentAccumulator:
 _TENSORS = ("rows", "fired", "sum", "max", "hist", "label_hist", "label_count", "label_sum",
             "random_sentences", "random_mean", "unigram", "bigram", "trigram")
 
-Encoder = Callable[[torch.Tensor], torch.Tensor]  # (n, d_model) raw activations -> (n, d_sae) latents
+# (n, d_model) raw activations -> (values (n, w), indices (n, w)) of the active latents, as
+# SparseAutoencoder.encode_topk returns them (see sae_encoder).
+Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def sae_encoder(sae) -> Encoder:
+    """The encoder of a SparseAutoencoder as the statistics need it: raw x -> (values, indices)."""
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, indices = sae.encode_topk(sae.normalize(x.to(sae.W_enc.dtype))[0])
+        return values, indices
+    return encode
+
+
+def dense_encoder(encode: Callable[[torch.Tensor], torch.Tensor]) -> Encoder:
+    """Adapt an encoder returning dense latents (n, d_sae) to (values, indices) of its non-zeros."""
+    def sparse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = encode(x)
+        width = max(1, int((h > 0).sum(-1).max()))
+        return torch.topk(h, width, dim=-1)
+    return sparse

@@ -9,7 +9,7 @@ import torch
 from latents.collect import collect_stats
 from latents.histogram import LogBins, auroc_from_histograms
 from latents.source import CapturedData
-from latents.stats import StatsConfig
+from latents.stats import StatsConfig, dense_encoder
 from latents.synthetic import random_corpus, write_captured
 
 D_MODEL, D_SAE, K, TOP_N, CONTEXT = 16, 40, 4, 5, 3
@@ -43,7 +43,7 @@ def stats(dataset):
     folder = dataset[0]
     cfg = StatsConfig(top_n=TOP_N, context=CONTEXT, n_random_sentences=7, ngram_buckets=1 << 10)
     # Small chunks so that sentences straddle chunk and shard boundaries.
-    return collect_stats(CapturedData(folder), topk_encoder(1), D_SAE, cfg, rows_per_chunk=37)
+    return collect_stats(CapturedData(folder), dense_encoder(topk_encoder(1)), D_SAE, cfg, rows_per_chunk=37)
 
 
 def brute_force(dataset):
@@ -157,14 +157,14 @@ def test_resumed_pass_equals_uninterrupted(dataset, stats, tmp_path):
                 raise KeyboardInterrupt
             yield chunk
     with pytest.raises(KeyboardInterrupt):
-        collect_stats(data, topk_encoder(1), D_SAE, cfg, rows_per_chunk=37, checkpoint=checkpoint,
+        collect_stats(data, dense_encoder(topk_encoder(1)), D_SAE, cfg, rows_per_chunk=37, checkpoint=checkpoint,
                       checkpoint_every=4, progress=stop_early)
     assert checkpoint.is_file()
     encoded = []
 
     def counting_encoder(x):
         encoded.append(len(x))
-        return topk_encoder(1)(x)
+        return dense_encoder(topk_encoder(1))(x)
     resumed = collect_stats(data, counting_encoder, D_SAE, cfg, rows_per_chunk=37, checkpoint=checkpoint)
     # Each chunk holds at least 37 - 13 rows (sentences are at most 14 long): 4 chunks are not redone.
     assert 0 < sum(encoded) <= len(dataset[2]) - 4 * (37 - 13)
