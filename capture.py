@@ -34,7 +34,7 @@ from data.prepare import (SentenceOptions, context_prefix, iter_records, read_se
                           write_sentences)
 from data.sentences import SentenceSplitter
 from data.shards import DTYPES, ShardData, ShardWriter, read_manifest
-from data.text import TextSource, corpus_identity, file_identity, iter_documents
+from data.text import TextSource, corpus_identity, iter_documents
 
 log = logging.getLogger("capture")
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -55,6 +55,9 @@ class CaptureConfig:
                                                                                "gets <out>/<hook>/"})
     max_tokens: int = field(default=192, metadata={"help": "cap on a sentence's tokens (longer ones are cut)"})
     max_documents: int = field(default=0, metadata={"help": "read at most this many documents (0 = all)"})
+    sample_fraction: float = field(default=1.0, metadata={"help": "keep each document with this probability "
+                                                                  "(a fixed hash of its number): a slice "
+                                                                  "that spans the whole corpus"})
     max_total_tokens: int = field(default=0, metadata={"help": "stop after this many stored tokens (0 = all)"})
     batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
     shard_tokens: int = field(default=0, metadata={"help": "stored tokens per shard, the unit of resume "
@@ -114,22 +117,22 @@ def resolve_source(cfg: CaptureConfig) -> TextSource:
     return TextSource(paths.default_corpus_path(), cfg.text_field, cfg.label_field or "sentiment")
 
 
-def capture(cfg: CaptureConfig, rank: int, world: int, device: torch.device) -> None:
+def capture(cfg: CaptureConfig, rank: int = 0, world: int = 1, device: torch.device | None = None,
+            loaded=None) -> dict[str, Path]:
+    """Capture every hook of `cfg`; returns hook -> capture folder. `loaded` reuses a loaded model."""
     from llama import load_model
     from llama.hooks import parse_hook_name
 
-    source = resolve_source(cfg)
-    options = SentenceOptions(cfg.max_tokens, cfg.bos, cfg.chat, cfg.max_documents,
-                              cfg.max_total_tokens, cfg.punkt_chars)
-    model_path = Path(cfg.model) if cfg.model else paths.default_model_path()
-    if len(set(cfg.hooks)) != len(cfg.hooks) or not cfg.hooks:
-        raise cli.UsageError(f"--hooks {' '.join(cfg.hooks)}: give one or more distinct hook names")
-    loaded = load_model(model_path, device=device)
+    source, options = check_inputs(cfg)
+    check_writable_folder(Path(cfg.out), "--out")
+    if loaded is None:
+        loaded = load_model(Path(cfg.model) if cfg.model else paths.default_model_path(),
+                            device=device or "cpu")
     for hook in cfg.hooks:
         parse_hook_name(hook, loaded.args.n_layers)
     folders = {h: check_writable_folder(Path(cfg.out) / h, "--out") for h in cfg.hooks}
     prefix = context_prefix(loaded.tokenizer, options)
-    settings = capture_settings(cfg, source, model_path, prefix)
+    settings = capture_settings(cfg, source, loaded.source, prefix)
     for folder in folders.values():
         check_resumable(folder, settings)
 
@@ -145,6 +148,7 @@ def capture(cfg: CaptureConfig, rank: int, world: int, device: torch.device) -> 
     barrier(world)
     if rank != 0:
         book.start(d_models)
+    device = next(loaded.model.parameters()).device
     run_capture(cfg, loaded.model, loaded.args.dim, prefix, folders, book, summary, rank, world, device)
     barrier(world)
     if rank == 0:
@@ -152,13 +156,30 @@ def capture(cfg: CaptureConfig, rank: int, world: int, device: torch.device) -> 
         log.info("captured %d activations per hook into %s", total, ", ".join(map(str, folders.values())))
         if cfg.prebatch:
             run_prebatch(cfg, folders)
+    return folders
 
 
-def capture_settings(cfg: CaptureConfig, source: TextSource, model_path: Path, prefix: list[int]) -> dict:
+def check_inputs(cfg: CaptureConfig) -> tuple[TextSource, SentenceOptions]:
+    """Fail fast, before loading the model: hook name forms, limits, and a readable corpus."""
+    from llama.hooks import parse_hook_name
+
+    if not cfg.hooks or len(set(cfg.hooks)) != len(cfg.hooks):
+        raise cli.UsageError(f"--hooks {' '.join(cfg.hooks)}: give one or more distinct hook names")
+    for hook in cfg.hooks:
+        parse_hook_name(hook, 1 << 30)  # the form only; the layer range is checked once loaded
+    options = SentenceOptions(max_tokens=cfg.max_tokens, bos=cfg.bos, chat=cfg.chat,
+                              max_documents=cfg.max_documents, sample_fraction=cfg.sample_fraction,
+                              max_total_tokens=cfg.max_total_tokens, punkt_chars=cfg.punkt_chars)
+    source = resolve_source(cfg)
+    if next(iter_documents(source), None) is None:  # also checks the named columns/fields
+        raise ValueError(f"{source.path}: the corpus holds no text (field/column {source.text_field!r}); "
+                         f"check --data and --text-field")
+    return source, options
+
+
+def capture_settings(cfg: CaptureConfig, source: TextSource, model: str, prefix: list[int]) -> dict:
     """Everything that determines the stored bytes; a resume must match it exactly."""
-    model_files = [model_path] if model_path.is_file() else sorted(p for p in model_path.iterdir() if p.is_file())
-    model = {"path": str(model_path.resolve()), "files": [file_identity(p) for p in model_files]}
-    keys = ("dtype", "bos", "chat", "max_tokens", "max_documents", "max_total_tokens", "batch_tokens",
+    keys = ("dtype", "bos", "chat", "max_tokens", "max_documents", "sample_fraction", "max_total_tokens", "batch_tokens",
             "shard_tokens", "punkt_chars")
     return {"model": model, "corpus": corpus_identity(source), "context_prefix": prefix,
             **{k: getattr(cfg, k) for k in keys}}

@@ -28,6 +28,7 @@ from data.batches import SPLITS, ChunkWriter, chunk_name, write_meta, write_rema
 from data.fileio import check_writable_folder, remove_quietly
 from data.shards import CapturedDataset
 from data.stats import RunningStats
+from data.text import uniform_hash
 
 
 @dataclass
@@ -48,13 +49,8 @@ class PrebatchConfig:
 
 
 def is_validation(docs: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Seeded per-document coin flip (splitmix64 hash of the document number): (rows,) bool."""
-    with np.errstate(over="ignore"):
-        x = docs.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+    """Seeded per-document coin flip: (rows,) bool, True for rows of held-out documents."""
+    return uniform_hash(docs, 2 * seed + 1) < fraction  # odd seeds: never the sampling stream (seed 0)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from data.fileio import remove_quietly
 from data.sentences import SentenceSplitter
-from data.text import TextSource, iter_documents
+from data.text import TextSource, iter_documents, uniform_hash
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class SentenceOptions:
     bos: bool = False              # feed BOS before each sentence (never stored)
     chat: bool = False             # wrap each sentence as a user message in the chat template
     max_documents: int = 0         # 0 = all
+    sample_fraction: float = 1.0   # keep each document with this probability (seeded by its number)
     max_total_tokens: int = 0      # 0 = all; stop after the sentence that reaches it
     punkt_chars: int = 2_000_000   # characters of the corpus Punkt is trained on
 
@@ -39,6 +40,8 @@ class SentenceOptions:
             raise ValueError(f"--max-tokens {self.max_tokens}: must be at least 1")
         if self.max_documents < 0 or self.max_total_tokens < 0:
             raise ValueError("--max-documents / --max-total-tokens: must be 0 (no limit) or positive")
+        if not 0.0 < self.sample_fraction <= 1.0:
+            raise ValueError(f"--sample-fraction {self.sample_fraction}: must be in (0, 1]")
 
 
 def context_prefix(tokenizer, options: SentenceOptions) -> list[int]:
@@ -68,10 +71,13 @@ def chat_prefix(tokenizer) -> list[int]:
 def iter_records(source: TextSource, tokenizer, options: SentenceOptions,
                  splitter: SentenceSplitter) -> Iterator[dict]:
     """Sentence records of the corpus, in order, within the document and token limits."""
-    total_tokens = 0
-    for n_docs, doc in enumerate(iter_documents(source)):
+    total_tokens, n_docs = 0, 0
+    for doc in iter_documents(source):
+        if options.sample_fraction < 1.0 and uniform_hash([doc.index], 0)[0] >= options.sample_fraction:
+            continue
         if options.max_documents and n_docs >= options.max_documents:
             return
+        n_docs += 1
         for number, text in enumerate(splitter.split(doc.text)):
             tokens = tokenizer.encode(text, bos=False)
             if not tokens:

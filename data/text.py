@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -160,6 +162,20 @@ def _read_parquet(path: Path, source: TextSource) -> Iterator[Document]:
         for row in batch.to_pylist():
             yield _record(index, row, source)
             index += 1
+
+
+def uniform_hash(ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A seeded pseudo-random number in [0, 1) per integer id (splitmix64 finaliser): (n,) float64.
+
+    Used for choices that must not depend on reading order or on the number of processes: which
+    documents a sampled capture keeps, which documents go to the validation split.
+    """
+    with np.errstate(over="ignore"):
+        x = np.asarray(ids).astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def file_identity(path: Path) -> dict:

@@ -1,0 +1,167 @@
+"""Capture and prebatching throughput, ours against the plain approach, and peak memory vs corpus size.
+
+    python bench/capture.py                 # a ~400-document slice of the default corpus
+    python bench/capture.py --docs 1000 --json runs/bench/capture.json
+
+Sides, each in its own subprocess (so peak RSS is the side's own), on the same sentences:
+- ours: `capture.capture` end to end after the model is loaded: Punkt, tokenization, length-sorted
+  token-budget batches stopping after the tapped block, shards written on a background thread;
+- plain: what the reference papers do: transformers' LlamaForCausalLM from the same GGUF, a forward hook
+  on the layer, batches of 32 sentences in corpus order (right padding), full forward, and
+  `torch.save` of each batch's hidden states;
+- prebatching: `data.prebatch` on our capture, in MB/s of activations read;
+- memory: peak RSS of capture and of prebatching for the slice and for the slice repeated 4 times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paths  # noqa: E402
+
+HOOK = "blocks.20.hook_resid_post"
+LAYER = 20
+SHARD_TOKENS = 4096  # several shards even for the small slice, so memory vs corpus size is visible
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def make_slice(path: Path, docs: int, repeat: int = 1) -> Path:
+    """Every k-th row of the default corpus (all labels), `docs` rows, the whole repeated `repeat` times."""
+    text = paths.default_corpus_path().read_bytes().decode("utf-8", "replace")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    step = max(1, len(rows) // docs)
+    chosen = rows[::step][:docs] * repeat
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    return path
+
+
+def run_ours(corpus: Path, out: Path) -> dict:
+    import capture
+    import cli
+    from llama import load_model
+
+    loaded = load_model(paths.default_model_path())
+    cfg, _ = cli.parse_config(capture.CaptureConfig, "bench", ["--data", str(corpus), "--out", str(out),
+                                                               "--label-field", "sentiment",
+                                                               "--shard-tokens", str(SHARD_TOKENS)])
+    start = time.perf_counter()
+    capture.capture(cfg, loaded=loaded)
+    seconds = time.perf_counter() - start
+    tokens = json.loads((out / HOOK / "manifest.json").read_text())["total_rows"]
+    return {"tokens": tokens, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_plain(sentences: Path, out: Path, batch_size: int = 32) -> dict:
+    import torch
+    import transformers
+
+    model_path = paths.default_model_path()
+    model = transformers.LlamaForCausalLM.from_pretrained(str(model_path.parent), gguf_file=model_path.name,
+                                                          dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_path.parent), gguf_file=model_path.name)
+    texts = [json.loads(line)["text"] for line in sentences.read_text(encoding="utf-8").splitlines()]
+    saved = {}
+    model.model.layers[LAYER].register_forward_hook(
+        lambda module, args, output: saved.__setitem__("acts", output[0] if isinstance(output, tuple) else output))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    out.mkdir(parents=True, exist_ok=True)
+    start, tokens = time.perf_counter(), 0
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                              max_length=192, add_special_tokens=False)
+            model(**batch)
+            torch.save({"acts": saved["acts"].clone(), "mask": batch["attention_mask"]}, out / f"batch_{i}.pt")
+            tokens += int(batch["attention_mask"].sum())
+    return {"tokens": tokens, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_prebatch(capture_folder: Path, out: Path) -> dict:
+    from data.prebatch import PrebatchConfig, prebatch
+
+    nbytes = sum(p.stat().st_size for p in capture_folder.glob("acts-*.bin"))
+    start = time.perf_counter()
+    prebatch(capture_folder, out, PrebatchConfig())
+    seconds = time.perf_counter() - start
+    return {"mb": nbytes / 2**20, "seconds": seconds, "mb_per_s": nbytes / 2**20 / seconds,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def worker(args: argparse.Namespace) -> None:
+    if args.worker == "ours":
+        result = run_ours(Path(args.corpus), Path(args.out))
+    elif args.worker == "plain":
+        result = run_plain(Path(args.corpus), Path(args.out))
+    else:
+        result = run_prebatch(Path(args.corpus), Path(args.out))
+    print("RESULT " + json.dumps(result))
+
+
+def side(kind: str, source: Path, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--corpus", str(source), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{kind} side failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=400, help="documents in the slice")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the 4x corpus memory runs")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--worker", choices=["ours", "plain", "prebatch"], help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    with TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = make_slice(tmp / "slice.csv", args.docs)
+        ours = side("ours", corpus, tmp / "ours")
+        plain = side("plain", tmp / "ours" / HOOK / "sentences.jsonl", tmp / "plain")
+        pre = side("prebatch", tmp / "ours" / HOOK, tmp / "batches")
+        figures = {"ours": ours, "plain": plain, "prebatch": pre}
+        print(f"capture, {ours['tokens']} tokens of {args.docs} documents, {HOOK}")
+        for name, r in (("ours", ours), ("plain", plain)):
+            print(f"  {name:6s} {r['tokens'] / r['seconds']:8.0f} tokens/s  ({r['seconds']:.1f} s, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB)")
+        speedup = (ours["tokens"] / ours["seconds"]) / (plain["tokens"] / plain["seconds"])
+        print(f"  ours / plain: {speedup:.2f}x")
+        print(f"prebatch: {pre['mb_per_s']:.0f} MB/s ({pre['mb']:.0f} MB in {pre['seconds']:.1f} s, "
+              f"peak RSS {pre['peak_rss_mb']:.0f} MB)")
+        if not args.skip_memory:
+            big = make_slice(tmp / "slice4.csv", args.docs, repeat=4)
+            ours4 = side("ours", big, tmp / "ours4")
+            pre4 = side("prebatch", tmp / "ours4" / HOOK, tmp / "batches4")
+            figures.update({"ours_4x": ours4, "prebatch_4x": pre4})
+            print(f"peak RSS, corpus x1 -> x4: capture {ours['peak_rss_mb']:.0f} -> {ours4['peak_rss_mb']:.0f} MB "
+                  f"({ours['tokens']} -> {ours4['tokens']} tokens), prebatch {pre['peak_rss_mb']:.0f} -> "
+                  f"{pre4['peak_rss_mb']:.0f} MB")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""capture.py on the real SmolLM2-135M: stored activations against transformers, what is (not) stored,
+labels, resuming after a kill, refusing changed settings, one-line errors, and torchrun.
+
+A corpus of a few dozen rows of the default CSV (mixed labels, one invalid UTF-8 byte) is captured
+in-process with the session's model; subprocesses are used only where a process must be killed or
+launched by torchrun.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import capture
+import cli
+import paths
+from data.shards import CapturedDataset, read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOK = "blocks.20.hook_resid_post"
+SMALL = ["--max-tokens", "24", "--shard-tokens", "64", "--batch-tokens", "256"]
+
+
+def small_corpus(path: Path, per_label: int = 8) -> Path:
+    """The default CSV's header and its first `per_label` unquoted rows of each label, raw bytes kept."""
+    lines = paths.default_corpus_path().read_bytes().split(b"\r\n")
+    chosen = []
+    for label in (b"negative", b"neutral", b"positive"):
+        rows = [x for x in lines[1:] if x.startswith(label + b",") and b'"' not in x]
+        chosen += rows[:per_label]
+    chosen.append(b"positive,0.9,The seats are comfortable. Every ride feels calm! Would you buy one? I would.")
+    chosen.append(b"neutral,0.5," + b"word " * 40)  # one long sentence: cut at --max-tokens
+    path.write_bytes(b"\r\n".join([lines[0]] + chosen) + b"\r\n")
+    return path
+
+
+def config(tmp: Path, corpus: Path, *extra: str) -> capture.CaptureConfig:
+    cfg, _ = cli.parse_config(capture.CaptureConfig, "test",
+                              ["--data", str(corpus), "--label-field", "sentiment", "--out", str(tmp), *SMALL, *extra])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return small_corpus(tmp_path_factory.mktemp("corpus") / "small.csv")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus, smol) -> Path:
+    """An uninterrupted in-process capture of the small corpus."""
+    out = tmp_path_factory.mktemp("reference")
+    capture.capture(config(out, corpus), loaded=smol)
+    return out / HOOK
+
+
+def assert_rows_close(stored: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
+    """Each row's largest difference within `tol` of the row's norm.
+
+    float32 rounding scales with the values: a few positions (the first token of a sentence above all,
+    the attention sink) carry residual norms near 2e4 on this model, where batched and unbatched matmuls
+    differ by ~1e-2 absolute, i.e. ~1e-6 relative; typical rows have norms near 200.
+    """
+    error = (stored - expected).abs().max(dim=1).values / expected.norm(dim=1)
+    assert float(error.max()) < tol, f"row {int(error.argmax())}: relative error {float(error.max()):.2e}"
+
+
+def sentences(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "sentences.jsonl").read_text().splitlines()]
+
+
+def test_stored_activations_equal_transformers_hidden_states(reference, hf_smol):
+    ds = CapturedDataset(reference)
+    records = sentences(reference)
+    acts = torch.cat([s.acts for s in ds])
+    index = torch.cat([s.index for s in ds]).long()
+    starts = {(r["doc"], r["sentence"]): i for i, r in enumerate(records)}
+    rows_of = {}
+    for row, (doc, sent, pos) in enumerate(index.tolist()):
+        rows_of.setdefault(starts[(doc, sent)], []).append((pos, row))
+    lengths = [len(r["tokens"]) for r in records]
+    picks = sorted({0, len(records) - 1, int(np.argmax(lengths)), int(np.argmin(lengths)), len(records) // 2})
+    for i in picks:  # each sentence alone, no BOS, through transformers
+        ids = torch.tensor([records[i]["tokens"]])
+        expected = hf_smol(input_ids=ids, output_hidden_states=True).hidden_states[21][0]  # after block 20
+        stored = acts[[row for _, row in sorted(rows_of[i])]]
+        assert [pos for pos, _ in sorted(rows_of[i])] == list(range(len(records[i]["tokens"])))
+        assert_rows_close(stored, expected)
+
+
+def test_no_padding_or_bos_is_stored(reference, smol):
+    ds = CapturedDataset(reference)
+    records = sentences(reference)
+    tokens = np.concatenate([s.tokens.numpy() for s in ds])
+    expected = np.concatenate([r["tokens"] for r in records])
+    assert ds.total_rows == len(expected) == read_manifest(reference)["sentences"]["tokens"]
+    np.testing.assert_array_equal(tokens, expected)  # exactly the sentences' own tokens, in order
+    assert smol.tokenizer.bos_id not in set(tokens.tolist())
+    index = np.concatenate([s.index.numpy() for s in ds])
+    expected_index = [(r["doc"], r["sentence"], p) for r in records for p in range(len(r["tokens"]))]
+    np.testing.assert_array_equal(index, np.array(expected_index))
+
+
+def test_sentence_split_cap_and_labels_travel(reference, corpus):
+    records = sentences(reference)
+    manifest = read_manifest(reference)
+    rows = list(csv.DictReader(io.StringIO(corpus.read_bytes().decode("utf-8", "replace"))))
+    assert manifest["labels"] == ["negative", "neutral", "positive"]
+    assert manifest["complete"] and manifest["hook"] == HOOK and manifest["d_model"] == 576
+    assert all(r["label"] == rows[r["doc"]]["sentiment"] for r in records)
+    assert all(r["text"] in rows[r["doc"]]["text"] for r in records)
+    repeated = [r for r in records if r["doc"] == len(rows) - 2]
+    assert [r["text"] for r in repeated] == ["The seats are comfortable.", "Every ride feels calm!",
+                                             "Would you buy one?", "I would."]  # Punkt's split
+    long = [r for r in records if r["doc"] == len(rows) - 1]
+    assert len(long) == 1 and len(long[0]["tokens"]) == 24 and long[0]["truncated"]
+    assert max(len(r["tokens"]) for r in records) == 24
+
+
+def test_bos_is_fed_but_never_stored(tmp_path, corpus, smol, hf_smol, reference):
+    capture.capture(config(tmp_path, corpus, "--bos", "--max-documents", "3"), loaded=smol)
+    folder = tmp_path / HOOK
+    ds = CapturedDataset(folder)
+    records = sentences(folder)
+    assert read_manifest(folder)["prepend_bos"] is True
+    assert ds.total_rows == sum(len(r["tokens"]) for r in records)
+    tokens = torch.cat([s.tokens for s in ds])
+    assert smol.tokenizer.bos_id not in tokens.tolist()
+    first = records[0]
+    ids = torch.tensor([[smol.tokenizer.bos_id] + first["tokens"]])
+    expected = hf_smol(input_ids=ids, output_hidden_states=True).hidden_states[21][0, 1:]
+    assert_rows_close(ds[0].acts[:len(first["tokens"])], expected)
+
+
+def test_chat_mode_stores_only_the_users_text(tmp_path, corpus, smol, hf_smol):
+    capture.capture(config(tmp_path, corpus, "--chat", "--max-documents", "2"), loaded=smol)
+    folder = tmp_path / HOOK
+    manifest = read_manifest(folder)
+    prefix = manifest["context_prefix"]
+    rendered = smol.tokenizer.encode_chat([{"role": "user", "content": "Hi"}])
+    assert manifest["chat"] and prefix == rendered[:len(prefix)] and len(prefix) > 3
+    record = sentences(folder)[0]
+    ids = torch.tensor([prefix + record["tokens"]])
+    expected = hf_smol(input_ids=ids, output_hidden_states=True).hidden_states[21][0, len(prefix):]
+    assert_rows_close(CapturedDataset(folder)[0].acts[:len(record["tokens"])], expected)
+
+
+def run_script(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def test_killed_capture_resumes_to_identical_bytes(tmp_path, corpus, smol, gguf_path, reference):
+    proc = run_script("capture.py", "--model", str(gguf_path), "--data", str(corpus), "--label-field",
+                      "sentiment", "--out", str(tmp_path), *SMALL)
+    manifest = tmp_path / HOOK / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.is_file() and json.loads(manifest.read_text())["shards"]:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    partial = json.loads(manifest.read_text())
+    assert not partial["complete"] and 0 < len(partial["shards"]) < len(read_manifest(reference)["shards"])
+    kept = {e["name"]: os.stat(tmp_path / HOOK / f"acts-{e['name']}.bin").st_mtime_ns for e in partial["shards"]}
+
+    capture.capture(config(tmp_path, corpus), loaded=smol)  # the same arguments: resumes
+    names = sorted(p.name for p in reference.iterdir() if p.suffix in (".bin", ".jsonl"))
+    assert names == sorted(p.name for p in (tmp_path / HOOK).iterdir() if p.suffix in (".bin", ".jsonl"))
+    for name in names:
+        assert (tmp_path / HOOK / name).read_bytes() == (reference / name).read_bytes(), name
+    for name, mtime in kept.items():  # committed shards were not redone
+        assert os.stat(tmp_path / HOOK / f"acts-{name}.bin").st_mtime_ns == mtime
+    assert read_manifest(tmp_path / HOOK)["shards"] == read_manifest(reference)["shards"]
+
+
+def test_refuses_to_resume_with_other_settings(reference, corpus, smol):
+    with pytest.raises(cli.UsageError, match=r"different dtype.*same arguments"):
+        capture.capture(config(reference.parent, corpus, "--dtype", "fp16"), loaded=smol)
+
+
+def test_unknown_hook_out_of_range_layer(tmp_path, corpus, smol):
+    with pytest.raises(ValueError, match="layer 99 out of range"):
+        capture.capture(config(tmp_path, corpus, "--hooks", "blocks.99.hook_resid_post"), loaded=smol)
+    assert not (tmp_path / "blocks.99.hook_resid_post").exists()
+
+
+@pytest.mark.parametrize("case", ["hook", "column", "empty", "folder", "dtype"])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, corpus, case, monkeypatch, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("sentiment,confidence,text\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = {"hook": ["--data", str(corpus), "--hooks", "blocks.1.hook_nothing"],
+            "column": ["--data", str(corpus), "--text-field", "body"],
+            "empty": ["--data", str(empty)],
+            "folder": ["--data", str(corpus), "--out", str(blocker / "sub")],
+            "dtype": ["--dtype", "fp8"]}[case]
+    # every one of these is caught before the model loads
+    monkeypatch.setattr(sys, "argv", ["capture.py", "--out", str(tmp_path / "out"), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(capture.main)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    if case != "dtype":  # argparse's own errors come after its usage line
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    expected = {"hook": "unknown hook name 'blocks.1.hook_nothing'", "column": "no column 'body'",
+                "empty": "holds no text", "folder": "--out", "dtype": "invalid choice: 'fp8'"}[case]
+    assert expected in lines[-1]
+
+
+def test_torchrun_two_processes_build_the_same_dataset(tmp_path, corpus, gguf_path, reference):
+    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                      "capture.py", "--model", str(gguf_path), "--data", str(corpus), "--label-field",
+                      "sentiment", "--out", str(tmp_path), *SMALL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    folder = tmp_path / HOOK
+    assert read_manifest(folder)["shards"] == read_manifest(reference)["shards"]
+    assert not list(folder.glob("progress-rank*.json"))
+    ours, ref = CapturedDataset(folder), CapturedDataset(reference)
+    for a, b in zip(ours, ref):
+        assert_rows_close(a.acts, b.acts)  # ranks run on 1 thread each: float rounding may differ
+        assert torch.equal(a.index, b.index) and torch.equal(a.tokens, b.tokens)
+    assert (folder / "sentences.jsonl").read_bytes() == (reference / "sentences.jsonl").read_bytes()
