@@ -46,7 +46,10 @@ def _chart(title: str, series: dict[str, list[tuple[float, float]]], log: bool) 
     fy = (lambda v: math.log10(v)) if log else (lambda v: v)
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(fy(p[1]) for p in points), max(fy(p[1]) for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-12 + abs(y0) * 0.01)
+    x1 = x1 if x1 > x0 else x0 + 1
+    if y1 == y0:  # a constant series: centre it in a readable range (0 stays at the bottom)
+        pad = 0.1 if log else (abs(y0) * 0.05 or 1.0)
+        y0, y1 = (y0, y0 + pad) if y0 == 0 else (y0 - pad, y1 + pad)
     sx = lambda x: PAD_L + (x - x0) / (x1 - x0) * (W - PAD_L - PAD_R)  # noqa: E731
     sy = lambda y: H - PAD_B - (y - y0) / (y1 - y0) * (H - PAD_T - PAD_B)  # noqa: E731
     parts = [f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg">',
