@@ -48,17 +48,19 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = No
     k_aux = cfg.k_aux if k_aux is None else k_aux
     out = sae(x.reshape(-1, cfg.d_in))
     err = out.x_hat_n - out.x_n                                  # (rows, d_in)
-    mse = err.pow(2).mean()
+    sq = err.pow(2)
+    mse = sq.mean()
     with torch.no_grad():
         total_var = (out.x_n - out.x_n.mean(0)).pow(2).sum().clamp_min(torch.finfo(err.dtype).tiny)
-        fvu = err.pow(2).sum() / total_var
+        fvu = sq.sum() / total_var
         active = out.values > 0
         l0 = active.sum(-1).float().mean()
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[out.indices[active]] = True
-    dec_norms = sae.W_dec.norm(dim=1)                           # (d_sae,)
-    l1 = (out.values * dec_norms[out.indices]).sum(-1).mean()
-    loss = mse + cfg.l1_coeff * l1 if cfg.activation == "relu" else mse
+    penalised = cfg.activation == "relu"
+    with torch.set_grad_enabled(penalised and torch.is_grad_enabled()):
+        l1 = (out.values * sae.W_dec.norm(dim=1)[out.indices]).sum(-1).mean()
+    loss = mse + cfg.l1_coeff * l1 if penalised else mse
     aux_mse = torch.zeros((), dtype=mse.dtype, device=mse.device)
     n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
     if n_dead > 0 and aux_coeff > 0 and (not aux_gate_requires_k_aux_dead or n_dead >= k_aux):

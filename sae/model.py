@@ -218,8 +218,8 @@ class SparseAutoencoder(nn.Module):
         if grad is None:
             return
         w = self.W_dec
-        parallel = (grad * w).sum(dim=1, keepdim=True) / (w * w).sum(dim=1, keepdim=True).clamp_min(1e-12)
-        grad.sub_(parallel * w)
+        parallel = torch.linalg.vecdot(grad, w, dim=1) / w.norm(dim=1).square().clamp_min(1e-12)  # (d_sae,)
+        grad.addcmul_(w, parallel.unsqueeze(1), value=-1.0)  # in place: no (d_sae, d_in) temporary
 
     # ---- analysis helpers ----------------------------------------------------------------------
 
