@@ -24,7 +24,9 @@ import torch
 from tqdm import tqdm
 
 import cli
+import llama
 import paths
+from data.prebatch import is_validation
 from latents.autointerp import explain_with_llm, latent_id
 from latents.collect import LatentStats, collect_stats
 from latents.evaluate import evaluate_sae, left_padded_batches
@@ -37,6 +39,7 @@ from latents.report import assemble, summaries, write_json, write_records
 from latents.scoring import score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
+from sae.io import load_sae
 
 log = logging.getLogger("interpret")
 
@@ -92,9 +95,6 @@ def main() -> None:
 
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
-    from llama import load_model
-    from sae.io import load_sae
-
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     out = Path(cfg.out)
@@ -104,7 +104,7 @@ def interpret(cfg: InterpretConfig) -> dict:
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
     data = open_capture(cfg, hook, sae.cfg.d_in)
     stats = statistics(cfg, data, sae, device, out)
-    loaded = load_model(Path(cfg.model) if cfg.model else paths.default_model_path(), device=device)
+    loaded = llama.load_model(Path(cfg.model) if cfg.model else paths.default_model_path(), device=device)
     if loaded.args.dim != sae.cfg.d_in:
         raise cli.UsageError(f"--model has dim {loaded.args.dim} but the SAE expects d_in {sae.cfg.d_in}")
     latents = chosen_latents(stats, cfg.max_latents)
@@ -219,8 +219,6 @@ def detect(cfg, client, data: CapturedData, stats: LatentStats, evidence, llm, f
 def held_out_sentences(cfg: InterpretConfig, data: CapturedData, hook: str) -> tuple[list[list[int]], bool]:
     """Token lists of up to cfg.eval_sentences sentences from documents the prebatching held out for
     validation (its seeded per-document split); the last captured sentences when there is no split."""
-    from data.prebatch import is_validation
-
     table = data.sentences
     meta_path = Path(cfg.batches_dir) / hook / "batches.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"val_fraction": 0.02, "seed": 0}

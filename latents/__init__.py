@@ -1,0 +1,8 @@
+"""What the latents of a sparse autoencoder mean, and how good the SAE is.
+
+Reading order: source.py (captured activations as chunks of sentences), stats.py + topn.py +
+histogram.py (the streaming statistics), collect.py (the pass, resumable), logit_lens.py, evidence.py
+(statistics -> readable evidence), explain.py (offline explanations), prompts.py + llm.py +
+autointerp.py (LLM explanations), scoring.py (detection scores), evaluate.py (FVU, CE loss recovered),
+report.py + pages.py (JSON files and HTML pages). interpret.py runs them in that order.
+"""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from latents.histogram import LogBins, auroc_from_histograms
@@ -27,7 +28,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> No
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Inverse of save_tensors: (tensors, meta)."""
-    from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
