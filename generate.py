@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
         parser.add_argument("--steer", action="append", default=None, metavar="IDX:VALUE",
                             help="steer latent IDX by VALUE; repeatable")
 
-    cfg, _ = cli.parse_config(GenerateConfig, __doc__.split("\n\n")[0], argv, extend=extend)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fixed: list[str] = []
+    while argv:  # "--steer -3:1" would read as an unknown option; "--steer=-3:1" reaches parse_steer
+        arg = argv.pop(0)
+        fixed.append(f"--steer={argv.pop(0)}" if arg == "--steer" and argv and argv[0].startswith("-") else arg)
+    cfg, _ = cli.parse_config(GenerateConfig, __doc__.split("\n\n")[0], fixed, extend=extend)
     return cfg
 
 

@@ -1,0 +1,160 @@
+"""The whole pipeline in one command: capture -> prebatch -> train -> interpret -> steered generation.
+
+    python pipeline.py                       # the embedded model and corpus, a slice sized for ~15 min on 2 cores
+    python pipeline.py --sample-fraction 1 --max-total-tokens 0 --runs runs/full   # the whole corpus
+
+Each stage runs its own script (capture.py, train.py, interpret.py, generate.py) as a subprocess, with
+the flags below, and is skipped when its output is already there; an interrupted run picks up where it
+stopped (capture and train resume from their own checkpoints). At the end the latent most associated
+with --label (by AUROC of its sentence-level activation) is steered into --prompt, and the steered and
+unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cli
+import paths
+
+log = logging.getLogger("pipeline")
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class PipelineConfig:
+    runs: str = field(default=str(paths.RUNS), metadata={"help": "root folder of the run (capture/, batches/, "
+                                                                 "train/, interpret/ inside)"})
+    model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
+    data: str = field(default="", metadata={"help": "corpus (default: the embedded sentiment CSV)"})
+    label_field: str = field(default="", metadata={"help": "label column of --data (default corpus: sentiment)"})
+    hook: str = field(default=paths.DEFAULT_HOOK, metadata={"help": "hook point to capture and train on"})
+    sample_fraction: float = field(default=0.12, metadata={"help": "share of the corpus' documents captured"})
+    max_total_tokens: int = field(default=0, metadata={"help": "cap on captured tokens (0 = none); a cap keeps "
+                                                       "the corpus' FIRST documents, one label in a sorted corpus"})
+    expansion: int = field(default=16, metadata={"help": "SAE width as a multiple of the model dimension"})
+    k: int = field(default=32, metadata={"help": "active latents per token (TopK)"})
+    epochs: float = field(default=3.0, metadata={"help": "training passes over the captured activations"})
+    max_latents: int = field(default=1024, metadata={"help": "latents explained and paged by interpret.py "
+                                                             "(the densest live ones; 0 = all)"})
+    eval_sentences: int = field(default=200, metadata={"help": "held-out sentences for the SAE evaluation"})
+    label: str = field(default="negative", metadata={"help": "steer the latent most associated with this label"})
+    prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
+    steer_scale: float = field(default=1.0, metadata={"help": "steering value as a multiple of the latent's "
+                                                              "largest activation in the data"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated in the demo"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+
+
+def main(cfg: PipelineConfig) -> int:
+    runs = Path(cfg.runs)
+    folders = {name: runs / name for name in ("capture", "batches", "train", "interpret")}
+    env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    common = [*(["--model", cfg.model] if cfg.model else []), "--device", cfg.device]
+    stage("capture + prebatch", timings, env, folders["batches"] / cfg.hook / "batches.json", [
+        "capture.py", *common, *(["--data", cfg.data] if cfg.data else []),
+        *(["--label-field", cfg.label_field] if cfg.label_field else []), "--hooks", cfg.hook,
+        "--out", str(folders["capture"]), "--sample-fraction", str(cfg.sample_fraction),
+        "--max-total-tokens", str(cfg.max_total_tokens), "--prebatch", "--batches-out", str(folders["batches"])])
+    sae_dir = folders["train"] / "sae"
+    stage("train", timings, env, sae_dir / "config.json", [
+        "train.py", "--data", str(folders["batches"] / cfg.hook), "--out", str(folders["train"]),
+        "--expansion", str(cfg.expansion), "--k", str(cfg.k), "--epochs", str(cfg.epochs), "--resume",
+        "--device", cfg.device if cfg.device in ("auto", "cpu", "cuda", "mps") else "auto"])
+    stage("interpret", timings, env, folders["interpret"] / "latent_index_meaning.json", [
+        "interpret.py", *common, "--sae", str(sae_dir), "--capture-dir", str(folders["capture"] / cfg.hook),
+        "--out", str(folders["interpret"]), "--max-latents", str(cfg.max_latents),
+        "--eval-sentences", str(cfg.eval_sentences), "--batches-dir", str(folders["batches"])])
+    latents = sentiment_latents(folders["interpret"], cfg.label)
+    report = summary(folders, latents, cfg.label)
+    if latents:
+        chosen = latents[0]
+        value = round(cfg.steer_scale * chosen["max"], 1)
+        generation = stage("steered generation", timings, env, None, [
+            "generate.py", *common, "--sae", str(sae_dir), "--steer", f"{chosen['latent']}:{value}", "--compare",
+            "--max-new-tokens", str(cfg.max_new_tokens),
+            "--explanations", str(folders["interpret"] / "latent_index_meaning.json"), cfg.prompt], capture=True)
+        report["steering"] = {"latent": chosen["latent"], "value": value, "prompt": cfg.prompt, "output": generation}
+    else:
+        log.info("no latent carries label statistics for %r: skipping the steering demo", cfg.label)
+    timings["total"] = round(time.perf_counter() - start, 1)
+    report.update(config=asdict(cfg), seconds=timings)
+    write_json(runs / "pipeline.json", report)
+    log.info("stage times (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    log.info("summary: %s; pages: %s", runs / "pipeline.json", folders["interpret"] / "index.html")
+    return 0
+
+
+def stage(name: str, timings: dict, env: dict, done: Path | None, argv: list[str], capture: bool = False) -> str:
+    """Run one script unless `done` exists; its output streams to the terminal (and is returned if
+    `capture`). A failing stage stops the pipeline with a one-line error."""
+    if done is not None and done.exists():
+        log.info("== %s: already done (%s), skipped", name, done)
+        return ""
+    log.info("== %s: python %s", name, " ".join(argv))
+    began = time.perf_counter()
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE if capture else None)
+    timings[name] = round(time.perf_counter() - began, 1)
+    if capture and result.stdout:
+        print(result.stdout, end="", flush=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit code {result.returncode}, its error is above); fix it and "
+                           f"rerun `python pipeline.py`: finished stages are skipped")
+    return result.stdout or ""
+
+
+def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]:
+    """The n explained latents whose activation best separates `label` from the other labels (AUROC)."""
+    rows = []
+    for path in sorted((interpret_dir / "latents").glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        auroc = next((row["auroc"] for row in record.get("labels", []) if row["label"] == label), None)
+        if auroc is not None and record.get("max"):
+            meaning = record.get("explanations", {})
+            text = (meaning.get("llm") or meaning.get("offline") or {}).get("common_semantic", "")
+            rows.append({"latent": record["latent"], "auroc": auroc, "max": float(record["max"]),
+                         "density": record.get("density"), "explanation": text})
+    return sorted(rows, key=lambda r: -r["auroc"])[:n]
+
+
+def summary(folders: dict[str, Path], latents: list[dict], label: str) -> dict:
+    """Print and return the SAE's evaluation and the latents most associated with `label`."""
+    evaluation_path = folders["interpret"] / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
+    shown = {k: evaluation[k] for k in ("fvu", "l0", "dead_fraction", "ce_loss_recovered", "delta_lm_loss")
+             if k in evaluation}
+    print("\nSAE evaluation: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in shown.items()))
+    print(f"latents most associated with {label!r} (AUROC of sentence-level activation):")
+    for row in latents:
+        print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {row['explanation'][:70]}")
+    return {"evaluation": evaluation, "label": label, "latents": latents}
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg, _ = cli.parse_config(PipelineConfig, __doc__.split("\n\n")[0], argv)
+    try:
+        return main(cfg)
+    except RuntimeError as err:
+        raise cli.UsageError(str(err)) from None
+
+
+if __name__ == "__main__":
+    cli.run_main(cli_main)
