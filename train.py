@@ -240,7 +240,7 @@ def train_step(run: Run, x: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
     params = [p for p in run.sae.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip or math.inf)
     if not math.isfinite(norm.item()):  # the norm is global: every rank takes the same decision
-        raise non_finite_error(run, x, out)
+        raise non_finite_error(run, x, out, norm)
     run.optimizer.step()
     run.scheduler.step()
     run.sae.set_decoder_norm_to_unit_norm()
@@ -250,14 +250,23 @@ def train_step(run: Run, x: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
     return out, norm
 
 
-def non_finite_error(run: Run, x: torch.Tensor, out: StepOutput) -> NonFiniteLossError:
+def non_finite_error(run: Run, x: torch.Tensor, out: StepOutput, norm: torch.Tensor) -> NonFiniteLossError:
+    """The one-line error for a NaN/Inf step, naming the cause and the last good checkpoint. Every rank
+    calls it at the same step (the gradient norm is global), so the collective below is safe."""
     step, index = run.state.step + 1, run.share.index(run.state.step)
-    cause = (f"training batch {index} contains NaN or Inf values" if not torch.isfinite(x).all()
-             else "the optimisation diverged; lower --lr or set --grad-clip")
+    local_bad = torch.tensor([not bool(torch.isfinite(x).all())], device=run.dist.device)
+    any_bad = bool(distributed.all_reduce_any(local_bad).item())
+    if local_bad.item():
+        cause = f"training batch {index} contains NaN or Inf values"
+    elif any_bad:
+        cause = "a training batch on another rank contains NaN or Inf values"
+    else:
+        cause = "the optimisation diverged; lower --lr"
+    loss = out.losses.loss.item()
+    what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {norm.item()}"
     kept = list_checkpoints(checkpoint_dir(run.out))
     last = f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written yet"
-    return NonFiniteLossError(f"the loss became {out.losses.loss.item()} at step {step}: {cause}; "
-                              f"stopped without saving this step, {last}")
+    return NonFiniteLossError(f"{what} at step {step}: {cause}; stopped without saving this step, {last}")
 
 
 @torch.no_grad()

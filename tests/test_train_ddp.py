@@ -49,16 +49,21 @@ def worker(out: Path, mode: str) -> None:
     if mode == "bypass":  # the reference design's bug: train without the DDP wrapper's forward
         train.DistributedDataParallel = lambda module, **_: module
     data = planted_batches(N_BATCHES, BATCH, seed=1)
+    if mode == "nan":  # poison the batch rank 1 reads at step 3; rank 0's data stays clean
+        from training.data import RankShare
+
+        data[RankShare(data, 1, 2, seed=3).index(2)][0, 0] = float("nan")
     train.main(config(out), train_data=data, val_data=planted_batches(4, BATCH, seed=2))
 
 
-def launch(out: Path, mode: str) -> None:
+def launch(out: Path, mode: str, expect_ok: bool = True) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            __file__, str(out), mode]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) == expect_ok, result.stderr[-3000:]
+    return result.stderr
 
 
 def single_process(out: Path) -> dict:
@@ -110,6 +115,13 @@ def test_bypassing_the_ddp_wrapper_desynchronises_ranks(tmp_path, reference):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     gap = (ranks[0]["sae"]["W_enc"] - ranks[1]["sae"]["W_enc"]).abs().max()
     assert gap > 1e-3
+
+
+def test_nan_on_one_rank_stops_every_rank_with_its_cause(tmp_path):
+    stderr = launch(tmp_path, "nan", expect_ok=False)
+    assert "the loss became nan at step 3: training batch" in stderr  # the rank that read it
+    assert "at step 3: a training batch on another rank contains NaN" in stderr  # the other one
+    assert not (tmp_path / "sae").exists()
 
 
 if __name__ == "__main__":
