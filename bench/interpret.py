@@ -44,7 +44,7 @@ def make_dataset(folder: Path, rows: int, d_model: int, repeat: int, seed: int =
     all_records = [{**r, "doc": r["doc"] + k * n_docs} for k in range(repeat) for r in records]
     write_captured(folder, np.concatenate([acts] * repeat), np.concatenate([tokens] * repeat),
                    np.concatenate(all_index), all_records, label_names=["negative", "positive"],
-                   shard_rows=1 << 16)
+                   shard_rows=1 << 14)
     return len(tokens) * repeat
 
 

@@ -3,8 +3,8 @@
 The format is data/shards.py's: per shard `acts-NNNNN.bin` (rows, d_model) in the manifest's dtype,
 `tokens-NNNNN.bin` int32 (rows,), `index-NNNNN.bin` int32 (rows, 3) = (document, sentence, position in
 sentence); `sentences.jsonl` one line per sentence; `manifest.json`. The rows of one sentence are
-contiguous and in order, so a chunk can always be cut at a sentence start; shards are read through
-their memory maps, one chunk at a time.
+contiguous and in order, so a chunk can always be cut at a sentence start; shards are read a chunk
+at a time with plain reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
-from data.shards import CapturedDataset
+from data.shards import DTYPES, CapturedDataset, shard_file
 
 _KEY_SHIFT = 24  # sentence key = document << 24 | sentence number (a document holds < 16M sentences)
 
@@ -93,10 +93,11 @@ class CapturedData:
         table = self.sentences
         pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         first_row = 0
-        for shard in self.dataset:
-            for start in range(0, len(shard.tokens), rows_per_chunk):
-                piece = slice(start, start + rows_per_chunk)
-                pending.append((shard.acts[piece], shard.tokens[piece], shard.index[piece]))
+        for i, entry in enumerate(self.dataset.shards):
+            self.dataset[i]  # checks the shard's files against the manifest
+            for start in range(0, entry["rows"], rows_per_chunk):
+                piece = self._read(entry["shard"], start, min(entry["rows"], start + rows_per_chunk))
+                pending.append(piece)
                 a, t, ix = pending[0] if len(pending) == 1 else (torch.cat(p) for p in zip(*pending))
                 cut = _last_sentence_start(ix)
                 if cut == 0:  # one sentence longer than the chunk: keep gathering
@@ -108,9 +109,23 @@ class CapturedData:
         if pending:
             yield self._chunk(*pending[0], first_row, table)
 
+    def _read(self, shard: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows [start, stop) of a shard: (acts (n, d_model) stored dtype, tokens (n,), index (n, 3)).
+        Plain reads, not memory maps, so the pages of finished chunks never count against memory."""
+        torch_dtype, raw = DTYPES[self.manifest["dtype"]]
+        out = []
+        for part, dtype, width in (("acts", raw, self.d_model), ("tokens", "<i4", 1), ("index", "<i4", 3)):
+            size = np.dtype(dtype).itemsize * width
+            array = np.fromfile(shard_file(self.folder, part, shard), dtype=dtype, count=(stop - start) * width,
+                                offset=start * size)
+            out.append(torch.from_numpy(array.reshape(stop - start, width) if width > 1 else array))
+        if torch_dtype == torch.bfloat16:  # stored as int16 bit patterns
+            out[0] = out[0].view(torch.bfloat16)
+        return out[0], out[1], out[2]
+
     def _chunk(self, acts, tokens, index, first_row: int, table: SentenceTable) -> Chunk:
         index = index.numpy()
-        return Chunk(acts=acts.float(),  # a copy in float32 (the maps are read-only on disk)
+        return Chunk(acts=acts.float(),
                      tokens=tokens.long(),
                      sentence=torch.from_numpy(table.ordinals(index[:, 0], index[:, 1])),
                      position=torch.from_numpy(index[:, 2].astype(np.int64)),

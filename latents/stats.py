@@ -7,7 +7,7 @@ and separately by its value on the last token, the top N token-level contexts (t
 the counts needed for AUROC and mean difference of the sentence-level (mean) activation.
 
 Each chunk is handled as its E = rows x k active (row, latent, value) entries, so the work per chunk
-is O(E log E), never O(rows x d_sae). Memory is bounded by
+is O(E log E), never O(rows x d_sae); a context window's values are found by binary search among them. Memory is bounded by
 (d_sae, N, 2 * context + 1) for the contexts plus one chunk, never by the dataset size: chunks are
 folded into fixed-size accumulators (`LatentAccumulator`).
 """
@@ -21,7 +21,7 @@ import torch
 
 from latents.histogram import LogBins
 from latents.source import Chunk
-from latents.topn import TopNBuffer, unique_inverse
+from latents.topn import TopNBuffer, argsort, unique_inverse
 
 _HASH_A, _HASH_B = 0x9E3779B1, 0x85EBCA77  # odd multipliers (Fibonacci / murmur-style mixing)
 
@@ -132,14 +132,14 @@ class LatentAccumulator:
                     "values": window_values(window.clamp(0, n - 1), latent).masked_fill(~valid, float("nan"))}
 
         def window_values(window: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-            """(S, W) value of latent[s] on the rows window[s]: from a dense (n, d_sae) table when
-            there are many windows, else by matching the window rows' active latents."""
-            if window.numel() * indices.shape[1] > n * self.d_sae:
-                dense = torch.zeros(n, self.d_sae, device=self.device)
-                dense[a.row, a.latent] = a.value
-                return dense[window, latent[:, None]]
-            return ((indices[window] == latent[:, None, None]) * values[window]).sum(-1).float()
+            """(S, W) value of latent[s] on the rows window[s]: binary search of (row, latent) keys
+            among the chunk's active entries (0 where the latent is not active on that row)."""
+            query = window * self.d_sae + latent[:, None]                         # (S, W)
+            where = torch.searchsorted(keys, query).clamp(max=len(keys) - 1)
+            return torch.where(keys[where] == query, key_values[where], 0.0)
 
+        order = argsort(a.row * self.d_sae + a.latent)
+        keys, key_values = (a.row * self.d_sae + a.latent)[order], a.value[order]  # (E,) sorted
         self.top_tokens.offer(a.latent, a.value, payload)
 
     def _update_sentences(self, a: "Active", groups, labels: torch.Tensor) -> None:

@@ -10,10 +10,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from data.shards import FORMAT, VERSION
 
-_DTYPES = {"float32": "<f4", "float16": "<f2"}
+
+
+def _raw(acts: np.ndarray, dtype: str) -> np.ndarray:
+    """Activations as the little-endian bytes of the stored dtype (bfloat16: its int16 bit patterns)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(acts, dtype=np.float32)).bfloat16().view(torch.int16).numpy()
+    return np.ascontiguousarray(acts, dtype={"float32": "<f4", "float16": "<f2"}[dtype])
 
 
 def write_captured(folder: Path, acts: np.ndarray, tokens: np.ndarray, index: np.ndarray,
@@ -30,7 +37,7 @@ def write_captured(folder: Path, acts: np.ndarray, tokens: np.ndarray, index: np
         end = max((s for s in starts if s <= begin + shard_rows), default=begin)
         end = end if end > begin else next(s for s in starts if s > begin)
         name = f"{len(shards):05d}"  # data/shards.py names: {part}-{shard:05d}.bin
-        np.ascontiguousarray(acts[begin:end], dtype=_DTYPES[dtype]).tofile(folder / f"acts-{name}.bin")
+        _raw(acts[begin:end], dtype).tofile(folder / f"acts-{name}.bin")
         np.ascontiguousarray(tokens[begin:end], dtype="<i4").tofile(folder / f"tokens-{name}.bin")
         np.ascontiguousarray(index[begin:end], dtype="<i4").tofile(folder / f"index-{name}.bin")
         shards.append({"shard": len(shards), "rows": end - begin})

@@ -171,3 +171,17 @@ def test_resumed_pass_equals_uninterrupted(dataset, stats, tmp_path):
     for name, value in stats.tensors.items():
         torch.testing.assert_close(resumed[name], value, equal_nan=True, msg=name)
     assert not checkpoint.exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reader_converts_stored_dtypes(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    tokens, index, records = random_corpus(rng, 12, min_len=2, max_len=6)
+    acts = rng.standard_normal((len(tokens), D_MODEL)).astype(np.float32)
+    folder = write_captured(tmp_path / dtype, acts, tokens, index, records, dtype=dtype, shard_rows=20)
+    chunks = list(CapturedData(folder).chunks(7))
+    got = torch.cat([c.acts for c in chunks])
+    expected = torch.from_numpy(acts).to(getattr(torch, dtype)).float()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    np.testing.assert_array_equal(torch.cat([c.tokens for c in chunks]).numpy(), tokens)
+    assert all(c.position[0] == 0 for c in chunks)  # every chunk starts a sentence
