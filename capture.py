@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import cli
 import paths
-from data.chunks import Chunk, iter_chunks, plan_batches
+from data.chunks import capture_chunk, chunk_arrays, iter_chunks
 from data.fileio import check_writable_folder
 from data.manifest import CaptureBook
 from data.prepare import (SentenceOptions, context_prefix, iter_records, read_sentences,
@@ -145,6 +145,8 @@ def capture(cfg: CaptureConfig, rank: int = 0, world: int = 1, device: torch.dev
     d_models = {h: loaded.args.dim for h in cfg.hooks}
     if rank == 0:
         book.start(d_models)
+        for folder in folders.values():
+            cli.save_config(cfg, folder / "capture_config.json")
     barrier(world)
     if rank != 0:
         book.start(d_models)
@@ -261,47 +263,6 @@ def run_capture(cfg: CaptureConfig, model, d_model: int, prefix: list[int], fold
     finally:
         bar.close()
         writer.close()
-
-
-@torch.inference_mode()
-def capture_chunk(model, chunk: Chunk, prefix: list[int], hooks: list[str], batch_tokens: int,
-                  storage: torch.dtype, device: torch.device, on_batch) -> dict[str, torch.Tensor]:
-    """Run a chunk's sentences; returns hook -> (rows, d) CPU tensor, rows in corpus order."""
-    lengths = [len(prefix) + len(r["tokens"]) for r in chunk.records]
-    offsets = chunk.row_offsets()
-    out: dict[str, torch.Tensor] = {}
-    for batch in plan_batches(lengths, batch_tokens):
-        seqlen = max(lengths[i] for i in batch)
-        tokens = torch.zeros(len(batch), seqlen, dtype=torch.long)
-        keep = torch.zeros(len(batch), seqlen, dtype=torch.bool)  # positions to store
-        mask = torch.zeros(len(batch), seqlen, dtype=torch.bool)  # real tokens (left padding)
-        rows = []
-        for b, i in enumerate(batch):
-            ids = prefix + chunk.records[i]["tokens"]
-            tokens[b, seqlen - len(ids):] = torch.tensor(ids)
-            mask[b, seqlen - len(ids):] = True
-            keep[b, seqlen - len(chunk.records[i]["tokens"]):] = True
-            rows.append(torch.arange(offsets[i], offsets[i] + len(chunk.records[i]["tokens"])))
-        taps = model(tokens.to(device), attention_mask=mask.to(device), taps=tuple(hooks),
-                     return_logits=False).taps
-        destination = torch.cat(rows)  # row of each kept position, in (b, position) order
-        for hook in hooks:
-            values = taps[hook][keep.to(device)].to(device="cpu", dtype=storage)  # (kept, d)
-            if hook not in out:
-                out[hook] = torch.empty(chunk.rows, values.shape[-1], dtype=storage)
-            out[hook][destination] = values
-        on_batch(int(keep.sum()))
-    return out
-
-
-def chunk_arrays(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (rows,) and (document, sentence, position) (rows, 3) of a chunk, int32."""
-    tokens = np.concatenate([np.asarray(r["tokens"], dtype=np.int32) for r in chunk.records])
-    index = np.empty((len(tokens), 3), dtype=np.int32)
-    for r, start in zip(chunk.records, chunk.row_offsets()):
-        n = len(r["tokens"])
-        index[start:start + n] = np.stack([np.full(n, r["doc"]), np.full(n, r["sentence"]), np.arange(n)], 1)
-    return tokens, index
 
 
 def run_prebatch(cfg: CaptureConfig, folders: dict[str, Path]) -> None:

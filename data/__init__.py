@@ -1,8 +1,13 @@
 """Text in, activations out: corpus readers, sentence splitting, activation shards, prebatching.
 
-- `data.text`: read documents (text, JSONL, CSV, Parquet, folders) with their metadata.
+Reading order:
+- `data.text`: documents from text, JSONL, CSV, Parquet files or folders, with labels and metadata.
 - `data.sentences`: Punkt sentence splitting trained on the corpus itself.
-- `data.shards`: the captured-activation format (writer on a background thread, reader).
-- `data.prebatch`: shuffled fixed-size training batches plus Welford statistics.
+- `data.prepare`: sentences to capped token records (`sentences.jsonl`), BOS and chat prefixes.
+- `data.chunks`: fixed chunks of records, length-sorted padded batches, running a chunk through the model.
+- `data.shards`: the captured-activation format: background writer and `CapturedDataset` reader.
+- `data.manifest`: committed shards across hook folders and ranks (resuming).
+- `data.prebatch` + `data.stats`: shuffled fixed-size batches and Welford statistics in one pass.
 - `data.batches`: the prebatched format and its reader, `BatchDataset`.
+- `data.fileio`: atomic JSON, raw appends, cleanup.
 """

@@ -1,4 +1,4 @@
-"""Fixed units of capture work, and padded batches that waste few tokens.
+"""Fixed units of capture work, padded batches that waste few tokens, and running a chunk.
 
 The sentence records are cut, in corpus order, into chunks of about `chunk_tokens` stored tokens; chunk
 `i` becomes shard `i` of every hook. Chunk boundaries depend only on the records, so a resumed or
@@ -10,7 +10,10 @@ keeps padding small without changing where any activation is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
 
 
 @dataclass
@@ -66,3 +69,50 @@ def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 512) ->
                 continue
         batches.append([i])
     return batches
+
+
+@torch.inference_mode()
+def capture_chunk(model, chunk: Chunk, prefix: list[int], hooks: list[str], batch_tokens: int,
+                  storage: torch.dtype, device: torch.device,
+                  on_batch: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
+    """Run a chunk's sentences through `model`; returns hook -> (rows, d) CPU tensor in `storage` dtype.
+
+    Each sequence is `prefix + tokens`, left-padded within its batch; only the sentence's own token
+    positions are kept, and rows come back in corpus order (record by record). `on_batch(n)` is told
+    how many tokens each batch stored (for progress bars).
+    """
+    lengths = [len(prefix) + len(r["tokens"]) for r in chunk.records]
+    offsets = chunk.row_offsets()
+    out: dict[str, torch.Tensor] = {}
+    for batch in plan_batches(lengths, batch_tokens):
+        seqlen = max(lengths[i] for i in batch)
+        tokens = torch.zeros(len(batch), seqlen, dtype=torch.long)
+        keep = torch.zeros(len(batch), seqlen, dtype=torch.bool)  # positions to store
+        mask = torch.zeros(len(batch), seqlen, dtype=torch.bool)  # real tokens (left padding)
+        rows = []
+        for b, i in enumerate(batch):
+            ids = prefix + chunk.records[i]["tokens"]
+            tokens[b, seqlen - len(ids):] = torch.tensor(ids)
+            mask[b, seqlen - len(ids):] = True
+            keep[b, seqlen - len(chunk.records[i]["tokens"]):] = True
+            rows.append(torch.arange(offsets[i], offsets[i] + len(chunk.records[i]["tokens"])))
+        taps = model(tokens.to(device), attention_mask=mask.to(device), taps=tuple(hooks),
+                     return_logits=False).taps
+        destination = torch.cat(rows)  # row of each kept position, in (b, position) order
+        for hook in hooks:
+            values = taps[hook][keep.to(device)].to(storage).cpu()  # (kept, d)
+            if hook not in out:
+                out[hook] = torch.empty(chunk.rows, values.shape[-1], dtype=storage)
+            out[hook][destination] = values
+        on_batch(int(keep.sum()))
+    return out
+
+
+def chunk_arrays(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (rows,) and (document, sentence, position) (rows, 3) of a chunk, int32."""
+    tokens = np.concatenate([np.asarray(r["tokens"], dtype=np.int32) for r in chunk.records])
+    index = np.empty((len(tokens), 3), dtype=np.int32)
+    for r, start in zip(chunk.records, chunk.row_offsets()):
+        n = len(r["tokens"])
+        index[start:start + n] = np.stack([np.full(n, r["doc"]), np.full(n, r["sentence"]), np.arange(n)], 1)
+    return tokens, index

@@ -61,7 +61,7 @@ class CaptureBook:
         for folder in self.folders.values():
             found = {}
             if (folder / "manifest.json").is_file():
-                found.update({e["shard"]: e for e in read_json(folder / "manifest.json", "")["shards"]})
+                found.update({e["shard"]: e for e in read_json(folder / "manifest.json", "rerun the capture")["shards"]})
             for progress in sorted(folder.glob("progress-rank*.json")):
                 found.update({e["shard"]: e for e in read_json(progress, "delete it and rerun")})
             common = found if common is None else {k: v for k, v in common.items() if k in found}

@@ -208,6 +208,8 @@ def main() -> None:
     hook = CapturedDataset(capture).hook
     out = Path(args.out) if args.out else paths.DEFAULT_BATCHES_DIR / hook
     cfg = PrebatchConfig(**{f: getattr(args, f) for f in PrebatchConfig.__dataclass_fields__})
+    if out.resolve() == capture.resolve():
+        raise ValueError(f"--out {out}: must differ from the capture folder")
     with tqdm(unit="B", unit_scale=True, desc="prebatch") as bar:
         meta = prebatch(capture, out, cfg, on_progress=bar.update)
     print(f"{meta['n_train']} train + {meta['n_val']} val batches of {cfg.batch_size} "

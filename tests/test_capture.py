@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,12 +65,13 @@ def reference(tmp_path_factory, corpus, smol) -> Path:
     return out / HOOK
 
 
-def assert_rows_close(stored: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
+def assert_rows_close(stored: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4) -> None:
     """Each row's largest difference within `tol` of the row's norm.
 
     float32 rounding scales with the values: a few positions (the first token of a sentence above all,
-    the attention sink) carry residual norms near 2e4 on this model, where batched and unbatched matmuls
-    differ by ~1e-2 absolute, i.e. ~1e-6 relative; typical rows have norms near 200.
+    the attention sink) carry residual norms near 2e4 on this model, and a few dimensions stay large
+    all along, so batched vs unbatched matmuls (or other thread counts) differ by up to ~1e-2 absolute;
+    relative to the row's norm that is at most ~5e-5 in our runs, and a padding leak would be >1e-2.
     """
     error = (stored - expected).abs().max(dim=1).values / expected.norm(dim=1)
     assert float(error.max()) < tol, f"row {int(error.argmax())}: relative error {float(error.max()):.2e}"
@@ -155,14 +157,15 @@ def test_chat_mode_stores_only_the_users_text(tmp_path, corpus, smol, hf_smol):
     assert_rows_close(CapturedDataset(folder)[0].acts[:len(record["tokens"])], expected)
 
 
-def run_script(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})}, **kw)
+def run_script(log: Path, *args: str) -> subprocess.Popen:
+    """Start `python args...` in the project root; its output goes to `log` (a pipe could fill up)."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
 
 def test_killed_capture_resumes_to_identical_bytes(tmp_path, corpus, smol, gguf_path, reference):
-    proc = run_script("capture.py", "--model", str(gguf_path), "--data", str(corpus), "--label-field",
-                      "sentiment", "--out", str(tmp_path), *SMALL)
+    proc = run_script(tmp_path / "log.txt", "capture.py", "--model", str(gguf_path), "--data", str(corpus),
+                      "--label-field", "sentiment", "--out", str(tmp_path), *SMALL)
     manifest = tmp_path / HOOK / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -171,7 +174,7 @@ def test_killed_capture_resumes_to_identical_bytes(tmp_path, corpus, smol, gguf_
             break
         time.sleep(0.02)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-2000:]
     partial = json.loads(manifest.read_text())
     assert not partial["complete"] and 0 < len(partial["shards"]) < len(read_manifest(reference)["shards"])
     kept = {e["name"]: os.stat(tmp_path / HOOK / f"acts-{e['name']}.bin").st_mtime_ns for e in partial["shards"]}
@@ -221,12 +224,18 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, corpus, case, monke
     assert expected in lines[-1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_processes_build_the_same_dataset(tmp_path, corpus, gguf_path, reference):
-    proc = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    log = tmp_path / "log.txt"
+    proc = run_script(log, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                       "capture.py", "--model", str(gguf_path), "--data", str(corpus), "--label-field",
                       "sentiment", "--out", str(tmp_path), *SMALL)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
     folder = tmp_path / HOOK
     assert read_manifest(folder)["shards"] == read_manifest(reference)["shards"]
     assert not list(folder.glob("progress-rank*.json"))
