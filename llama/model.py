@@ -200,12 +200,16 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        weight = torch.empty(args.vocab_size, args.dim)
+        if not weight.is_meta:  # on the meta device, normal_ would import torch._dynamo: seconds of start-up
+            nn.init.normal_(weight)
+        self.tok_embeddings = nn.Embedding.from_pretrained(weight, freeze=False)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.tie_weights()
-        self.register_buffer("freqs", rope_frequencies(args), persistent=False)
+        # 32-ish floats, always computed on the CPU: maths on the meta device would import torch._dynamo
+        self.register_buffer("freqs", rope_frequencies(args, device="cpu"), persistent=False)
 
     def tie_weights(self) -> None:
         """Share the output head with the embeddings when the checkpoint says so (call after loading)."""

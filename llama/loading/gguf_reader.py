@@ -41,39 +41,56 @@ class GGUFFile(NamedTuple):
 
 
 class _Cursor:
-    """Sequential reads from a bytes-like header buffer."""
+    """Sequential reads from the header bytes."""
+
+    _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
     def __init__(self, buf: memoryview, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
 
-    def unpack(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
             raise ValueError(f"{self.path}: truncated GGUF header; the file is incomplete, download it again")
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
+
+    def unpack(self, fmt: str | struct.Struct) -> Any:
+        packer = fmt if isinstance(fmt, struct.Struct) else struct.Struct(fmt)
+        self._need(packer.size)
+        (value,) = packer.unpack_from(self.buf, self.pos)
+        self.pos += packer.size
         return value
 
     def string(self) -> str:
-        n = self.unpack("<Q")
-        if self.pos + n > len(self.buf):
-            raise ValueError(f"{self.path}: truncated GGUF header; the file is incomplete, download it again")
-        text = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="replace")
+        n = self.unpack(self._U64)
+        self._need(n)
         self.pos += n
-        return text
+        return str(self.buf[self.pos - n:self.pos], "utf-8", "replace")
+
+    def strings(self, count: int) -> list[str]:
+        """`count` strings in a row (token and merge lists): the hot loop of header parsing."""
+        buf, pos, size, unpack = self.buf, self.pos, len(self.buf), self._U64.unpack_from
+        out = []
+        for _ in range(count):
+            if pos + 8 > size:
+                break
+            (n,) = unpack(buf, pos)
+            out.append(str(buf[pos + 8:pos + 8 + n], "utf-8", "replace"))
+            pos += 8 + n
+        self.pos = pos
+        self._need(0 if len(out) == count else size + 1)  # ran out of bytes: truncated
+        return out
 
     def value(self, vtype: int) -> Any:
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
-            item_type, count = self.unpack("<I"), self.unpack("<Q")
+            item_type, count = self.unpack(self._U32), self.unpack(self._U64)
+            if item_type == _STRING:
+                return self.strings(count)
             if item_type in _NUMPY:  # numbers: one numpy read, not `count` struct calls
                 dtype = np.dtype(_NUMPY[item_type])
-                end = self.pos + count * dtype.itemsize
-                if end > len(self.buf):
-                    raise ValueError(f"{self.path}: truncated GGUF header; the file is incomplete")
-                values = np.frombuffer(self.buf[self.pos:end], dtype=dtype).tolist()
-                self.pos = end
+                self._need(count * dtype.itemsize)
+                values = np.frombuffer(self.buf[self.pos:self.pos + count * dtype.itemsize], dtype=dtype).tolist()
+                self.pos += count * dtype.itemsize
                 return values
             return [self.value(item_type) for _ in range(count)]
         if vtype not in _SCALARS:
@@ -177,7 +194,7 @@ def _q4_1(raw: torch.Tensor, out: torch.Tensor) -> None:
     packed = blocks[:, 4:]  # (n_blocks, 16) uint8
     out[:, :16] = packed & 0x0F
     out[:, 16:] = packed >> 4
-    out.mul_(dm[:, :1]).add_(dm[:, 1:])
+    torch.addcmul(dm[:, 1:], out, dm[:, :1], out=out)  # one pass: q * d + m
 
 
 _PLAIN = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16,
