@@ -81,7 +81,7 @@ class ModelArgs:
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
+    """x / sqrt(mean(x^2) + eps) * weight, the mean taken over the last dimension."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -89,8 +89,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        # torch's fused rms_norm: the formula above in one call (it upcasts half precision internally)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_frequencies(args: ModelArgs, device: torch.device | str | None = None) -> torch.Tensor:
