@@ -1,0 +1,220 @@
+"""Training-step throughput of our TopK SAE against SAELens and a naive dense PyTorch SAE, in one run.
+
+    python bench/sae_train.py                      # d_in 576, d_sae 16384, k 32, batch 4096, fp32
+    python bench/sae_train.py --rounds 3 --rss false
+
+A step is what a trainer does per batch: forward, loss, backward, gradient clipping (norm 1), the Adam
+step, and the decoder upkeep each design needs. The contenders run round-robin, one step each per round,
+so a busy machine slows them alike; the reported figure is the median step. Also timed in the same
+rounds: one encoder matmul [batch x d_in] @ [d_in x d_sae], the floor of a step. Peak RSS is measured
+per contender in a fresh subprocess (`--only NAME`), since a process's peak only grows.
+
+Contenders:
+  ours             SparseAutoencoder with the sparse kernels, sae_loss, fused Adam, decoder projection
+                   and renormalisation
+  ours-eager       the same with the plain eager twins (use_sparse_kernels=False) and default Adam
+  saelens          SAELens TopKTrainingSAE, default config, its training_forward_pass + the steps of
+                   its SAETrainer._train_step (firing statistics, backward, clip, Adam, zero_grad)
+  saelens-sparse   the same with use_sparse_activations=True and rescale_acts_by_decoder_norm=False
+                   (its fastest TopK configuration; sparse activations fail in backward with rescaling)
+  naive            a dense PyTorch TopK SAE: scatter the k values into (B, d_sae), dense decode, Adam
+  matmul           the encoder matmul alone (the floor)
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import cli  # noqa: E402
+from sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from sae.loss import sae_loss  # noqa: E402
+
+CONTENDERS = ("ours", "ours-eager", "saelens", "saelens-sparse", "naive", "matmul")
+
+
+@dataclass
+class BenchConfig:
+    d_in: int = field(default=576, metadata={"help": "input width (SmolLM2-135M's residual stream)"})
+    d_sae: int = field(default=16384, metadata={"help": "number of latents"})
+    k: int = field(default=32, metadata={"help": "active latents per row"})
+    batch: int = field(default=4096, metadata={"help": "rows per training step"})
+    warmup: int = field(default=2, metadata={"help": "untimed steps per contender"})
+    rounds: int = field(default=8, metadata={"help": "timed steps per contender (round-robin)"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+    contenders: list[str] = field(default_factory=lambda: list(CONTENDERS),
+                                  metadata={"help": "which to run", "choices": list(CONTENDERS)})
+    rss: bool = field(default=True, metadata={"help": "also measure each contender's peak RSS in a subprocess"})
+    only: str = field(default="", metadata={"help": "internal: run one contender and print its peak RSS",
+                                            "choices": ["", *CONTENDERS]})
+    output: str = field(default="", metadata={"help": "also write the results as JSON to this file"})
+
+
+def clip(params: list[torch.Tensor]) -> None:
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+
+
+def make_ours(cfg: BenchConfig, eager: bool) -> Callable[[torch.Tensor], None]:
+    sae = SparseAutoencoder(SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, normalization="none"))
+    sae.use_sparse_kernels = not eager
+    params = list(sae.parameters())
+    # fused Adam: one kernel over all 19M parameters instead of ~10 passes (CPU and CUDA, torch >= 2.4)
+    opt = torch.optim.Adam(params, lr=1e-4, fused=not eager)
+
+    def step(x: torch.Tensor) -> None:
+        sae_loss(sae, x).loss.backward()
+        sae.project_decoder_grads()
+        clip(params)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.set_decoder_norm_to_unit_norm()
+    return step
+
+
+def make_saelens(cfg: BenchConfig, sparse_acts: bool) -> Callable[[torch.Tensor], None]:
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    # Its sparse activations fail in backward with the default rescale_acts_by_decoder_norm=True
+    # (aten::view on a sparse tensor, sae-lens 6.54), so the fastest working configuration turns it off.
+    extra = {"use_sparse_activations": True, "rescale_acts_by_decoder_norm": False} if sparse_acts else {}
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, dtype="float32",
+                                                device="cpu", **extra))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, betas=(0.9, 0.999))  # as SAETrainer builds it
+    params = list(sae.parameters())
+    dead = torch.zeros(cfg.d_sae, dtype=torch.bool)
+    since_fired = torch.zeros(cfg.d_sae)
+
+    def step(x: torch.Tensor) -> None:  # SAETrainer._train_step, minus logging and schedulers
+        sae.train()
+        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead,
+                                                       n_training_steps=0, is_logging_step=False))
+        with torch.no_grad():
+            did_fire = out.feature_acts.bool().float().sum(-2).bool()
+            did_fire = did_fire.to_dense() if did_fire.is_sparse else did_fire
+            since_fired.add_(1)[did_fire] = 0
+        out.loss.backward()
+        clip(params)
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def make_naive(cfg: BenchConfig) -> Callable[[torch.Tensor], None]:
+    W_enc = torch.nn.Parameter(torch.randn(cfg.d_in, cfg.d_sae) / cfg.d_in ** 0.5)
+    W_dec = torch.nn.Parameter(W_enc.detach().t().clone())
+    b_enc, b_pre = torch.nn.Parameter(torch.zeros(cfg.d_sae)), torch.nn.Parameter(torch.zeros(cfg.d_in))
+    params = [W_enc, b_enc, W_dec, b_pre]
+    opt = torch.optim.Adam(params, lr=1e-4)
+
+    def step(x: torch.Tensor) -> None:
+        pre = (x - b_pre) @ W_enc + b_enc
+        top = pre.topk(cfg.k, dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())  # dense (B, d_sae)
+        loss = (acts @ W_dec + b_pre - x).pow(2).mean()
+        loss.backward()
+        with torch.no_grad():
+            W_dec.grad -= (W_dec.grad * W_dec).sum(1, keepdim=True) * W_dec
+        clip(params)
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            W_dec.div_(W_dec.norm(dim=1, keepdim=True))
+    return step
+
+
+def make_matmul(cfg: BenchConfig) -> Callable[[torch.Tensor], None]:
+    W_enc = torch.randn(cfg.d_in, cfg.d_sae)
+    return lambda x: x @ W_enc
+
+
+def make(name: str, cfg: BenchConfig) -> Callable[[torch.Tensor], None]:
+    if name.startswith("ours"):
+        return make_ours(cfg, eager=name == "ours-eager")
+    if name.startswith("saelens"):
+        return make_saelens(cfg, sparse_acts=name == "saelens-sparse")
+    return make_naive(cfg) if name == "naive" else make_matmul(cfg)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure_rss(name: str, cfg: BenchConfig) -> float:
+    """Peak RSS of a fresh process that runs `warmup + 1` steps of one contender."""
+    cmd = [sys.executable, __file__, "--only", name, "--d-in", str(cfg.d_in), "--d-sae", str(cfg.d_sae),
+           "--k", str(cfg.k), "--batch", str(cfg.batch), "--warmup", str(cfg.warmup), "--threads",
+           str(cfg.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_rounds(cfg: BenchConfig, steps: dict[str, Callable], x: torch.Tensor) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for name, step in steps.items():
+        for _ in range(cfg.warmup):
+            step(x)
+    for r in range(cfg.rounds):
+        for name, step in steps.items():
+            gc.collect()
+            start = time.perf_counter()
+            step(x)
+            times[name].append(time.perf_counter() - start)
+        print(f"round {r + 1}/{cfg.rounds}: " + "  ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()),
+              file=sys.stderr, flush=True)
+    return times
+
+
+def report(cfg: BenchConfig, times: dict[str, list[float]], rss: dict[str, float]) -> dict:
+    med = {name: statistics.median(t) for name, t in times.items()}
+    rate = {name: cfg.batch / m for name, m in med.items()}
+    print(f"\nd_in {cfg.d_in}, d_sae {cfg.d_sae}, k {cfg.k}, batch {cfg.batch}, fp32, "
+          f"{torch.get_num_threads()} threads, median of {cfg.rounds} steps")
+    print(f"{'contender':16s} {'step s':>8s} {'act/s':>9s} {'min s':>7s} {'peak RSS MiB':>13s}")
+    for name in times:
+        print(f"{name:16s} {med[name]:8.3f} {rate[name]:9.0f} {min(times[name]):7.3f} "
+              f"{rss.get(name, float('nan')):13.0f}")
+    if "ours" in rate:
+        print()
+        for other in ("saelens", "saelens-sparse", "naive", "ours-eager"):
+            if other in rate:
+                print(f"ours / {other:15s} {rate['ours'] / rate[other]:6.2f}x")
+        if "matmul" in med:
+            print(f"ours step / encoder matmul {med['ours'] / med['matmul']:6.2f}x  (target <= 2)")
+    return {"config": vars(cfg), "median_step_s": med, "activations_per_s": rate,
+            "steps_s": times, "peak_rss_mib": rss, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    cfg, _ = cli.parse_config(BenchConfig, __doc__.split("\n\n")[0])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    x = torch.randn(cfg.batch, cfg.d_in)
+    if cfg.only:
+        step = make(cfg.only, cfg)
+        for _ in range(cfg.warmup + 1):
+            step(x)
+        print(f"{peak_rss_mib():.1f}")
+        return
+    steps = {name: make(name, cfg) for name in cfg.contenders}
+    times = run_rounds(cfg, steps, x)
+    rss = {name: measure_rss(name, cfg) for name in cfg.contenders} if cfg.rss else {}
+    results = report(cfg, times, rss)
+    if cfg.output:
+        Path(cfg.output).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
