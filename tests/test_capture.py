@@ -244,3 +244,24 @@ def test_torchrun_two_processes_build_the_same_dataset(tmp_path, corpus, gguf_pa
         assert_rows_close(a.acts, b.acts)  # ranks run on 1 thread each: float rounding may differ
         assert torch.equal(a.index, b.index) and torch.equal(a.tokens, b.tokens)
     assert (folder / "sentences.jsonl").read_bytes() == (reference / "sentences.jsonl").read_bytes()
+
+
+def test_several_hooks_one_pass_and_prebatch(tmp_path, corpus, smol, hf_smol):
+    hooks = ["blocks.5.hook_resid_post", HOOK]
+    cfg = config(tmp_path / "cap", corpus, "--hooks", *hooks, "--max-documents", "3", "--prebatch",
+                 "--batches-out", str(tmp_path / "batches"))
+    capture.capture(cfg, loaded=smol)
+    early, late = (CapturedDataset(tmp_path / "cap" / h) for h in hooks)
+    assert early.total_rows == late.total_rows > 0 and early.hook == hooks[0]
+    assert torch.equal(early[0].index, late[0].index) and torch.equal(early[0].tokens, late[0].tokens)
+    record = sentences(tmp_path / "cap" / hooks[0])[0]
+    assert record == sentences(tmp_path / "cap" / HOOK)[0]
+    hidden = hf_smol(input_ids=torch.tensor([record["tokens"]]), output_hidden_states=True).hidden_states
+    n = len(record["tokens"])
+    assert_rows_close(early[0].acts[:n], hidden[6][0])
+    assert_rows_close(late[0].acts[:n], hidden[21][0])
+    from data.batches import BatchDataset
+    for hook in hooks:
+        train = BatchDataset(tmp_path / "batches" / hook)
+        rows = sum(train.meta["rows"].values())
+        assert rows == early.total_rows and train.meta["hook"] == hook
