@@ -183,19 +183,18 @@ def encode_prompt(tokenizer, text: str, *, chat: bool, bos: bool) -> list[int]:
 
 
 def plan_runs(cfg: GenerateConfig, sae, steers) -> dict:
-    """label -> Steering (or None for the plain model). --compare adds the unsteered run: the SAE spliced
-    with no steering in "sae" mode, the plain model in the other modes."""
+    """label -> Steering (None: the plain model, no SAE). The unsteered run of --compare is the SAE
+    spliced with no steering in "sae" mode, and the plain model (the SAE only reading) otherwise."""
     from sae.steering import Steering
 
     if sae is None:
-        return {"plain": None}
-    label = "steered " + ", ".join(f"{s.latent}:{s.value:+g}" for s in steers) + f" ({cfg.mode})" if steers \
-        else f"SAE spliced ({cfg.mode})"
-    runs = {label: Steering(sae, steers, cfg.mode)}
-    if cfg.compare:
-        base = {"unsteered (SAE spliced)": Steering(sae, [], "sae")} if cfg.mode == "sae" else {"unsteered": None}
-        runs = {**base, **runs}
-    return runs
+        return {"plain model": None}
+    base_label = "unsteered (SAE spliced)" if cfg.mode == "sae" else "unsteered"
+    base = {base_label: Steering(sae, [], "sae" if cfg.mode == "sae" else "direction")}
+    if not steers:
+        return base
+    label = "steered " + ", ".join(f"{s.latent}:{s.value:+g}" for s in steers) + f" ({cfg.mode})"
+    return {**(base if cfg.compare else {}), label: Steering(sae, steers, cfg.mode)}
 
 
 def run_generation(cfg: GenerateConfig, loaded, prompts: list[list[int]], steering, *, stream: bool,
@@ -236,7 +235,7 @@ def print_results(cfg, loaded, prompts, token_prompts, runs, results) -> None:
         if cfg.show_features:
             for label, steering in runs.items():
                 if steering is not None:
-                    print(f"-- latents per generated token, {label} --")
+                    print(f"-- strongest latents at each generated token, {label} --")
                     print_features(loaded, steering, token_prompts[i], results[label][i], cfg.top_features,
                                    explanations)
 

@@ -135,4 +135,4 @@ def test_cli_compare_and_features(sae_dir, tmp_path):
                   "--max-new-tokens", "3", "--explanations", str(tmp_path / "none.json"), "Hello there")
     assert result.returncode == 0, result.stderr
     assert "unsteered (SAE spliced)" in result.stdout and "steered 11:+40 (sae)" in result.stdout
-    assert "latents per generated token" in result.stdout and "11:" in result.stdout
+    assert "strongest latents at each generated token" in result.stdout and "11:" in result.stdout
