@@ -18,9 +18,10 @@ from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor  # noq
 
 DIM, N_LAYERS, N_HEADS, N_KV, VOCAB, HIDDEN = 64, 2, 4, 2, 256, 192
 SCALING = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-HF_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-            "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-            "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+HF_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+            "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+            "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj", "feed_forward.w3": "mlp.up_proj",
+            "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 
 
 def random_meta_weights(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -57,12 +57,19 @@ def test_block_sites_equal_transformers_module_outputs(smol, hf_smol, batch):
     layer = 11
     seen = {}
     block = hf_smol.model.layers[layer]
-    handles = [block.register_forward_pre_hook(lambda m, args, kw: seen.update(resid_pre=kw.get("hidden_states", args[0] if args else None)), with_kwargs=True),
-               block.input_layernorm.register_forward_hook(lambda m, i, o: seen.update(ln1=o)),
-               block.self_attn.register_forward_hook(lambda m, i, o: seen.update(attn=o[0])),
-               block.post_attention_layernorm.register_forward_hook(lambda m, i, o: seen.update(ln2=o)),
-               block.mlp.register_forward_hook(lambda m, i, o: seen.update(mlp=o)),
-               block.register_forward_hook(lambda m, i, o: seen.update(resid_post=o[0] if isinstance(o, tuple) else o))]
+
+    def record(key):
+        return lambda module, inputs, output: seen.update({key: output[0] if isinstance(output, tuple) else output})
+
+    def record_input(module, args, kwargs):
+        seen["resid_pre"] = args[0] if args else kwargs["hidden_states"]
+
+    handles = [block.register_forward_pre_hook(record_input, with_kwargs=True),
+               block.input_layernorm.register_forward_hook(record("ln1")),
+               block.self_attn.register_forward_hook(record("attn")),
+               block.post_attention_layernorm.register_forward_hook(record("ln2")),
+               block.mlp.register_forward_hook(record("mlp")),
+               block.register_forward_hook(record("resid_post"))]
     try:
         hf_smol(input_ids=tokens, attention_mask=mask.long())
     finally:
@@ -70,9 +77,11 @@ def test_block_sites_equal_transformers_module_outputs(smol, hf_smol, batch):
             handle.remove()
     sites = {"hook_resid_pre": "resid_pre", "ln1.hook_normalized": "ln1", "hook_attn_out": "attn",
              "ln2.hook_normalized": "ln2", "hook_mlp_out": "mlp", "hook_resid_post": "resid_post"}
-    ours = smol.model(tokens, attention_mask=mask, taps=[f"blocks.{layer}.{s}" for s in [*sites, "hook_resid_mid"]]).taps
+    taps = [f"blocks.{layer}.{site}" for site in [*sites, "hook_resid_mid"]]
+    ours = smol.model(tokens, attention_mask=mask, taps=taps).taps
     for site, key in sites.items():
-        torch.testing.assert_close(ours[f"blocks.{layer}.{site}"][mask], seen[key][mask], atol=2e-4, rtol=1e-4, msg=site)
+        torch.testing.assert_close(ours[f"blocks.{layer}.{site}"][mask], seen[key][mask], atol=2e-4, rtol=1e-4,
+                                   msg=site)
     mid = seen["resid_pre"] + seen["attn"]
     torch.testing.assert_close(ours[f"blocks.{layer}.hook_resid_mid"][mask], mid[mask], atol=2e-4, rtol=1e-4)
 

@@ -82,7 +82,8 @@ def _rope_scaling(gguf: GGUFFile, args: ModelArgs) -> dict:
     return scaling
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[ModelArgs, dict[str, torch.Tensor], GGUFFile]:
+def load_gguf(path: str | Path,
+              dtype: torch.dtype = torch.float32) -> tuple[ModelArgs, dict[str, torch.Tensor], GGUFFile]:
     """Parse a GGUF file once: (args, state dict with Meta names, the parsed file for the tokenizer)."""
     gguf = read_gguf(path)
     args = model_args(gguf)
