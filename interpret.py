@@ -172,7 +172,7 @@ def explain(cfg: InterpretConfig, data: CapturedData, stats: LatentStats, sae, l
     lens = logit_lens(sae_directions(sae, torch.tensor(latents, dtype=torch.long)), gain, unembed, top=cfg.lens_top)
     evidence = build_evidence(stats, data, latents, token_text, lens)
     rates = BaseRates.from_stats(stats)
-    offline = {j: explain_offline(ev, rates, token_text) for j, ev in evidence.items()}
+    offline = {j: explain_offline(ev, rates, loaded.tokenizer.decode) for j, ev in evidence.items()}
     llm, detection = {}, {}
     if cfg.llm_provider:
         llm, detection = llm_stage(cfg, data, stats, evidence, out / "llm")

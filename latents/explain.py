@@ -62,8 +62,9 @@ def _ngrams(context: dict) -> dict[str, list[tuple[int, ...]]]:
     return grams
 
 
-def characteristic(contexts: list[dict], kind: str, rates: BaseRates, token_text, top: int = 5) -> list[dict]:
-    """The `top` grams of `kind` ("token", "ngram", "context") most over-represented in `contexts`."""
+def characteristic(contexts: list[dict], kind: str, rates: BaseRates, decode, top: int = 5) -> list[dict]:
+    """The `top` grams of `kind` ("token", "ngram", "context") most over-represented in `contexts`;
+    decode(ids) -> text (joining tokens before decoding keeps multi-byte characters whole)."""
     counts = Counter(g for ctx in contexts for g in _ngrams(ctx)[kind])
     n = max(len(contexts), 1)
     scored = []
@@ -72,7 +73,7 @@ def characteristic(contexts: list[dict], kind: str, rates: BaseRates, token_text
         if lift > 1 and (count >= 2 or len(contexts) < 4):
             scored.append((count * math.log(lift), gram, count, lift))
     scored.sort(key=lambda s: (-s[0], s[1]))  # ties broken by token ids: deterministic
-    return [{"text": "".join(token_text(t) for t in gram), "ids": list(gram), "count": count,
+    return [{"text": decode(list(gram)), "ids": list(gram), "count": count,
              "share": round(count / n, 3), "lift": round(lift, 2)} for _, gram, count, lift in scored[:top]]
 
 
@@ -86,21 +87,26 @@ def strongest_label(labels: list[dict]) -> dict | None:
     return {**best, "strength": round(2 * abs(best["auroc"] - 0.5), 3)}
 
 
-def explain_offline(evidence: dict, rates: BaseRates, token_text) -> dict:
-    """{"common_semantic", "certainty", "source": "offline", "evidence": {...}} for one latent."""
+def _quoted(text: str) -> str:
+    return "\u201c" + text + "\u201d"  # curly quotes: no escaping of the text itself
+
+
+def explain_offline(evidence: dict, rates: BaseRates, decode) -> dict:
+    """{"common_semantic", "certainty", "source": "offline", "evidence": {...}} for one latent;
+    decode(ids) -> text, e.g. a tokenizer's decode."""
     contexts = evidence["contexts"]
-    found = {kind: characteristic(contexts, kind, rates, token_text) for kind in ("token", "ngram", "context")}
+    found = {kind: characteristic(contexts, kind, rates, decode) for kind in ("token", "ngram", "context")}
     label = strongest_label(evidence.get("labels", []))
     parts = []
     tokens, ngrams, words = found["token"], found["ngram"], found["context"]
     if tokens and tokens[0]["share"] >= 0.5:
-        parts.append(f"the token {tokens[0]['text']!r}")
+        parts.append(f"the token {_quoted(tokens[0]['text'])}")
     elif tokens:
-        parts.append("tokens such as " + ", ".join(repr(t["text"]) for t in tokens[:3]))
+        parts.append("tokens such as " + ", ".join(_quoted(t["text"]) for t in tokens[:3]))
     if ngrams and ngrams[0]["share"] >= 0.3:
-        parts.append(f"often in {ngrams[0]['text']!r}")
+        parts.append(f"often in {_quoted(ngrams[0]['text'])}")
     if words and words[0]["share"] >= 0.3:
-        parts.append("in contexts with " + ", ".join(repr(w["text"]) for w in words[:3]))
+        parts.append("in contexts with " + ", ".join(_quoted(w["text"]) for w in words[:3]))
     if label and label["strength"] >= LABEL_STRENGTH:
         direction = "more" if label["auroc"] > 0.5 else "less"
         parts.append(f"{direction} active on {label['label']} text (AUROC {label['auroc']:.2f})")

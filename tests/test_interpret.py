@@ -40,6 +40,9 @@ class StubTokenizer:
     def token_str(self, token_id: int) -> str:
         return " <b>" if token_id == 3 else f" w{token_id}"
 
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.token_str(i) for i in ids)
+
 
 def capture(model, sentences: list[list[int]], direction: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Activations at HOOK per sentence, with `direction` * 10 added where the planted token is."""
