@@ -24,15 +24,16 @@ class TopKOutput(NamedTuple):
 
 
 def topk(pre: Tensor, k: int) -> TopKOutput:
-    """h = TopK_k(ReLU(pre)): the k largest pre-activations of each row, negatives clamped to 0."""
-    _, indices = pre.detach().topk(k, dim=-1, sorted=False)  # (..., k)
+    """h = TopK_k(ReLU(pre)): the k largest pre-activations of each row, negatives clamped to 0; indices
+    ascend along each row (as the sparse kernel returns them)."""
+    indices = pre.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # (..., k)
     return TopKOutput(pre.gather(-1, indices).relu(), indices)
 
 
 def topk_decnorm(pre: Tensor, k: int, decoder_norms: Tensor) -> TopKOutput:
     """TopK that ranks latents by activation x decoder-row norm (Llama Scope); the values stay ReLU(pre)."""
     score = pre.detach().relu() * decoder_norms  # (..., d_sae)
-    _, indices = score.topk(k, dim=-1, sorted=False)
+    indices = score.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
     return TopKOutput(pre.gather(-1, indices).relu(), indices)
 
 

@@ -332,3 +332,13 @@ def test_load_errors_are_one_line_naming_the_file(tmp_path):
     with pytest.raises(ValueError) as err:
         load_sae(folder)
     assert "do not match" in one_line(err)
+
+
+def test_eager_and_fast_paths_return_the_same_order():
+    sae = make_sae()
+    x_n = torch.randn(16, D_IN, dtype=torch.float64)
+    fast = sae.encode_topk(x_n)
+    sae.use_sparse_kernels = False
+    eager = sae.encode_topk(x_n)
+    assert torch.equal(fast.indices, eager.indices) and (fast.indices.diff(dim=-1) > 0).all()
+    torch.testing.assert_close(fast.values, eager.values)
