@@ -77,12 +77,12 @@ class TrainConfig:
     epochs: float = _f(3.0, "passes over the training batches (fractions allowed)")
     max_steps: int = _f(0, "stop after this many steps; 0 = derived from --epochs")
     # Validation and bookkeeping.
-    val_every: int = _f(50, "validate every N steps (and at the end); 0 = never")
+    val_every: int = _f(200, "validate every N steps (and at the end); 0 = never")
     val_batches: int = _f(16, "validation batches per evaluation; 0 = all")
     patience: int = _f(0, "stop after this many validations without improvement; 0 = off")
     min_delta: float = _f(0.0, "smallest drop in validation MSE that counts as an improvement")
-    log_every: int = _f(10, "write metrics every N steps")
-    checkpoint_every: int = _f(100, "checkpoint every N steps (and at the end); 0 = only at the end")
+    log_every: int = _f(20, "write metrics every N steps")
+    checkpoint_every: int = _f(500, "checkpoint every N steps (and at the end); 0 = only at the end")
     keep_checkpoints: int = _f(2, "checkpoints kept (the newest ones)")
     resume: bool = _f(False, "continue from the newest complete checkpoint in the run folder")
     overwrite: bool = _f(False, "start afresh in a run folder that holds an earlier run, deleting its "
