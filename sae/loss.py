@@ -21,7 +21,7 @@ class LossOutput(NamedTuple):
     fvu: Tensor      # () sum((x_n - x_hat_n)^2) / sum((x_n - batch mean of x_n)^2)
     l0: Tensor       # () mean number of latents with a positive activation per row
     fired: Tensor    # (d_sae,) bool: latents with a positive activation somewhere in this batch
-    l1: Tensor       # () mean over rows of sum_i h_i * ||W_dec[i]|| (the relu penalty; logged for all)
+    l1: Tensor       # () mean over rows of sum_i h_i * ||W_dec[i]|| for relu (its penalty), of sum_i h_i otherwise
 
 
 def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k_aux: int) -> Tensor:
@@ -57,10 +57,11 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = No
         l0 = active.sum(-1).float().mean()
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[out.indices[active]] = True
-    penalised = cfg.activation == "relu"
-    with torch.set_grad_enabled(penalised and torch.is_grad_enabled()):
+    if cfg.activation == "relu":
         l1 = (out.values * sae.W_dec.norm(dim=1)[out.indices]).sum(-1).mean()
-    loss = mse + cfg.l1_coeff * l1 if penalised else mse
+        loss = mse + cfg.l1_coeff * l1
+    else:  # decoder rows are unit-norm in training: the plain sum, without a pass over W_dec
+        l1, loss = out.values.detach().sum(-1).mean(), mse
     aux_mse = torch.zeros((), dtype=mse.dtype, device=mse.device)
     n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
     if n_dead > 0 and aux_coeff > 0 and (not aux_gate_requires_k_aux_dead or n_dead >= k_aux):
