@@ -122,6 +122,9 @@ class LatentAccumulator:
         starts = (torch.cumsum(counts, 0) - counts)[inverse]                     # (n,) sentence start
         stops = starts + counts[inverse]                                          # (n,) one past its end
         offsets = torch.arange(-c, c + 1, device=self.device)
+        key = a.row * self.d_sae + a.latent                                       # (E,) one per entry
+        order = argsort(key)
+        keys, key_values = key[order], a.value[order]                             # sorted, for lookups
 
         def payload(sel: torch.Tensor) -> dict[str, torch.Tensor]:
             row, latent = a.row[sel], a.latent[sel]                               # (S,)
@@ -138,8 +141,6 @@ class LatentAccumulator:
             where = torch.searchsorted(keys, query).clamp(max=len(keys) - 1)
             return torch.where(keys[where] == query, key_values[where], 0.0)
 
-        order = argsort(a.row * self.d_sae + a.latent)
-        keys, key_values = (a.row * self.d_sae + a.latent)[order], a.value[order]  # (E,) sorted
         self.top_tokens.offer(a.latent, a.value, payload)
 
     def _update_sentences(self, a: "Active", groups, labels: torch.Tensor) -> None:
