@@ -6,7 +6,8 @@ Measures tokens per second of: a full forward with logits (batch 8 x 128); readi
 blocks.20.hook_resid_post only (ours stops after block 20, transformers runs its whole forward with
 output_hidden_states); greedy generation of 64 tokens with the KV cache (batch 1); and the time from
 a fresh `python` process to the first logits, loading model and tokenizer from the GGUF file.
-Each figure is the best of --repeats runs after one warm-up; ratios > 1 mean ours is faster.
+Each figure is the best of --repeats runs after one warm-up, ours and transformers alternating so that
+both see the same machine load; ratios > 1 mean ours is faster.
 """
 
 from __future__ import annotations
@@ -43,25 +44,29 @@ with torch.no_grad(): m(torch.tensor([tok("Hello, world")["input_ids"]]))
 """
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_times(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Best wall time of each, after a warm-up, the two run alternately so that both see the same load."""
+    ours(), theirs()
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, bucket in zip((ours, theirs), times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
-def cold_start(code: str, threads: int, repeats: int) -> float:
-    """Seconds from launching a fresh interpreter to its exit (after the first logits)."""
-    env_code = f"import torch; torch.set_num_threads({threads})\n" + code
-    times = []
+def cold_starts(ours: str, theirs: str, threads: int, repeats: int) -> tuple[float, float]:
+    """Seconds from launching a fresh interpreter to its exit (after the first logits), best of
+    `repeats`, ours and theirs alternately."""
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", env_code], cwd=ROOT, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for code, bucket in zip((ours, theirs), times):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import torch; torch.set_num_threads({threads})\n" + code],
+                           cwd=ROOT, check=True, capture_output=True)
+            bucket.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def main() -> None:
@@ -79,23 +84,23 @@ def main() -> None:
     tokens = torch.randint(0, ours.args.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
     prompt = ours.tokenizer.encode("Once upon a time, in a small village by the sea,")
     no_stop = SimpleNamespace(pad_id=ours.tokenizer.pad_id, stop_ids=())  # always 64 tokens
+    ids = torch.tensor([prompt])
     rows = []
     with torch.inference_mode():
         rows.append(("forward + logits, 8 x 128 (tok/s)", tokens.numel(),
-                     best_time(lambda: ours.model(tokens), args.repeats),
-                     best_time(lambda: theirs(input_ids=tokens), args.repeats)))
+                     *best_times(lambda: ours.model(tokens), lambda: theirs(input_ids=tokens), args.repeats)))
         rows.append((f"{HOOK} only, 8 x 128 (tok/s)", tokens.numel(),
-                     best_time(lambda: ours.model(tokens, taps=(HOOK,), return_logits=False), args.repeats),
-                     best_time(lambda: theirs(input_ids=tokens, output_hidden_states=True).hidden_states[21],
-                               args.repeats)))
-        ids = torch.tensor([prompt])
+                     *best_times(lambda: ours.model(tokens, taps=(HOOK,), return_logits=False),
+                                 lambda: theirs(input_ids=tokens, output_hidden_states=True).hidden_states[21],
+                                 args.repeats)))
         rows.append(("greedy generation, 64 tokens, batch 1 (tok/s)", 64,
-                     best_time(lambda: generate(ours.model, no_stop, [prompt], max_new_tokens=64), args.repeats),
-                     best_time(lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
-                                                       min_new_tokens=64, do_sample=False,
-                                                       pad_token_id=no_stop.pad_id), args.repeats)))
-    cold = (cold_start(COLD_OURS.format(path=str(path)), args.threads, args.repeats),
-            cold_start(COLD_HF.format(folder=str(path.parent), name=path.name), args.threads, args.repeats))
+                     *best_times(lambda: generate(ours.model, no_stop, [prompt], max_new_tokens=64),
+                                 lambda: theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
+                                                         min_new_tokens=64, do_sample=False,
+                                                         pad_token_id=no_stop.pad_id),
+                                 args.repeats)))
+    cold = cold_starts(COLD_OURS.format(path=str(path)), COLD_HF.format(folder=str(path.parent), name=path.name),
+                       args.threads, args.repeats)
     report(rows, cold, args)
 
 
