@@ -8,7 +8,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sae import sparse
 from sae.model import SparseAutoencoder
 
 
@@ -31,7 +30,7 @@ def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k
     ranked = pre.detach().masked_fill(~dead_mask, -torch.inf)  # (rows, d_sae), only dead latents compete
     indices = ranked.topk(k, dim=-1, sorted=False).indices     # (rows, k)
     values = pre.gather(-1, indices).relu()
-    return sparse.sparse_decode(values, indices, sae.W_dec)
+    return sae.decode_topk(values, indices, bias=False)
 
 
 def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = None,

@@ -50,7 +50,8 @@ class SparseAutoencoder(nn.Module):
     Parameters: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in) one unit-norm row per latent,
     b_pre (d_in,). Buffers: h_bias (d_sae,), plus threshold (d_sae,) for JumpReLU and norm_mean (d_in,)
     for the mean-centred normalisation. `use_sparse_kernels` picks the fast autograd Functions of
-    `sae.sparse` for TopK (default) or the plain eager path; both give the same results and gradients.
+    `sae.sparse` for TopK (default; float32/float64) or the plain eager path; both give the same results
+    and gradients. Half-precision SAEs always take the eager path.
     """
 
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None,
@@ -75,8 +76,8 @@ class SparseAutoencoder(nn.Module):
         """Orthogonal W_enc, W_dec = W_enc^T with unit rows (then W_enc = W_dec^T); zero biases."""
         if self.W_enc.is_meta:  # built only to receive loaded weights
             return
-        nn.init.orthogonal_(self.W_enc)
-        self.W_dec.copy_(self.W_enc.t())
+        q = nn.init.orthogonal_(torch.empty(self.cfg.d_in, self.cfg.d_sae, device=self.W_enc.device))  # QR in fp32
+        self.W_dec.copy_(q.t())
         self.set_decoder_norm_to_unit_norm()
         self.W_enc.copy_(self.W_dec.t())
         self.b_enc.zero_()
@@ -141,6 +142,10 @@ class SparseAutoencoder(nn.Module):
 
     # ---- encoder -------------------------------------------------------------------------------
 
+    def _fast(self) -> bool:
+        # torch's sparse CSR products (sampled_addmm, CSR @ dense) take float32/float64 only on CPU
+        return self.use_sparse_kernels and self.W_dec.dtype in (torch.float32, torch.float64)
+
     def encode_pre(self, x_n: Tensor) -> Tensor:
         """x_n (..., d_in) -> pre-activations (..., d_sae) = (x_n - b_pre) @ W_enc + b_enc + h_bias."""
         return (x_n - self.b_pre) @ self.W_enc + (self.b_enc + self.h_bias)
@@ -159,7 +164,7 @@ class SparseAutoencoder(nn.Module):
 
     def _encode(self, x_n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x_n (..., d_in) -> (values (..., w), indices (..., w), pre (..., d_sae))."""
-        if self.use_sparse_kernels and self.cfg.activation == "topk":
+        if self._fast() and self.cfg.activation == "topk":
             flat = x_n.reshape(-1, self.cfg.d_in)  # (rows, d_in)
             values, indices, pre = sparse.topk_encode(flat, self.W_enc, self.b_enc, self.b_pre,
                                                       self.h_bias, self.cfg.k)
@@ -182,15 +187,14 @@ class SparseAutoencoder(nn.Module):
 
     # ---- decoder -------------------------------------------------------------------------------
 
-    def decode_topk(self, values: Tensor, indices: Tensor) -> Tensor:
-        """(values, indices) (..., w) -> x_hat_n (..., d_in) from the w selected decoder rows only."""
+    def decode_topk(self, values: Tensor, indices: Tensor, *, bias: bool = True) -> Tensor:
+        """(values, indices) (..., w) -> x_hat_n (..., d_in) from the w selected decoder rows only;
+        `bias=False` leaves out b_pre (the aux-k loss models a residual, which has no bias)."""
         lead = values.shape[:-1]
         flat_v, flat_i = values.reshape(-1, values.shape[-1]), indices.reshape(-1, indices.shape[-1])
-        if self.use_sparse_kernels:
-            out = sparse.sparse_decode(flat_v, flat_i, self.W_dec)
-        else:
-            out = sparse.sparse_decode_eager(flat_v, flat_i, self.W_dec)
-        return (out + self.b_pre).reshape(*lead, self.cfg.d_in)
+        decode = sparse.sparse_decode if self._fast() else sparse.sparse_decode_eager
+        out = decode(flat_v, flat_i, self.W_dec)
+        return (out + self.b_pre if bias else out).reshape(*lead, self.cfg.d_in)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Dense latents (..., d_sae) -> x_hat_n (..., d_in) = latents @ W_dec + b_pre."""

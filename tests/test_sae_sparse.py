@@ -89,3 +89,15 @@ def test_model_fast_path_equals_eager_path(with_aux):
         grads.append([out.loss.detach(), *torch.autograd.grad(out.loss, list(sae.parameters()))])
     for name, a, e in zip(("loss", "W_enc", "b_enc", "W_dec", "b_pre"), *grads):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_half_precision_falls_back_to_the_eager_path():
+    torch.manual_seed(4)
+    sae32 = SparseAutoencoder(SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="none"))
+    sae16 = SparseAutoencoder(SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="none"), dtype=torch.bfloat16)
+    sae16.load_state_dict({n: t.to(torch.bfloat16) for n, t in sae32.state_dict().items()})
+    x = torch.randn(64, D_IN)
+    out = sae_loss(sae16, x.to(torch.bfloat16), dead_mask=torch.ones(D_SAE, dtype=torch.bool))
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in sae16.parameters())
+    torch.testing.assert_close(sae16(x.to(torch.bfloat16)).x_hat.float(), sae32(x).x_hat, rtol=0.05, atol=0.05)
