@@ -208,17 +208,14 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.tie_weights()
-        # 32-ish floats, always computed on the CPU: maths on the meta device would import torch._dynamo
-        self.register_buffer("freqs", rope_frequencies(args, device="cpu"), persistent=False)
+        # Not a buffer (as in Meta's code): model.to(bfloat16) must not round the rotation speeds. Computed on
+        # the CPU even while the model is built on the meta device (maths there would import torch._dynamo).
+        self.freqs = rope_frequencies(args, device="cpu")  # (head_dim // 2,) float32
 
     def tie_weights(self) -> None:
         """Share the output head with the embeddings when the checkpoint says so (call after loading)."""
         if self.args.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-
-    def init_buffers(self, device: torch.device | str | None = None) -> None:
-        """Recompute the rotary frequencies, e.g. after building the model on the meta device."""
-        self.freqs = rope_frequencies(self.args, device=device)
 
     def new_cache(self, bsz: int, max_seqlen: int) -> KVCache:
         """An empty KV cache for `bsz` sequences of at most `max_seqlen` tokens, on the model's device."""
@@ -278,6 +275,8 @@ class Transformer(nn.Module):
             start, end, padded, key_mask = 0, seqlen, attention_mask is not None, attention_mask
             positions = (torch.arange(seqlen, device=device)[None] if attention_mask is None
                          else (attention_mask.cumsum(-1) - 1).clamp(min=0))  # (bsz or 1, seqlen)
+        if self.freqs.device != device:
+            self.freqs = self.freqs.to(device)
         freqs_cis = rotary_table(self.freqs, positions)
         if not padded and (start == 0 or seqlen == 1):
             # causal from slot 0, or one new query that may see every key: no mask tensor at all

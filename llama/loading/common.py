@@ -33,7 +33,6 @@ def build_model(args: ModelArgs, state_dict: dict[str, torch.Tensor], *, device:
                              f"the model expects {tuple(tensor.shape)}")
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.tie_weights()  # assign=True replaced the shared parameter with two tensors
-    model.init_buffers(device)
     return model.eval()
 
 
