@@ -100,4 +100,7 @@ def test_half_precision_falls_back_to_the_eager_path():
     out = sae_loss(sae16, x.to(torch.bfloat16), dead_mask=torch.ones(D_SAE, dtype=torch.bool))
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in sae16.parameters())
-    torch.testing.assert_close(sae16(x.to(torch.bfloat16)).x_hat.float(), sae32(x).x_hat, rtol=0.05, atol=0.05)
+    ref = sae32(x)  # bf16 rounding may swap near-tied latents, so compare on fp32's selection
+    torch.testing.assert_close(sae16.decode_topk(ref.values.to(torch.bfloat16), ref.indices).float(),
+                               ref.x_hat_n, rtol=0.02, atol=0.05)
+    assert (sae16(x.to(torch.bfloat16)).indices == ref.indices).all(-1).float().mean() > 0.8
