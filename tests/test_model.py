@@ -168,3 +168,22 @@ def test_kv_cache_chunks_equal_one_full_forward():
     torch.testing.assert_close(torch.cat(parts, 1)[mask], full[mask], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="KV cache full"):
         model(tokens, cache=cache)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_forward_and_cache_equal_cpu():
+    torch.manual_seed(0)
+    cpu = Transformer(ModelArgs.debug()).eval()
+    gpu = Transformer(ModelArgs.debug()).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    tokens = torch.randint(0, 256, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, :4] = False
+    with torch.no_grad():
+        expected = cpu(tokens, attention_mask=mask).logits
+        cache = gpu.new_cache(2, 10)
+        first = gpu(tokens[:, :7].cuda(), attention_mask=mask[:, :7].cuda(), cache=cache).logits
+        rest = gpu(tokens[:, 7:].cuda(), cache=cache).logits
+    torch.testing.assert_close(torch.cat([first, rest], 1).cpu()[mask], expected[mask], atol=1e-4, rtol=1e-4)
