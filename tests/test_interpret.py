@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import cli
 import interpret
 from data.prebatch import is_validation
 import llama
@@ -186,12 +187,12 @@ def test_pages_load_in_chromium_without_console_errors(run, tmp_path):
     assert console_messages(result.stderr) == []
 
 
-def test_cli_help_and_one_line_errors(tmp_path):
-    python = sys.executable
-    ok = subprocess.run([python, "interpret.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "--llm-provider" in ok.stdout
-    bad = subprocess.run([python, "interpret.py", "--top-n", "0"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+def test_cli_help_and_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.parse_config(interpret.InterpretConfig, "interpret", ["--help"])
+    assert done.value.code == 0 and "--llm-provider" in capsys.readouterr().out
+    bad = subprocess.run([sys.executable, "interpret.py", "--top-n", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --top-n 0: must be at least 1"
     with pytest.raises(FileNotFoundError, match="nope"):  # run_main turns it into "error: ..." + exit 2
         interpret.interpret(interpret.InterpretConfig(sae=str(tmp_path / "nope"), out=str(tmp_path / "out")))
