@@ -93,17 +93,19 @@ def main(cfg: GenerateConfig) -> int:
     bos = sae.cfg.prepend_bos if sae else loaded.tokenizer.add_bos
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
     runs = plan_runs(cfg, sae, steers)
-    results = {label: run_generation(cfg, loaded, token_prompts, steering, stream=len(runs) == 1
-                                     and len(prompts) == 1 and not cfg.show_features, echo=prompts[0] if not chat else "")
+    # One completion to show: stream it token by token (the prompt echoed first, unless in chat form).
+    stream = len(runs) == 1 and len(prompts) == 1 and not cfg.show_features
+    results = {label: run_generation(cfg, loaded, token_prompts, steering, stream=stream,
+                                     echo="" if chat else prompts[0])
                for label, steering in runs.items()}
-    print_results(cfg, loaded, prompts, token_prompts, runs, results)
+    print_results(cfg, loaded, prompts, token_prompts, runs, results, streamed=stream)
     return 0
 
 
 def check_numbers(cfg: GenerateConfig) -> None:
     if cfg.max_new_tokens < 1:
         raise cli.UsageError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
-    if not cfg.temperature >= 0 or cfg.temperature != cfg.temperature:
+    if not cfg.temperature >= 0:  # also catches NaN
         raise cli.UsageError(f"--temperature {cfg.temperature}: must be >= 0")
     if not 0 < cfg.top_p <= 1:
         raise cli.UsageError(f"--top-p {cfg.top_p}: must be in (0, 1]")
@@ -220,9 +222,8 @@ def run_generation(cfg: GenerateConfig, loaded, prompts: list[list[int]], steeri
     return out
 
 
-def print_results(cfg, loaded, prompts, token_prompts, runs, results) -> None:
+def print_results(cfg, loaded, prompts, token_prompts, runs, results, *, streamed: bool) -> None:
     tokenizer = loaded.tokenizer
-    streamed = len(runs) == 1 and len(prompts) == 1 and not cfg.show_features
     explanations = read_explanations(Path(cfg.explanations)) if cfg.show_features else {}
     for i, prompt in enumerate(prompts):
         texts = {label: tokenizer.decode(out[i]) for label, out in results.items()}
@@ -230,8 +231,8 @@ def print_results(cfg, loaded, prompts, token_prompts, runs, results) -> None:
             print(f"prompt: {prompt}")
             print_side_by_side(texts)
         elif not streamed:
-            print(f"{prompt}{next(iter(texts.values()))}" if len(prompts) == 1 else f"[{i}] {prompt} ->"
-                  f"{next(iter(texts.values()))}")
+            text = next(iter(texts.values()))
+            print(f"{prompt}{text}" if len(prompts) == 1 else f"[{i}] {prompt} -> {text.strip()}")
         if cfg.show_features:
             for label, steering in runs.items():
                 if steering is not None:

@@ -105,7 +105,9 @@ class Steering:
         elif self.mode == "direction":
             out = x + self._push(x, self.values.expand(*x.shape[:-1], -1))
         else:
-            current = self.sae.encode(x)[..., self.latents]  # (bsz, seqlen, n) dense activations
+            values, indices = self.sae.encode_topk(self.sae.normalize(x)[0])  # (bsz, seqlen, k)
+            # each steered latent's current activation, 0 where it is not among the active ones
+            current = ((indices[..., None] == self.latents) * values[..., None]).sum(-2)  # (bsz, seqlen, n)
             out = x + self._push(x, self.values - current)
         if self.record and self.mode != "sae":  # "sae" mode records inside _splice
             self.last = LatentRecord(*self.sae.encode_topk(self.sae.normalize(out)[0]))
