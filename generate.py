@@ -8,7 +8,7 @@
 
 The SAE (default: the one the pipeline trained, runs/train/sae) decides how prompts are tokenized (BOS,
 chat format), so it sees the distribution it was trained on. Steering modes are described in
-sae/steering.py; "sae" is the default (see docs/readme/generate.md for why).
+sae/steering.py; "direction" is the default (see docs/readme/generate.md for why).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ class GenerateConfig:
     model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
     sae: str = field(default="", metadata={"help": f"SAE folder to splice in (default: {paths.DEFAULT_SAE_DIR} "
                                                    f"when steering or showing features)"})
-    mode: str = field(default="sae", metadata={"help": "steering mode: sae (reconstruction replaces the "
-                                               "activation, VALUE added through h_bias), direction (add VALUE x "
-                                               "decoder direction), clamp (set the latent to VALUE)",
+    mode: str = field(default="direction", metadata={"help": "steering mode: direction (add VALUE x the latent's "
+                                                     "decoder direction), sae (the SAE's reconstruction replaces "
+                                                     "the activation, VALUE added through h_bias), clamp (hold "
+                                                     "the latent at VALUE)",
                                                "choices": ["sae", "direction", "clamp"]})
     chat: bool = field(default=False, metadata={"help": "wrap prompts in the model's chat format (on by itself "
                                                         "when the SAE was trained on chat-formatted text)"})

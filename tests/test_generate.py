@@ -131,7 +131,7 @@ def test_cli_errors_are_one_line(sae_dir, tmp_path):
 
 
 def test_cli_compare_and_features(sae_dir, tmp_path):
-    result = _run("--sae", str(sae_dir), "--steer", "11:40", "--compare", "--show-features",
+    result = _run("--sae", str(sae_dir), "--steer", "11:40", "--mode", "sae", "--compare", "--show-features",
                   "--max-new-tokens", "3", "--explanations", str(tmp_path / "none.json"), "Hello there")
     assert result.returncode == 0, result.stderr
     assert "unsteered (SAE spliced)" in result.stdout and "steered 11:+40 (sae)" in result.stdout
