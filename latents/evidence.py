@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
 from latents.collect import LatentStats
@@ -23,7 +22,7 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(float(x)) else None
 
 
-def contexts_of(stats: LatentStats, j: int, tokens: np.ndarray, token_text: TokenText) -> list[dict]:
+def contexts_of(stats: LatentStats, j: int, data: CapturedData, token_text: TokenText) -> list[dict]:
     """The top token-level contexts of latent j, best first: tokens, activations, the centre."""
     out = []
     for slot in range(stats["top_tokens.scores"].shape[1]):
@@ -34,7 +33,7 @@ def contexts_of(stats: LatentStats, j: int, tokens: np.ndarray, token_text: Toke
         values = stats["top_tokens.values"][j, slot].float()
         valid = torch.nonzero(~torch.isnan(values)).flatten()
         first = row - lo
-        ids = [int(t) for t in tokens[first:first + len(valid)]]
+        ids = data.tokens(first, first + len(valid))
         sentence = int(stats["top_tokens.sentence"][j, slot])
         out.append({"row": row, "sentence": sentence, "activation": score, "center": lo,
                     "token_ids": ids, "tokens": [token_text(t) for t in ids],
@@ -95,7 +94,6 @@ def lens_of(lens: LogitLens | None, i: int, token_text: TokenText) -> dict:
 def build_evidence(stats: LatentStats, data: CapturedData, latents: list[int], token_text: TokenText,
                    lens: LogitLens | None = None) -> dict[int, dict]:
     """Evidence for each latent in `latents` (lens rows follow the same order)."""
-    tokens = data.all_tokens()
     wanted = set()
     for j in latents:
         for ranking in ("top_mean", "top_last"):
@@ -107,7 +105,7 @@ def build_evidence(stats: LatentStats, data: CapturedData, latents: list[int], t
     for i, j in enumerate(latents):
         out[j] = {"latent": j, "density": float(stats["density"][j]), "mean": float(stats["mean"][j]),
                   "mean_active": float(stats["mean_active"][j]), "max": float(stats["max"][j]),
-                  "contexts": contexts_of(stats, j, tokens, token_text),
+                  "contexts": contexts_of(stats, j, data, token_text),
                   "top_sentences_mean": sentences_of(stats, j, "top_mean", records, names),
                   "top_sentences_last": sentences_of(stats, j, "top_last", records, names),
                   "histogram": histogram_of(stats, j), "labels": labels_of(stats, j),

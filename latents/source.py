@@ -68,6 +68,7 @@ class CapturedData:
         self.hook_name = self.dataset.hook
         self.label_names = [str(n) for n in self.dataset.labels]
         self._table: SentenceTable | None = None
+        self._token_maps: list[np.ndarray] | None = None
 
     # -- sentences ----------------------------------------------------------------------------------
     @property
@@ -131,10 +132,14 @@ class CapturedData:
                      position=torch.from_numpy(index[:, 2].astype(np.int64)),
                      first_row=first_row)
 
-    def all_tokens(self) -> np.ndarray:
-        """(n_rows,) int32 token ids of every row, in order (4 bytes a row)."""
-        parts = [shard.tokens.numpy() for shard in self.dataset]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    def tokens(self, start: int, stop: int) -> list[int]:
+        """Token ids of global rows [start, stop) (within one shard, as a sentence's rows are)."""
+        if self._token_maps is None:  # one read-only map per shard: only the touched pages are read
+            self._token_maps = [self.dataset[i].tokens.numpy() for i in range(len(self.dataset))]
+            self._shard_starts = np.cumsum([0] + [s["rows"] for s in self.dataset.shards])
+        shard = int(np.searchsorted(self._shard_starts, start, side="right")) - 1
+        first = start - int(self._shard_starts[shard])
+        return [int(t) for t in self._token_maps[shard][first:first + stop - start]]
 
 
 def _last_sentence_start(index: torch.Tensor) -> int:
