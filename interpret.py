@@ -40,6 +40,7 @@ from latents.scoring import score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from sae.io import load_sae
+from training.distributed import pick_device
 
 log = logging.getLogger("interpret")
 
@@ -95,14 +96,13 @@ def main() -> None:
 
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = pick_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cli.save_config(cfg, out / "config.json")
     sae = load_sae(cfg.sae, device=device).eval()
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
-    data = open_capture(cfg, hook, sae.cfg.d_in)
+    data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
     stats = statistics(cfg, data, sae, device, out)
     loaded = llama.load_model(Path(cfg.model) if cfg.model else paths.default_model_path(), device=device)
     if loaded.args.dim != sae.cfg.d_in:
@@ -118,7 +118,8 @@ def interpret(cfg: InterpretConfig) -> dict:
     return evaluation
 
 
-def open_capture(cfg: InterpretConfig, hook: str, d_in: int) -> CapturedData:
+def open_capture(cfg: InterpretConfig, hook: str, d_in: int, sae_model: str = "") -> CapturedData:
+    """The captured dataset the SAE reads (its hook, its width), checked against the SAE."""
     folder = Path(cfg.capture_dir) if cfg.capture_dir else paths.DEFAULT_CAPTURE_DIR / hook
     data = CapturedData(folder)
     if data.d_model != d_in:
@@ -126,6 +127,9 @@ def open_capture(cfg: InterpretConfig, hook: str, d_in: int) -> CapturedData:
                              f"expects d_in {d_in}; pass the capture the SAE was trained on")
     if data.hook_name and data.hook_name != hook:
         raise cli.UsageError(f"--capture-dir {folder}: captured at {data.hook_name}, the SAE reads {hook}")
+    captured_from = data.manifest.get("model")
+    if sae_model and captured_from and sae_model != captured_from:
+        log.warning("the SAE was trained on %s but %s was captured from %s", sae_model, folder, captured_from)
     return data
 
 
