@@ -37,13 +37,13 @@ class GenerateConfig:
     prompt_file: str = field(default="", metadata={"help": "file of prompts, one per line, run as a batch "
                                                            "('-' reads standard input)"})
     model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
-    sae: str = field(default="", metadata={"help": f"SAE folder to splice in (default: {paths.DEFAULT_SAE_DIR} "
-                                                   f"when steering or showing features)"})
+    sae: str = field(default="", metadata={"help": f"SAE folder whose latents are steered or shown (default: "
+                                                   f"{paths.DEFAULT_SAE_DIR} when needed)"})
     mode: str = field(default="direction", metadata={"help": "steering mode: direction (add VALUE x the latent's "
                                                      "decoder direction), sae (the SAE's reconstruction replaces "
                                                      "the activation, VALUE added through h_bias), clamp (hold "
                                                      "the latent at VALUE)",
-                                               "choices": ["sae", "direction", "clamp"]})
+                                               "choices": ["direction", "sae", "clamp"]})
     chat: bool = field(default=False, metadata={"help": "wrap prompts in the model's chat format (on by itself "
                                                         "when the SAE was trained on chat-formatted text)"})
     max_new_tokens: int = field(default=48, metadata={"help": "tokens to generate per prompt"})
