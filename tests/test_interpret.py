@@ -26,7 +26,7 @@ from llama.loading import LoadedModel
 from llama.model import ModelArgs, Transformer
 from sae import SAEConfig, SparseAutoencoder
 from sae.io import save_sae
-from tests.test_latents_llm import FakeAPI
+from test_latents_llm import FakeAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.1.hook_resid_post"
