@@ -84,7 +84,9 @@ class _TopKEncode(torch.autograd.Function):
             grad_W, grad_b = x_c.t() @ dense, dense.sum(0)
             grad_xc = dense @ W_enc.t() if need_x else None
         else:
-            grad_W = (_transposed_csr(indices, g, d_sae) @ x_c).t()  # (d_in, d_sae)
+            # (S^T @ x_c)^T written straight into W_enc's (d_in, d_sae) layout: no transposing copy later
+            grad_W = torch.empty_like(W_enc, memory_format=torch.contiguous_format)
+            torch.mm(_transposed_csr(indices, g, d_sae), x_c, out=grad_W.t())
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(
                 0, indices.reshape(-1), g.reshape(-1))
             grad_xc = _csr(indices, g, d_sae) @ W_enc.t() if need_x else None
