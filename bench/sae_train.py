@@ -148,6 +148,14 @@ def make(name: str, cfg: BenchConfig) -> Callable[[torch.Tensor], None]:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, so unlike ru_maxrss it
+    does not carry over the peak of the parent that forked this process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -208,9 +216,9 @@ def main() -> None:
             step(x)
         print(f"{peak_rss_mib():.1f}")
         return
+    rss = {name: measure_rss(name, cfg) for name in cfg.contenders} if cfg.rss else {}
     steps = {name: make(name, cfg) for name in cfg.contenders}
     times = run_rounds(cfg, steps, x)
-    rss = {name: measure_rss(name, cfg) for name in cfg.contenders} if cfg.rss else {}
     results = report(cfg, times, rss)
     if cfg.output:
         Path(cfg.output).write_text(json.dumps(results, indent=2) + "\n")
