@@ -52,19 +52,24 @@ def iter_chunks(records: Iterable[dict], chunk_tokens: int) -> Iterator[Chunk]:
         yield Chunk(index, first, current)
 
 
-def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 512) -> list[list[int]]:
+def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 512,
+                 similar: float = 0.8) -> list[list[int]]:
     """Group sequence indices into batches of at most `batch_tokens` padded tokens.
 
-    Longest first (stable), so each batch holds sequences of similar length; a sequence longer than
-    the budget gets a batch of its own.
+    Longest first (stable). A sequence joins the current batch if it fits the budget and is at least
+    `similar` times as long as the batch's longest, or while the batch is still small (under an eighth
+    of the budget: tiny batches cost more in per-forward overhead than they save in padding). A
+    sequence longer than the budget gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
         if batches:
             batch = batches[-1]
-            padded = lengths[batch[0]] * (len(batch) + 1)  # the first is the longest
-            if padded <= batch_tokens and len(batch) < max_batch:
+            longest = lengths[batch[0]]
+            fits = longest * (len(batch) + 1) <= batch_tokens and len(batch) < max_batch
+            alike = lengths[i] >= similar * longest or longest * len(batch) < batch_tokens // 8
+            if fits and alike:
                 batch.append(i)
                 continue
         batches.append([i])

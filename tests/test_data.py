@@ -169,6 +169,10 @@ def test_plan_batches_respects_the_budget_and_covers_everything():
         assert padded <= 256 or len(b) == 1
     padding = sum(max(lengths[i] for i in b) * len(b) for b in batches) - sum(lengths)
     assert padding < 0.1 * sum(lengths)  # length sorting keeps padding small
+    # two length groups: a batch that is already big enough does not take much shorter sentences
+    lengths = [100] * 20 + [10] * 200
+    batches = plan_batches(lengths, batch_tokens=8192)
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
 
 
 def test_chunks_close_at_the_token_threshold():
