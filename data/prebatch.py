@@ -35,7 +35,7 @@ from data.text import uniform_hash
 class PrebatchConfig:
     batch_size: int = field(default=1024, metadata={"help": "activations per batch"})
     val_fraction: float = field(default=0.02, metadata={"help": "share of documents held out for validation"})
-    window_shards: int = field(default=4, metadata={"help": "shards mixed together (memory: about 2x this "
+    window_shards: int = field(default=4, metadata={"help": "shards mixed together (memory: about 3x this "
                                                             "many shards as float32)"})
     file_mb: int = field(default=256, metadata={"help": "approximate size of each chunk file in MiB"})
     seed: int = field(default=0, metadata={"help": "seed of the shard order, the split and the shuffles"})
@@ -78,16 +78,15 @@ def process_window(capture: Path, out: Path, window: int, shards: list[int], cfg
     result = WindowResult({}, {}, {}, nbytes)
     per_file = batches_per_file(cfg, ds.d_model)
     for split, mask in (("train", ~val), ("val", val)):
-        part = rows[mask]
+        part = rows[rng.permutation(np.flatnonzero(mask))]  # the split's rows, shuffled: one copy
         stats = RunningStats(ds.d_model)
         stats.update(part)
-        part = part[rng.permutation(len(part))]
         full = len(part) // cfg.batch_size * cfg.batch_size
         writer = ChunkWriter(out, split, cfg.batch_size, ds.d_model, per_file, prefix=f"w{window:05d}-")
         for start in range(0, full, cfg.batch_size):
             writer.write(part[start:start + cfg.batch_size])
         result.files[split] = writer.close()
-        result.leftovers[split] = part[full:]
+        result.leftovers[split] = part[full:].copy()  # a view would keep the whole window alive
         result.stats[split] = stats
     return result
 

@@ -24,11 +24,13 @@ class RunningStats:
         self.m2 = np.zeros(d, dtype=np.float64)
         self.sq_norm_mean = 0.0  # running mean of ||x||^2 over rows
 
-    def update(self, x: np.ndarray) -> None:
-        """Add the rows of `x` (rows, d), any float dtype."""
+    def update(self, x: np.ndarray, block: int = 4096) -> None:
+        """Add the rows of `x` (rows, d), any float dtype, `block` rows at a time (bounded float64 copies)."""
+        for start in range(0, x.shape[0], block):
+            self._update_block(x[start:start + block])
+
+    def _update_block(self, x: np.ndarray) -> None:
         n = x.shape[0]
-        if n == 0:
-            return
         x64 = np.asarray(x, dtype=np.float64)
         batch_mean = x64.mean(axis=0)
         batch_m2 = ((x64 - batch_mean) ** 2).sum(axis=0)
