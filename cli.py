@@ -95,8 +95,9 @@ def config_from_args(cls: type[T], namespace: argparse.Namespace, config_file: s
 def parse_config(cls: type[T], description: str, argv: list[str] | None = None,
                  extend: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[T, argparse.Namespace]:
     """Parse argv into an instance of the dataclass `cls` (and the raw namespace, for extra flags)."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Defaults are written into each flag's help by add_dataclass_arguments (argparse's own defaults
+    # are None so that config files can layer), hence the plain formatter.
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="JSON file of field values; flags given here override it")
     add_dataclass_arguments(parser, cls)
     if extend is not None:

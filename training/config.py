@@ -46,8 +46,8 @@ class TrainConfig:
     """Options of `train.py`; each field is the flag `--field-name`."""
 
     # Where things are.
-    data: str = _f("", "prebatched activations folder (default: runs/batches/<default hook>)")
-    out: str = _f("", "run folder for checkpoints, metrics, curves and the SAE (default: runs/train)")
+    data: str = _f("", "prebatched activations folder; empty = runs/batches/<default hook>")
+    out: str = _f("", "run folder for checkpoints, metrics, curves and the SAE; empty = runs/train")
     preset: str = _f("default", "named settings applied under the file and flags",
                      choices=sorted(PRESETS))
     # The SAE.
