@@ -209,8 +209,9 @@ def test_default_gguf_dequantises_like_the_gguf_package(gguf_path):
     assert {t.name for t in picked} == {"Q4_1", "Q8_0", "F32"}
     ours = load_tensors(read_gguf(gguf_path), [t.name for t in picked.values()])
     for tensor in picked.values():
-        np.testing.assert_array_equal(ours[tensor.name].numpy(),
-                                      gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+        rows = tensor.data[:2048]  # (rows, bytes per row): the first rows are enough, and quick
+        np.testing.assert_array_equal(ours[tensor.name].numpy()[:len(rows)],
+                                      gguf.quants.dequantize(rows, tensor.tensor_type))
 
 
 def one_line(err) -> str:
