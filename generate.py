@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import shutil
 import sys
@@ -26,7 +25,6 @@ from pathlib import Path
 import cli
 import paths
 
-log = logging.getLogger("generate")
 DEFAULT_PROMPT = "Today I went to the park and"
 
 
@@ -291,7 +289,6 @@ def read_explanations(path: Path) -> dict[int, str]:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     return main(parse_args(argv))
 
 
