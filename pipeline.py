@@ -57,7 +57,7 @@ def main(cfg: PipelineConfig) -> int:
     runs = Path(cfg.runs)
     folders = {name: runs / name for name in ("capture", "batches", "train", "interpret")}
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
-    timings: dict[str, float] = {}
+    timings = previous_timings(runs / "pipeline.json")  # skipped stages keep their earlier times
     start = time.perf_counter()
     common = [*(["--model", cfg.model] if cfg.model else []), "--device", cfg.device]
     stage("capture + prebatch", timings, env, folders["batches"] / cfg.hook / "batches.json", [
@@ -86,7 +86,7 @@ def main(cfg: PipelineConfig) -> int:
         report["steering"] = {"latent": chosen["latent"], "value": value, "prompt": cfg.prompt, "output": generation}
     else:
         log.info("no latent carries label statistics for %r: skipping the steering demo", cfg.label)
-    timings["total"] = round(time.perf_counter() - start, 1)
+    timings["total"] = round(time.perf_counter() - start, 1)  # this invocation
     report.update(config=asdict(cfg), seconds=timings)
     write_json(runs / "pipeline.json", report)
     log.info("stage times (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
@@ -111,6 +111,14 @@ def stage(name: str, timings: dict, env: dict, done: Path | None, argv: list[str
         raise RuntimeError(f"{name} failed (exit code {result.returncode}, its error is above); fix it and "
                            f"rerun `python pipeline.py`: finished stages are skipped")
     return result.stdout or ""
+
+
+def previous_timings(path: Path) -> dict[str, float]:
+    try:
+        seconds = json.loads(path.read_text())["seconds"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+    return {name: value for name, value in seconds.items() if name != "total"}
 
 
 def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]:
