@@ -9,7 +9,7 @@ Sides, each in its own subprocess (so peak RSS is the side's own), on the same s
 - plain: what the reference papers do: transformers' LlamaForCausalLM from the same GGUF, a forward hook
   on the layer, batches of 32 sentences in corpus order (right padding), full forward, and
   `torch.save` of each batch's hidden states;
-- prebatching: `data.prebatch` on our capture, in MB/s of activations read;
+- prebatching: `data.prebatch` on our capture (windows of 2 shards), in MB/s of activations read;
 - memory: peak RSS of capture and of prebatching for the slice and for the slice repeated 4 times.
 """
 
@@ -34,6 +34,7 @@ import paths  # noqa: E402
 HOOK = "blocks.20.hook_resid_post"
 LAYER = 20
 SHARD_TOKENS = 4096  # several shards even for the small slice, so memory vs corpus size is visible
+PREBATCH_WINDOW = 2  # shards per prebatching window: the x1 slice already fills a whole window
 
 
 def peak_rss_mb() -> float:
@@ -99,7 +100,7 @@ def run_prebatch(capture_folder: Path, out: Path) -> dict:
 
     nbytes = sum(p.stat().st_size for p in capture_folder.glob("acts-*.bin"))
     start = time.perf_counter()
-    prebatch(capture_folder, out, PrebatchConfig())
+    prebatch(capture_folder, out, PrebatchConfig(window_shards=PREBATCH_WINDOW))
     seconds = time.perf_counter() - start
     return {"mb": nbytes / 2**20, "seconds": seconds, "mb_per_s": nbytes / 2**20 / seconds,
             "peak_rss_mb": peak_rss_mb()}
