@@ -282,7 +282,7 @@ def read_explanations(path: Path) -> dict[int, str]:
         return {}
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
-        return {int(k): str(v.get("common_semantic", ""))[:60] for k, v in table.items()
+        return {int(k): str(v.get("common_semantic", ""))[:40] for k, v in table.items()
                 if isinstance(v, dict) and v.get("common_semantic")}
     except (json.JSONDecodeError, ValueError, AttributeError):
         raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None
