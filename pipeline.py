@@ -47,7 +47,7 @@ class PipelineConfig:
     eval_sentences: int = field(default=200, metadata={"help": "held-out sentences for the SAE evaluation"})
     label: str = field(default="negative", metadata={"help": "steer the latent most associated with this label"})
     prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
-    steer_scale: float = field(default=4.0, metadata={"help": "steering value as a multiple of the latent's "
+    steer_scale: float = field(default=2.0, metadata={"help": "steering value as a multiple of the latent's "
                                                               "largest activation in the data"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated in the demo"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
