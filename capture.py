@@ -207,8 +207,9 @@ def prepare_sentences(folders: dict[str, Path], source: TextSource, tokenizer, o
         if summary is None:
             started = time.time()
             splitter = SentenceSplitter.train((d.text for d in iter_documents(source)), options.punkt_chars)
-            summary = write_sentences(first / "sentences.jsonl",
-                                      iter_records(source, tokenizer, options, splitter))
+            records = tqdm(iter_records(source, tokenizer, options, splitter), unit=" sentences",
+                           desc="sentences", leave=False)
+            summary = write_sentences(first / "sentences.jsonl", records)
             summary["punkt_trained"] = splitter.trained
             if summary["sentences"] == 0:
                 raise ValueError(f"{source.path}: no text found (field/column {source.text_field!r}); "
