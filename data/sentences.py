@@ -13,9 +13,10 @@ stripped substring of the document that Punkt marks, so the text is never rewrit
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer
+if TYPE_CHECKING:
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 MIN_TRAINING_CHARS = 2_000  # below this Punkt learns nothing useful: use the untrained tokenizer
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -24,13 +25,15 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 class SentenceSplitter:
     """Splits documents into sentences: `split(text) -> list[str]` (no empty strings)."""
 
-    def __init__(self, tokenizer: PunktSentenceTokenizer, trained: bool):
+    def __init__(self, tokenizer: "PunktSentenceTokenizer", trained: bool):
         self.tokenizer = tokenizer
         self.trained = trained  # False when Punkt fell back to its untrained defaults
 
     @classmethod
     def train(cls, texts: Iterable[str], max_chars: int = 2_000_000) -> "SentenceSplitter":
         """Train Punkt on the first `max_chars` characters of `texts` (documents in order)."""
+        from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer  # nltk takes ~1.5 s to import
+
         sample = _take_chars(texts, max_chars)
         if len(sample) < MIN_TRAINING_CHARS:
             return cls.untrained()
@@ -41,6 +44,8 @@ class SentenceSplitter:
 
     @classmethod
     def untrained(cls) -> "SentenceSplitter":
+        from nltk.tokenize.punkt import PunktSentenceTokenizer
+
         return cls(PunktSentenceTokenizer(), trained=False)
 
     def split(self, text: str) -> list[str]:
