@@ -66,7 +66,7 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = _f(0, "activations per step per rank; 0 = the prebatched batch size "
                             "(otherwise a divisor or multiple of it)")
-    lr: float = _f(1e-3, "peak learning rate (Adam)")
+    lr: float = _f(3e-3, "peak learning rate (Adam)")
     betas: list[float] = _f([0.9, 0.999], "Adam betas")
     eps: float = _f(1e-8, "Adam epsilon")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
