@@ -64,7 +64,10 @@ def main(cfg: PipelineConfig) -> int:
         "capture.py", *common, *(["--data", cfg.data] if cfg.data else []),
         *(["--label-field", cfg.label_field] if cfg.label_field else []), "--hooks", cfg.hook,
         "--out", str(folders["capture"]), "--sample-fraction", str(cfg.sample_fraction),
-        "--max-total-tokens", str(cfg.max_total_tokens), "--prebatch", "--batches-out", str(folders["batches"])])
+        "--max-total-tokens", str(cfg.max_total_tokens), "--prebatch", "--batches-out", str(folders["batches"]),
+        # BOS first: it takes the first position's massive activation (norm ~25,000 against ~240 at layer
+        # 20), and it is never stored, so it cannot dominate the SAE's normalisation or grow sink latents.
+        "--bos"])
     sae_dir = folders["train"] / "sae"
     stage("train", timings, env, sae_dir / "config.json", [
         "train.py", "--data", str(folders["batches"] / cfg.hook), "--out", str(folders["train"]),
