@@ -19,6 +19,7 @@ CHARTS = [
     ("l0", "L0 (active latents per activation)", False),
     ("dead_fraction", "Dead latents (fraction)", False),
     ("aux_mse", "Aux-k MSE", True),
+    ("grad_norm", "Gradient norm (before clipping)", True),
     ("lr", "Learning rate", False),
     ("tokens_per_s", "Activations per second", False),
     ("decoder_cos", "Decoder rows: mean |cosine| off-diagonal", False),
