@@ -8,7 +8,7 @@
 
 The SAE (default: the one the pipeline trained, runs/train/sae) decides how prompts are tokenized (BOS,
 chat format), so it sees the distribution it was trained on. Steering modes are described in
-sae/steering.py; "direction" is the default (see docs/readme/generate.md for why).
+sae/steering.py; "direction" is the default (see docs/generate.md for why).
 """
 
 from __future__ import annotations
