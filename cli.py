@@ -15,6 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from atomic import write_text_atomic
+
 T = TypeVar("T")
 
 
@@ -111,10 +113,7 @@ def parse_config(cls: type[T], description: str, argv: list[str] | None = None,
 
 def save_config(config: Any, path: Path) -> None:
     """Write a dataclass as JSON, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
 
 
 def run_main(main: Callable[[], Any]) -> None:

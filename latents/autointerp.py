@@ -8,11 +8,11 @@ failed. A rerun skips the ids already ok (nothing is paid twice) and retries the
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from atomic import write_text_atomic
 from latents.prompts import explain_prompt, parse_explanation
 
 
@@ -25,9 +25,7 @@ class Report:
 
 
 def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=1, ensure_ascii=False))
 
 
 def _done(path: Path) -> dict | None:

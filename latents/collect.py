@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -12,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from atomic import atomic_path
 from latents.histogram import LogBins, auroc_from_histograms
 from latents.source import CapturedData
 from latents.stats import Encoder, LatentAccumulator, StatsConfig
@@ -19,11 +19,9 @@ from latents.stats import Encoder, LatentAccumulator, StatsConfig
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """safetensors file with a JSON `meta` entry in its header, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"meta": json.dumps(meta)})
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

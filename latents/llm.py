@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from atomic import write_text_atomic
+
 ANTHROPIC_VERSION = "2023-06-01"
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
@@ -162,9 +164,7 @@ class AnthropicBatchClient:
     def _write_journal(self, batches: dict[str, list[str]]) -> None:
         if self.journal is None:
             return
-        tmp = self.journal.with_name(self.journal.name + ".tmp")
-        tmp.write_text(json.dumps(batches, indent=1))
-        os.replace(tmp, self.journal)
+        write_text_atomic(self.journal, json.dumps(batches, indent=1))
 
 
 def parse_batch_line(line: str) -> tuple[str, Reply]:

@@ -8,19 +8,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from atomic import write_text_atomic
 from latents.pages import page_name
 
 
 def write_json(path: Path, data) -> None:
     """JSON written atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_plain) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_plain) + "\n")
 
 
 def _plain(value):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from pathlib import Path
+
+from atomic import write_text_atomic
 
 # (metric key, title, log scale)
 CHARTS = [
@@ -89,7 +90,5 @@ def render_curves(records: list[dict], title: str) -> str:
 def write_curves(records: list[dict], path: Path, title: str = "SAE training curves") -> Path:
     """Write the page atomically; returns its path."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_curves(records, title), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, render_curves(records, title))
     return path
