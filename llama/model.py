@@ -89,8 +89,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch's fused rms_norm: the formula above in one call (it upcasts half precision internally)
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Meta's formula, in float32 for half-precision inputs. Written out because torch 2.13's F.rms_norm
+        # is about 10x slower on CPU for (batch, seq, dim) inputs (2.2 ms vs 0.18 ms for 8 x 128 x 576).
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
 def rope_frequencies(args: ModelArgs, device: torch.device | str | None = None) -> torch.Tensor:
