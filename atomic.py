@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 @contextmanager
@@ -29,3 +29,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write UTF-8 text to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def open_atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file to write; on success it is flushed to disk (fsync) and renamed over `path`."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())

@@ -9,21 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from atomic import open_atomic
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to `path.tmp`, flush it to disk, then rename over `path` (readers never see half)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    with open_atomic(path) as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+        f.write("\n")
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -13,12 +13,11 @@ end of the user turn) cannot change the stored activations under causal attentio
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data.fileio import remove_quietly
+from atomic import open_atomic
 from data.sentences import SentenceSplitter
 from data.text import TextSource, iter_documents, uniform_hash
 
@@ -101,27 +100,18 @@ def write_sentences(path: Path, records: Iterator[dict]) -> dict:
 
     Summary: {"sentences", "tokens", "documents", "truncated", "labels": sorted distinct labels}.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     summary = {"sentences": 0, "tokens": 0, "documents": 0, "truncated": 0}
     labels, last_doc = set(), None
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                summary["sentences"] += 1
-                summary["tokens"] += len(record["tokens"])
-                summary["truncated"] += int(record.get("truncated", False))
-                summary["documents"] += int(record["doc"] != last_doc)
-                last_doc = record["doc"]
-                if "label" in record:
-                    labels.add(record["label"])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    with open_atomic(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            summary["sentences"] += 1
+            summary["tokens"] += len(record["tokens"])
+            summary["truncated"] += int(record.get("truncated", False))
+            summary["documents"] += int(record["doc"] != last_doc)
+            last_doc = record["doc"]
+            if "label" in record:
+                labels.add(record["label"])
     summary["labels"] = sorted(labels)
     return summary
 
