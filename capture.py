@@ -63,7 +63,9 @@ class CaptureConfig:
                                                          "(0 = about 128 MiB of activations per shard)"})
     dtype: str = field(default="float32", metadata={"help": "storage dtype",
                                                     "choices": list(DTYPES) + list(DTYPE_ALIASES)})
-    bos: bool = field(default=False, metadata={"help": "feed BOS before each sentence (never stored)"})
+    bos: bool = field(default=False, metadata={"help": "feed BOS before each sentence (never stored); recommended "
+                                                       "for SAE training: without it each sentence's first token "
+                                                       "is the attention sink, with a norm ~100x the others'"})
     chat: bool = field(default=False, metadata={"help": "wrap each sentence as a user message in the chat "
                                                         "template; only the sentence's tokens are stored"})
     punkt_chars: int = field(default=2_000_000, metadata={"help": "corpus characters to train Punkt on"})
