@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,9 @@ def check_writable_folder(folder: Path, flag: str) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a uniquely named probe: torchrun ranks check the same folder at the same moment
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
     except OSError as err:
         raise PermissionError(f"{flag} {folder}: cannot write there ({err.strerror}); "
                               f"choose another folder") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +248,19 @@ def test_disk_full_removes_the_partial_shard_and_keeps_the_manifest(tmp_path, mo
     assert err.value.errno == errno.ENOSPC
     assert sorted(p.name for p in tmp_path.iterdir() if "00001" in p.name) == []
     assert (tmp_path / "manifest.json").read_bytes() == before
+
+
+def test_writable_check_is_safe_when_processes_check_one_folder_together(tmp_path):
+    # torchrun ranks check the same output folder at the same moment; a shared probe file name let
+    # one rank delete the other's probe and fail with "cannot write there"
+    folder = tmp_path / "out"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: data.fileio.check_writable_folder(folder, "--out"), range(400)))
+    assert results == [folder] * 400 and list(folder.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="--out .*cannot write there"):
+        data.fileio.check_writable_folder(blocker / "sub", "--out")
 
 
 # ---------------------------------------------------------------- prebatching and statistics
