@@ -68,7 +68,7 @@ def generate(model: Transformer, tokenizer, prompts: Sequence[Sequence[int]], *,
     cache = model.new_cache(bsz, total) if use_cache else None
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     new_tokens: list[list[int]] = [[] for _ in prompts]
-    with torch.no_grad():
+    with torch.inference_mode():  # no autograd bookkeeping (version counters) at all
         for step, cur in enumerate(range(prompt_len, total)):
             if cache is None:
                 chunk, chunk_mask = tokens[:, :cur], mask[:, :cur]
