@@ -4,6 +4,8 @@
     smol       llama.load_model(gguf_path): LoadedModel(model, tokenizer, args, source), fp32, eval,
                requires_grad off (read-only: never change its weights)
     hf_smol    transformers' LlamaForCausalLM from the same GGUF, fp32, eval, requires_grad off
+    sae        a random SAE (d_sae 512, k 8) at the default hook of `smol`, normalisation fitted to it
+    sae_dir    that SAE saved in our format
 """
 
 from __future__ import annotations
@@ -37,3 +39,26 @@ def hf_smol(gguf_path):
     model = transformers.LlamaForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                           dtype=torch.float32)
     return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def sae(smol):
+    """A randomly initialised SAE at the default hook, its normalisation fitted to real activations."""
+    import paths
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+    torch.manual_seed(0)
+    cfg = SAEConfig(d_in=smol.args.dim, d_sae=512, k=8, hook_name=paths.DEFAULT_HOOK, model=smol.source)
+    sae = SparseAutoencoder(cfg)
+    tokens = torch.tensor([smol.tokenizer.encode("Today I went to the park and")])
+    acts = smol.model(tokens, taps=(cfg.hook_name,), return_logits=False).taps[cfg.hook_name].reshape(-1, cfg.d_in)
+    sae.set_normalization_stats(mean_sq_norm=float(acts.pow(2).sum(-1).mean()))
+    sae.init_from_data(sae.normalized_mean([acts]))
+    return sae.requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def sae_dir(sae, tmp_path_factory):
+    from sae.io import save_sae
+    return save_sae(sae, tmp_path_factory.mktemp("sae") / "sae")

@@ -13,31 +13,11 @@ import torch
 import paths
 from llama import generate
 from sae.config import SAEConfig
-from sae.io import save_sae
-from sae.model import SparseAutoencoder
 from sae.steering import Steer, Steering, parse_steer
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = paths.DEFAULT_HOOK
 PROMPTS = ["Today I went to the park and", "The food at the restaurant was"]
-
-
-@pytest.fixture(scope="module")
-def sae(smol):
-    """A randomly initialised SAE at the default hook, its normalisation fitted to real activations."""
-    torch.manual_seed(0)
-    cfg = SAEConfig(d_in=smol.args.dim, d_sae=512, k=8, hook_name=HOOK, model=smol.source)
-    sae = SparseAutoencoder(cfg)
-    tokens = torch.tensor([smol.tokenizer.encode(p) for p in PROMPTS[:1]])
-    acts = smol.model(tokens, taps=(HOOK,), return_logits=False).taps[HOOK].reshape(-1, cfg.d_in)
-    sae.set_normalization_stats(mean_sq_norm=float(acts.pow(2).sum(-1).mean()))
-    sae.init_from_data(sae.normalized_mean([acts]))
-    return sae.requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def sae_dir(sae, tmp_path_factory):
-    return save_sae(sae, tmp_path_factory.mktemp("sae") / "sae")
 
 
 def _generate(smol, steering, n=6):
