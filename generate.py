@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cli
 import paths
+import runtime
 
 DEFAULT_PROMPT = "Today I went to the park and"
 
@@ -55,7 +56,8 @@ class GenerateConfig:
     top_features: int = field(default=4, metadata={"help": "latents listed per token with --show-features"})
     explanations: str = field(default=str(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json"),
                               metadata={"help": "latent explanations written by interpret.py"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    device: str = runtime.device_field()
+    model_dtype: str = runtime.model_dtype_field()
 
 
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
@@ -75,9 +77,6 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 
 def main(cfg: GenerateConfig) -> int:
     """Validate everything, load the model (and SAE), generate and print. Returns the exit code."""
-    import torch
-
-    from llama import load_model
     from sae.steering import parse_steer
 
     steers = [parse_steer(s) for s in cfg.steer]
@@ -85,9 +84,9 @@ def main(cfg: GenerateConfig) -> int:
     sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
     sae_cfg = check_sae_config(sae_dir, steers) if sae_dir else None
     prompts = read_prompts(cfg)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = load_model(Path(cfg.model) if cfg.model else None, device=device)
-    sae = load_matching_sae(sae_dir, sae_cfg, loaded, device) if sae_dir else None
+    device = runtime.resolve_device(cfg.device)
+    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = runtime.load_sae_for(sae_dir, loaded, device=device) if sae_dir else None
     chat = cfg.chat or bool(sae and sae.cfg.chat)
     bos = sae.cfg.prepend_bos if sae else loaded.tokenizer.add_bos
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
@@ -132,30 +131,6 @@ def check_sae_config(folder: Path, steers) -> "SAEConfig":
     sae_cfg = load_config(folder)
     check_steers(steers, sae_cfg.d_sae)
     return sae_cfg
-
-
-def load_matching_sae(folder: Path, sae_cfg, loaded, device):
-    """Load the SAE after checking it belongs to this model: width, hook, model identity."""
-    from llama.hooks import parse_hook_name
-    from sae.io import load_sae
-
-    if sae_cfg.d_in != loaded.args.dim:
-        raise ValueError(f"SAE {folder} reads {sae_cfg.d_in}-dim activations but the model's are "
-                         f"{loaded.args.dim}-dim: it was trained on another model")
-    try:
-        parse_hook_name(sae_cfg.hook_name, loaded.args.n_layers)
-    except ValueError as err:
-        raise ValueError(f"SAE {folder}: {err}") from None
-    if sae_cfg.model and not same_model(sae_cfg.model, loaded.source):
-        raise ValueError(f"SAE {folder} was trained on {sae_cfg.model}, not on {loaded.source}; pass --model "
-                         f"for that model, or an SAE trained on this one")
-    return load_sae(folder, device=device)
-
-
-def same_model(a: str, b: str) -> bool:
-    """Equal identities, or equal file fingerprints (a renamed or moved file is the same model)."""
-    prints = [re.search(r"\b([0-9a-f]{16})\)$", s) for s in (a, b)]
-    return a == b or (all(prints) and prints[0].group(1) == prints[1].group(1))
 
 
 def read_prompts(cfg: GenerateConfig) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cli
 import paths
+import runtime
 
 MAX_NEW_TOKENS = 256  # per request: one request holds the server
 
@@ -34,7 +35,8 @@ class ServeConfig:
     mode: str = field(default="direction", metadata={"help": "steering mode preselected on the page: "
                                                              "direction, sae or clamp"})
     port: int = field(default=8765, metadata={"help": "port on 127.0.0.1"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    device: str = runtime.device_field()
+    model_dtype: str = runtime.model_dtype_field()
 
 
 class SteeringSession:
@@ -124,10 +126,7 @@ def _refuse_constant(name: str):
 
 
 def load_session(cfg: ServeConfig) -> SteeringSession:
-    import torch
-
-    from generate import check_sae_config, load_matching_sae, read_explanations
-    from llama import load_model
+    from generate import read_explanations
     from sae.steering import MODES
 
     if cfg.mode not in MODES:
@@ -138,10 +137,9 @@ def load_session(cfg: ServeConfig) -> SteeringSession:
     if not (sae_dir / "config.json").is_file():
         raise cli.UsageError(f"--sae {sae_dir}: no trained SAE there; run `python pipeline.py` (or capture.py "
                              f"then train.py), or pass --sae FOLDER")
-    sae_cfg = check_sae_config(sae_dir, [])
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = load_model(Path(cfg.model) if cfg.model else None, device=device)
-    sae = load_matching_sae(sae_dir, sae_cfg, loaded, device)
+    device = runtime.resolve_device(cfg.device)
+    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = runtime.load_sae_for(sae_dir, loaded, device=device)
     return SteeringSession(loaded, sae, read_explanations(Path(cfg.explanations)), cfg.mode)
 
 

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model()
+    loaded = load_model(paths.default_model_path())
     sae = make_sae(args.sae, loaded)
     prompt = loaded.tokenizer.encode(PROMPT)
     steers = [Steer(3, 8.0), Steer(17, -4.0)]

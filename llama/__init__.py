@@ -1,7 +1,8 @@
 """Llama 3 in plain PyTorch, with named taps and injection points for interpretability.
 
     from llama import load_model, generate
-    model, tokenizer, args, source = load_model()          # the embedded SmolLM2-135M-Instruct
+    loaded = load_model("model.gguf", dtype="bfloat16")    # a GGUF file, a Meta or a Hugging Face folder
+    model, tokenizer = loaded.model, loaded.tokenizer
     out = model(tokens, taps=("blocks.20.hook_resid_post",), return_logits=False)
 
 Reading order: model.py (the network), hooks.py (hook names), kv_cache.py, generation.py, loading/.

@@ -80,13 +80,13 @@ def test_clamp_sets_the_latent(smol, sae):
 
 
 def test_sae_mismatch_errors(smol, sae, tmp_path):
-    import generate as cli_generate
+    import runtime
 
     for change, message in [({"d_in": 64}, "another model"), ({"hook_name": "blocks.40.hook_resid_post"}, "out of range"),
                             ({"model": "other.gguf (gguf, 0123456789abcdef)"}, "was trained on other.gguf")]:
         cfg = SAEConfig(**{**sae.cfg.to_dict(), **change})
         with pytest.raises(ValueError, match=message):
-            cli_generate.load_matching_sae(tmp_path, cfg, smol, "cpu")
+            runtime.check_sae_matches(cfg, smol, folder=tmp_path)
 
 
 def _run(*args, env=None):

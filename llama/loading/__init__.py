@@ -14,6 +14,7 @@ import torch
 
 from llama.loading import hf, meta
 from llama.loading.common import build_model, fingerprint
+from llama.loading.precision import resolve as resolve_precision
 from llama.model import ModelArgs, Transformer
 
 __all__ = ["LoadedModel", "load_model", "detect_format"]
@@ -30,6 +31,8 @@ class LoadedModel(NamedTuple):
     """The hyperparameters read from the checkpoint."""
     source: str
     """An identity for manifests: file or folder name, format, and a fingerprint of the files."""
+    precision_note: str = ""
+    """How the dtype was chosen when it was not given exactly ("auto"), for the caller's log."""
 
 
 def detect_format(path: Path) -> str:
@@ -50,18 +53,21 @@ def detect_format(path: Path) -> str:
                      f"one (config.json + *.safetensors)")
 
 
-def load_model(path: str | Path | None = None, *, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32, tokenizer: bool = True) -> LoadedModel:
-    """Load a checkpoint (default: the embedded SmolLM2-135M-Instruct GGUF) and its tokenizer.
+def load_model(path: str | Path, *, device: torch.device | str = "cpu",
+               dtype: torch.dtype | str = torch.float32, tokenizer: bool = True) -> LoadedModel:
+    """Load a checkpoint and its tokenizer.
 
-    tokenizer=False skips the tokenizer (LoadedModel.tokenizer is then None).
+    dtype: a torch dtype, or a --model-dtype name ("auto", "float32", "bfloat16", "float16", "int8",
+    "int4"; see llama.loading.precision). tokenizer=False skips the tokenizer (LoadedModel.tokenizer is
+    then None).
     """
     from llama.tokenizers import load_tokenizer  # imported here: the tokenizer is optional
 
-    if path is None:
-        import paths
-        path = paths.default_model_path()
     path = Path(path)
+    precision = resolve_precision(dtype, device)
+    if precision.quant is not None:
+        raise ValueError(f"--model-dtype {precision.quant}: quantized weights are not supported yet")
+    dtype = precision.dtype
     kind = detect_format(path)
     if kind == "gguf":
         from llama.loading.gguf import load_gguf
@@ -79,4 +85,4 @@ def load_model(path: str | Path | None = None, *, device: torch.device | str = "
         tok = load_tokenizer(path) if tokenizer else None
         files = [path / "config.json", *path.glob("*.safetensors")]
     model = build_model(args, state, device=device, dtype=dtype)
-    return LoadedModel(model, tok, args, f"{path.name} ({kind}, {fingerprint(files)})")
+    return LoadedModel(model, tok, args, f"{path.name} ({kind}, {fingerprint(files)})", precision.note)
