@@ -235,15 +235,12 @@ def print_features(loaded, steering, prompt: list[int], new: list[int], n: int, 
 
     from sae.steering import top_latents
 
+    hook = steering.sae.cfg.hook_name
     tokens = torch.tensor([prompt + new], device=steering.sae.W_dec.device)
-    steering.record = True
-    try:
-        with torch.no_grad():
-            loaded.model(tokens, injections={steering.sae.cfg.hook_name: steering}, return_logits=False,
-                         taps=(steering.sae.cfg.hook_name,))
-        values, indices = top_latents(steering.last, n)
-    finally:
-        steering.record = False
+    with torch.no_grad():  # the tap is the activation arriving at the hook, before steering
+        arriving = loaded.model(tokens, injections={hook: steering}, taps=(hook,), return_logits=False).taps[hook]
+    steered = steering.steer(arriving, latents=True)
+    values, indices = top_latents(steered.values, steered.indices, n)
     for pos in range(len(prompt), len(prompt) + len(new)):
         token = loaded.tokenizer.token_str(int(tokens[0, pos]))
         parts = [f"{int(j)}:{float(v):.1f}" + (f" ({explanations[int(j)]})" if int(j) in explanations else "")

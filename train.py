@@ -111,7 +111,7 @@ def main(cfg: TrainConfig, *, train_data: Sequence[torch.Tensor] | None = None,
 
         # Model, optimiser, schedule, loop state.
         sae = build_sae(cfg, train_data, dist.device)
-        objective = SAEObjective(sae, aux_coeff=cfg.aux_coeff, k_aux=sae.cfg.k_aux, aux_gate=cfg.aux_gate)
+        objective = SAEObjective(sae, aux_gate=cfg.aux_gate)
         optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
                                       betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
@@ -208,7 +208,6 @@ def resume(run: Run) -> None:
         raise cli.UsageError(f"{path}: cannot resume with a different setup ({what}); "
                              f"use the original settings or another --out")
     run.sae.load_state_dict(payload["sae"])
-    run.sae.cfg.norm_scale = float(payload["sae_config"]["norm_scale"])
     run.optimizer.load_state_dict(payload["optimizer"])
     run.scheduler.load_state_dict(payload["scheduler"])
     run.state.load_state_dict(payload["state"])

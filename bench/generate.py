@@ -34,8 +34,10 @@ def make_sae(folder: str, loaded) -> SparseAutoencoder:
     if folder and Path(folder, "config.json").is_file():
         return load_sae(folder)
     cfg = SAEConfig(d_in=loaded.args.dim, d_sae=16 * loaded.args.dim, k=32, hook_name=paths.DEFAULT_HOOK,
-                    model=loaded.source, norm_scale=0.05)
-    return SparseAutoencoder(cfg)
+                    model=loaded.source)
+    sae = SparseAutoencoder(cfg)
+    sae.normalization.set_scale(0.05)
+    return sae
 
 
 def tokens_per_second(loaded, prompt: list[int], injections, n_tokens: int, repeats: int) -> float:

@@ -96,7 +96,7 @@ class LatentAccumulator:
     @torch.no_grad()
     def update(self, values: torch.Tensor, indices: torch.Tensor, chunk: Chunk, labels: torch.Tensor) -> None:
         """Fold one chunk in. values, indices: (n, w) active latents of each row of chunk.acts (as an
-        SAE's encode_topk gives them; values <= 0 are ignored); labels: (n_s,) label index of each
+        SAE's encode gives them; values <= 0 are ignored); labels: (n_s,) label index of each
         sentence of the chunk, in order (-1 unlabelled)."""
         n = values.shape[0]
         rows, slot = torch.nonzero(values > 0, as_tuple=True)
@@ -203,14 +203,14 @@ _TENSORS = ("rows", "fired", "sum", "max", "hist", "label_hist", "label_count", 
             "random_sentences", "random_mean", "unigram", "bigram", "trigram")
 
 # (n, d_model) raw activations -> (values (n, w), indices (n, w)) of the active latents, as
-# SparseAutoencoder.encode_topk returns them (see sae_encoder).
+# SparseAutoencoder.encode returns them (see sae_encoder).
 Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def sae_encoder(sae) -> Encoder:
     """The encoder of a SparseAutoencoder as the statistics need it: raw x -> (values, indices)."""
     def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values, indices = sae.encode_topk(sae.normalize(x.to(sae.W_enc.dtype))[0])
+        values, indices = sae.encode(x.to(sae.W_enc.dtype))
         return values, indices
     return encode
 

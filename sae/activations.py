@@ -10,7 +10,7 @@ reach `pre` only at the selected positions, through `gather`.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -83,3 +83,21 @@ def jumprelu_thresholds(pre_batches: Iterable[Tensor], k: int, decoder_norms: Te
         raise ValueError("jumprelu_thresholds needs at least one batch of pre-activations")
     cutoff = torch.stack(cutoffs).mean()
     return cutoff / decoder_norms.clamp_min(1e-8)
+
+
+class Activation(NamedTuple):
+    """One row of the activation table: how latents are selected, and what sets the sparsity."""
+
+    select: Callable[[Tensor, Any], TopKOutput]  # (pre (..., d_sae), the SAE) -> the active latents
+    uses_k: bool      # sparsity set by k (the TopK family); otherwise by a threshold or an L1 penalty
+    l1_penalty: bool  # trained with an L1 penalty on activation x decoder-row norm (plain ReLU)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "topk": Activation(lambda pre, sae: topk(pre, sae.cfg.k), True, False),
+    "batchtopk": Activation(lambda pre, sae: batchtopk(pre, sae.cfg.k), True, False),
+    "topk_decnorm": Activation(lambda pre, sae: topk_decnorm(pre, sae.cfg.k, sae.W_dec.detach().norm(dim=-1)),
+                               True, False),
+    "relu": Activation(lambda pre, sae: relu(pre), False, True),
+    "jumprelu": Activation(lambda pre, sae: jumprelu(pre, sae.threshold), False, False),
+}

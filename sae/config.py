@@ -11,32 +11,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATIONS = ("topk", "batchtopk", "relu", "jumprelu", "topk_decnorm")
-NORMALIZATIONS = ("dataset_scale", "token_standardize", "mean_centred_unit_norm", "none")
-TOPK_LIKE = ("topk", "batchtopk", "topk_decnorm")  # activations whose sparsity is set by k
+from sae import activations, normalization
+
+ACTIVATIONS = tuple(activations.ACTIVATIONS)          # names; the functions are in sae/activations.py
+NORMALIZATIONS = tuple(normalization.NORMALIZATIONS)  # names; the modules are in sae/normalization.py
 
 
 @dataclass
 class SAEConfig:
-    """Shape, activation and preprocessing of a `SparseAutoencoder`.
-
-    Normalisations (the SAE sees `x_n = normalize(x)`; its output is mapped back with the inverse):
-      - "dataset_scale": `x_n = x * norm_scale`, one scalar chosen so that the mean squared norm of the
-        training inputs equals d_in (SAELens' `expected_average_only_in`, Llama Scope). Linear, so every
-        latent has one direction in the model's raw space; the default for that reason.
-      - "token_standardize": `(x - mean(x)) / (std(x) + norm_eps)` over the features of each token, undone
-        on the output with that token's mean and std (the reference design).
-      - "mean_centred_unit_norm": `(x - norm_mean) / ||x - norm_mean||` with a dataset mean vector (the
-        `norm_mean` buffer of the model), undone with each token's norm.
-      - "none": the raw activations.
-    """
+    """Shape, activation and preprocessing of a `SparseAutoencoder`: what is chosen, never what is fitted
+    (fitted statistics such as dataset_scale's factor are buffers of the SAE). The normalisations are
+    described in sae/normalization.py, the activations in sae/activations.py."""
 
     d_in: int
     d_sae: int
     k: int = 32
     activation: str = "topk"
     normalization: str = "dataset_scale"
-    norm_scale: float = 1.0          # dataset_scale: multiply raw activations by this
     norm_eps: float = 1e-6           # token_standardize: added to the std (OpenAI's and SAELens' LayerNorm: 1e-5)
     l1_coeff: float = 1e-3           # relu: weight of the L1 penalty on the latent activations
     k_aux: int | None = None         # aux-k: dead latents used to model the residual (None: min(2048, d_sae // 2))
@@ -59,8 +50,6 @@ class SAEConfig:
                              f"got {self.normalization!r}")
         if self.k > self.d_sae:
             raise ValueError(f"SAEConfig.k ({self.k}) must not exceed d_sae ({self.d_sae})")
-        if not (math.isfinite(self.norm_scale) and self.norm_scale > 0):
-            raise ValueError(f"SAEConfig.norm_scale must be a positive finite number, got {self.norm_scale!r}")
         if not (isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps >= 0):
             raise ValueError(f"SAEConfig.norm_eps must be a finite number >= 0, got {self.norm_eps!r}")
         if self.k_aux is None:

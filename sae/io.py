@@ -1,26 +1,32 @@
 """Save and load an SAE as a small folder: `config.json` (SAEConfig) + `sae.safetensors` (weights).
 
-Tensors: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_pre (d_in,), h_bias (d_sae,), and
-threshold (d_sae,) for JumpReLU, norm_mean (d_in,) for the mean-centred normalisation. Both files are
-written to temporary names first and renamed, so a folder never holds a half-written SAE.
+Tensors (format 2): W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_pre (d_in,), h_bias
+(d_sae,), threshold (d_sae,) for JumpReLU, and the normalisation's fitted statistics:
+`normalization.scale` / `normalization.unscale` () for dataset_scale, `normalization.mean` (d_in,) for
+the mean-centred one. Both files are written to temporary names first and renamed, so a folder never
+holds a half-written SAE.
+
+Format 1 (before the normalisation became a module) kept dataset_scale's factor as `norm_scale` in
+config.json and the mean as a `norm_mean` tensor; such folders load through `upgrade_format_1`, with
+bit-identical outputs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from atomic import atomic_path, write_text_atomic
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
@@ -28,13 +34,10 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.state_dict().items()}
-    tmp_weights = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": "llama-sae", "version": str(FORMAT_VERSION)})
-    tmp_config = folder / (CONFIG_NAME + ".tmp")
-    tmp_config.write_text(json.dumps(sae.cfg.to_dict(), indent=2) + "\n")
     # Weights first, config last: a folder with a config always has matching weights.
-    os.replace(tmp_weights, folder / WEIGHTS_NAME)
-    os.replace(tmp_config, folder / CONFIG_NAME)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "llama-sae", "version": str(FORMAT_VERSION)})
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(sae.cfg.to_dict(), indent=2) + "\n")
     return folder
 
 
@@ -53,6 +56,7 @@ def load_config(folder: str | Path) -> SAEConfig:
         raise ValueError(f"{path}: not valid JSON ({err}); re-save the SAE") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a JSON object of SAE config fields")
+    values.pop("norm_scale", None)  # format 1: a fitted number, now a buffer (see upgrade_format_1)
     try:
         return SAEConfig.from_dict(values)
     except (ValueError, TypeError) as err:
@@ -68,8 +72,12 @@ def load_sae(folder: str | Path, *, device: torch.device | str = "cpu",
         raise FileNotFoundError(f"{path}: missing; the folder has a config but no weights")
     try:
         tensors = load_file(str(path), device=str(device))
+        with safe_open(str(path), "pt") as fh:
+            version = (fh.metadata() or {}).get("version", "1")
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err}); re-save the SAE") from None
+    if version == "1":
+        tensors = upgrade_format_1(tensors, cfg, json.loads((Path(folder) / CONFIG_NAME).read_text()))
     sae = SparseAutoencoder(cfg, device="meta", dtype=dtype)
     expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
@@ -78,3 +86,18 @@ def load_sae(folder: str | Path, *, device: torch.device | str = "cpu",
         raise ValueError(f"{path}: tensors do not match {CONFIG_NAME} (differing: {diff[:4]}); re-save the SAE")
     sae.load_state_dict({n: t.to(dtype) for n, t in tensors.items()}, assign=True)
     return sae
+
+
+def upgrade_format_1(tensors: dict[str, torch.Tensor], cfg: SAEConfig, config: dict) -> dict[str, torch.Tensor]:
+    """A format-1 state dict in format 2's names: dataset_scale's `norm_scale` (config.json) becomes the
+    `normalization.scale` / `.unscale` buffers, each rounded once from the float64 number as format 1
+    rounded it when multiplying; `norm_mean` becomes `normalization.mean`."""
+    tensors = dict(tensors)
+    device = next(iter(tensors.values())).device
+    if "norm_mean" in tensors:
+        tensors["normalization.mean"] = tensors.pop("norm_mean")
+    if cfg.normalization == "dataset_scale":
+        scale = float(config.get("norm_scale", 1.0))
+        tensors["normalization.scale"] = torch.tensor(scale, device=device)
+        tensors["normalization.unscale"] = torch.tensor(1.0 / scale, device=device)
+    return tensors

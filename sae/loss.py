@@ -30,21 +30,20 @@ def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k
     ranked = pre.detach().masked_fill(~dead_mask, -torch.inf)  # (rows, d_sae), only dead latents compete
     indices = ranked.topk(k, dim=-1, sorted=False).indices     # (rows, k)
     values = pre.gather(-1, indices).relu()
-    return sae.decode_topk(values, indices, bias=False)
+    return sae.decode_normalized(values, indices, bias=False)
 
 
 def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = None,
-             aux_coeff: float | None = None, k_aux: int | None = None,
              aux_gate_requires_k_aux_dead: bool = False) -> LossOutput:
-    """Forward `x` (rows, d_in) raw and compute the loss.
+    """Forward `x` (rows, d_in) raw and compute the loss (weights from the SAE's config: l1_coeff,
+    k_aux, aux_coeff).
 
     dead_mask (d_sae,) bool marks latents the trainer considers dead (silent for its threshold of steps);
     the aux-k term is added when any are dead, or, with `aux_gate_requires_k_aux_dead` (the reference
-    design's gate), only when at least k_aux are. aux_coeff and k_aux default to the SAE's config.
+    design's gate), only when at least k_aux are.
     """
     cfg = sae.cfg
-    aux_coeff = cfg.aux_coeff if aux_coeff is None else aux_coeff
-    k_aux = cfg.k_aux if k_aux is None else k_aux
+    aux_coeff, k_aux = cfg.aux_coeff, cfg.k_aux
     out = sae(x.reshape(-1, cfg.d_in))
     err = out.x_hat_n - out.x_n                                  # (rows, d_in)
     sq = err.pow(2)
@@ -56,7 +55,7 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = No
         l0 = active.sum(-1).float().mean()
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[out.indices[active]] = True
-    if cfg.activation == "relu":
+    if sae.activation.l1_penalty:
         l1 = (out.values * sae.W_dec.norm(dim=1)[out.indices]).sum(-1).mean()
         loss = mse + cfg.l1_coeff * l1
     else:  # decoder rows are unit-norm in training: the plain sum, without a pass over W_dec

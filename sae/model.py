@@ -1,36 +1,29 @@
 """The sparse autoencoder: a TopK SAE (and its ReLU / JumpReLU / BatchTopK variants) in one module.
 
-    x_n   = normalize(x)                                  # per SAEConfig.normalization
+    x_n   = normalization(x)                              # sae/normalization.py, fitted to the data
     pre   = (x_n - b_pre) @ W_enc + b_enc + h_bias        # (..., d_sae)
-    h     = TopK_k(ReLU(pre))                             # k (value, index) pairs per row
+    h     = TopK_k(ReLU(pre))                             # k (value, index) pairs per row (sae/activations.py)
     x^_n  = h @ W_dec + b_pre                             # decoded from the k rows of W_dec only
-    x^    = denormalize(x^_n)
+    x^    = normalization.inverse(x^_n)
 
-`h_bias` is zero in training; steering sets it, and because it is added before the TopK a steered
-latent enters the top k. Decoder rows (one per latent) are kept at unit norm by the trainer through
-`project_decoder_grads` (before the optimiser step) and `set_decoder_norm_to_unit_norm` (after it).
+`encode` and `decode` work in the model's raw activation space, as `forward` does; the losses work in
+normalised space (`forward` returns both). `h_bias` is zero in training; a saved SAE may carry one, and
+because it is added before the TopK a latent pushed through it enters the top k. Decoder rows (one per
+latent) are kept at unit norm by the trainer through `project_decoder_grads` (before the optimiser step)
+and `set_decoder_norm_to_unit_norm` (after it).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from sae import activations, sparse
-from sae.activations import TopKOutput
+from sae import sparse
+from sae.activations import ACTIVATIONS, TopKOutput
 from sae.config import SAEConfig
-
-TOKEN_STD_EPS = 1e-6  # floor of a token's norm (mean_centred_unit_norm); token_standardize uses cfg.norm_eps
-
-
-class NormContext(NamedTuple):
-    """What `denormalize` needs to undo `normalize`: x = x_n * scale + shift."""
-
-    shift: Tensor | None  # (..., 1) or (d_in,) or None
-    scale: Tensor | float  # (..., 1) tensor or a float
+from sae.normalization import make_normalization
 
 
 class ForwardOutput(NamedTuple):
@@ -48,10 +41,10 @@ class SparseAutoencoder(nn.Module):
     """TopK sparse autoencoder; see the module docstring for the formula.
 
     Parameters: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in) one unit-norm row per latent,
-    b_pre (d_in,). Buffers: h_bias (d_sae,), plus threshold (d_sae,) for JumpReLU and norm_mean (d_in,)
-    for the mean-centred normalisation. `use_sparse_kernels` picks the fast autograd Functions of
-    `sae.sparse` for TopK (default; float32/float64) or the plain eager path; both give the same results
-    and gradients. Half-precision SAEs always take the eager path.
+    b_pre (d_in,). Buffers: h_bias (d_sae,), threshold (d_sae,) for JumpReLU, and the normalisation's
+    fitted statistics (`normalization.*`), so `state_dict()` is the whole SAE. `use_sparse_kernels` picks
+    the fast autograd Functions of `sae.sparse` for TopK (default; float32/float64) or the plain eager
+    path; both give the same results and gradients. Half-precision SAEs always take the eager path.
     """
 
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None,
@@ -59,6 +52,8 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         kw = {"device": device, "dtype": dtype}
+        self.normalization = make_normalization(cfg.normalization, cfg.d_in, eps=cfg.norm_eps, **kw)
+        self.activation = ACTIVATIONS[cfg.activation]
         self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
@@ -66,8 +61,6 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("h_bias", torch.zeros(cfg.d_sae, **kw))
         if cfg.activation == "jumprelu":
             self.register_buffer("threshold", torch.zeros(cfg.d_sae, **kw))
-        if cfg.normalization == "mean_centred_unit_norm":
-            self.register_buffer("norm_mean", torch.zeros(cfg.d_in, **kw))
         self.use_sparse_kernels = True
         self.reset_parameters()
 
@@ -83,44 +76,17 @@ class SparseAutoencoder(nn.Module):
         self.b_enc.zero_()
         self.b_pre.zero_()
 
-    # ---- normalisation -------------------------------------------------------------------------
-
-    def normalize(self, x: Tensor) -> tuple[Tensor, NormContext]:
-        """x (..., d_in) raw -> (x_n (..., d_in), context for `denormalize`)."""
-        kind = self.cfg.normalization
-        if kind == "dataset_scale":
-            return x * self.cfg.norm_scale, NormContext(None, 1.0 / self.cfg.norm_scale)
-        if kind == "token_standardize":
-            mean = x.mean(-1, keepdim=True)  # (..., 1)
-            std = x.std(-1, keepdim=True) + self.cfg.norm_eps
-            return (x - mean) / std, NormContext(mean, std)
-        if kind == "mean_centred_unit_norm":
-            centred = x - self.norm_mean
-            norm = centred.norm(dim=-1, keepdim=True).clamp_min(TOKEN_STD_EPS)  # (..., 1)
-            return centred / norm, NormContext(self.norm_mean, norm)
-        return x, NormContext(None, 1.0)
-
-    def denormalize(self, x_hat_n: Tensor, ctx: NormContext) -> Tensor:
-        """Inverse of `normalize`, with the context it returned for the same rows."""
-        out = x_hat_n * ctx.scale if not (isinstance(ctx.scale, float) and ctx.scale == 1.0) else x_hat_n
-        return out + ctx.shift if ctx.shift is not None else out
+    # ---- fitting to the data -------------------------------------------------------------------
 
     @torch.no_grad()
     def set_normalization_stats(self, *, mean: Tensor | None = None, mean_sq_norm: float | None = None) -> None:
-        """Fit the dataset-level normalisation constants from raw-data statistics.
+        """Fit the normalisation from raw-data statistics (dataset_scale needs `mean_sq_norm`,
+        mean_centred_unit_norm needs `mean`, the others nothing)."""
+        self.normalization.fit(mean=mean, mean_sq_norm=mean_sq_norm)
 
-        dataset_scale: norm_scale = sqrt(d_in / E||x||^2) (needs `mean_sq_norm`);
-        mean_centred_unit_norm: norm_mean = E[x] (needs `mean`). Other normalisations need nothing.
-        """
-        kind = self.cfg.normalization
-        if kind == "dataset_scale":
-            if mean_sq_norm is None or not mean_sq_norm > 0:
-                raise ValueError(f"dataset_scale needs the mean squared norm of the data (> 0), got {mean_sq_norm!r}")
-            self.cfg.norm_scale = math.sqrt(self.cfg.d_in / float(mean_sq_norm))
-        elif kind == "mean_centred_unit_norm":
-            if mean is None:
-                raise ValueError("mean_centred_unit_norm needs the dataset mean vector")
-            self.norm_mean.copy_(mean)
+    def normalize(self, x: Tensor):
+        """Raw x (..., d_in) -> (x_n, NormContext): what the SAE reads, and what maps it back."""
+        return self.normalization(x)
 
     @torch.no_grad()
     def normalized_mean(self, batches: Iterable[Tensor]) -> Tensor:
@@ -140,54 +106,59 @@ class SparseAutoencoder(nn.Module):
         """b_pre = the mean of the NORMALISED data (the space where b_pre is applied)."""
         self.b_pre.copy_(mean_n)
 
-    # ---- encoder -------------------------------------------------------------------------------
+    # ---- encoder and decoder (raw space) -------------------------------------------------------
+
+    def encode(self, x: Tensor) -> TopKOutput:
+        """Raw x (..., d_in) -> the active latents: TopKOutput(values (..., k), indices (..., k))."""
+        values, indices, _ = self.encode_normalized(self.normalize(x)[0])
+        return TopKOutput(values, indices)
+
+    def decode(self, values: Tensor, indices: Tensor, x: Tensor | None = None) -> Tensor:
+        """Latents (..., w) -> raw-space reconstruction (..., d_in). Per-token normalisations map back
+        with the statistics of the raw input `x` the latents were encoded from (required for them)."""
+        return self.normalization.inverse(self.decode_normalized(values, indices),
+                                          self.normalization.context(x))
+
+    def forward(self, x: Tensor) -> ForwardOutput:
+        """Raw x (..., d_in) -> ForwardOutput (reconstruction in raw and normalised space, latents)."""
+        x_n, ctx = self.normalize(x)
+        values, indices, pre = self.encode_normalized(x_n)
+        x_hat_n = self.decode_normalized(values, indices)
+        return ForwardOutput(self.normalization.inverse(x_hat_n, ctx), x_hat_n, x_n, values, indices, pre)
+
+    def to_dense(self, latents: TopKOutput) -> Tensor:
+        """(values, indices) (..., w) -> dense latent activations (..., d_sae), zero outside the active set."""
+        values, indices = latents
+        dense = torch.zeros(*values.shape[:-1], self.cfg.d_sae, dtype=values.dtype, device=values.device)
+        return dense.scatter(-1, indices, values)
+
+    # ---- the same in normalised space (losses, kernels) ----------------------------------------
 
     def _fast(self) -> bool:
         # torch's sparse CSR products (sampled_addmm, CSR @ dense) take float32/float64 only on CPU
         return self.use_sparse_kernels and self.W_dec.dtype in (torch.float32, torch.float64)
 
-    def encode_pre(self, x_n: Tensor) -> Tensor:
-        """x_n (..., d_in) -> pre-activations (..., d_sae) = (x_n - b_pre) @ W_enc + b_enc + h_bias."""
-        return (x_n - self.b_pre) @ self.W_enc + (self.b_enc + self.h_bias)
+    def encode_pre(self, x_n: Tensor, push: Tensor | None = None) -> Tensor:
+        """x_n (..., d_in) -> pre-activations (..., d_sae) = (x_n - b_pre) @ W_enc + b_enc + h_bias (+ push)."""
+        return (x_n - self.b_pre) @ self.W_enc + self._latent_bias(push)
 
-    def _select(self, pre: Tensor) -> TopKOutput:
-        kind = self.cfg.activation
-        if kind == "topk":
-            return activations.topk(pre, self.cfg.k)
-        if kind == "topk_decnorm":
-            return activations.topk_decnorm(pre, self.cfg.k, self.W_dec.detach().norm(dim=-1))
-        if kind == "batchtopk":
-            return activations.batchtopk(pre, self.cfg.k)
-        if kind == "jumprelu":
-            return activations.jumprelu(pre, self.threshold)
-        return activations.relu(pre)
+    def _latent_bias(self, push: Tensor | None) -> Tensor:
+        return self.b_enc + self.h_bias if push is None else self.b_enc + self.h_bias + push
 
-    def _encode(self, x_n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x_n (..., d_in) -> (values (..., w), indices (..., w), pre (..., d_sae))."""
+    def encode_normalized(self, x_n: Tensor, push: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x_n (..., d_in) -> (values (..., w), indices (..., w), pre (..., d_sae)). `push` (d_sae,) is
+        added to the pre-activations before the selection (steering), leaving the SAE unchanged."""
         if self._fast() and self.cfg.activation == "topk":
             flat = x_n.reshape(-1, self.cfg.d_in)  # (rows, d_in)
-            values, indices, pre = sparse.topk_encode(flat, self.W_enc, self.b_enc, self.b_pre,
-                                                      self.h_bias, self.cfg.k)
+            h_bias = self.h_bias if push is None else self.h_bias + push
+            values, indices, pre = sparse.topk_encode(flat, self.W_enc, self.b_enc, self.b_pre, h_bias, self.cfg.k)
             lead = x_n.shape[:-1]
             return values.reshape(*lead, -1), indices.reshape(*lead, -1), pre.reshape(*lead, -1)
-        pre = self.encode_pre(x_n)
-        values, indices = self._select(pre)
+        pre = self.encode_pre(x_n, push)
+        values, indices = self.activation.select(pre, self)
         return values, indices, pre
 
-    def encode_topk(self, x_n: Tensor) -> TopKOutput:
-        """Normalised x_n (..., d_in) -> TopKOutput(values (..., k), indices (..., k))."""
-        values, indices, _ = self._encode(x_n)
-        return TopKOutput(values, indices)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """RAW x (..., d_in) -> dense latent activations (..., d_sae), zero outside the active set."""
-        values, indices = self.encode_topk(self.normalize(x)[0])
-        return torch.zeros(*values.shape[:-1], self.cfg.d_sae, dtype=values.dtype,
-                           device=values.device).scatter(-1, indices, values)
-
-    # ---- decoder -------------------------------------------------------------------------------
-
-    def decode_topk(self, values: Tensor, indices: Tensor, *, bias: bool = True) -> Tensor:
+    def decode_normalized(self, values: Tensor, indices: Tensor, *, bias: bool = True) -> Tensor:
         """(values, indices) (..., w) -> x_hat_n (..., d_in) from the w selected decoder rows only;
         `bias=False` leaves out b_pre (the aux-k loss models a residual, which has no bias)."""
         lead = values.shape[:-1]
@@ -195,17 +166,6 @@ class SparseAutoencoder(nn.Module):
         decode = sparse.sparse_decode if self._fast() else sparse.sparse_decode_eager
         out = decode(flat_v, flat_i, self.W_dec)
         return (out + self.b_pre if bias else out).reshape(*lead, self.cfg.d_in)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Dense latents (..., d_sae) -> x_hat_n (..., d_in) = latents @ W_dec + b_pre."""
-        return latents @ self.W_dec + self.b_pre
-
-    def forward(self, x: Tensor) -> ForwardOutput:
-        """Raw x (..., d_in) -> ForwardOutput (reconstruction in raw and normalised space, latents)."""
-        x_n, ctx = self.normalize(x)
-        values, indices, pre = self._encode(x_n)
-        x_hat_n = self.decode_topk(values, indices)
-        return ForwardOutput(self.denormalize(x_hat_n, ctx), x_hat_n, x_n, values, indices, pre)
 
     # ---- decoder upkeep ------------------------------------------------------------------------
 
@@ -236,4 +196,4 @@ class SparseAutoencoder(nn.Module):
         if not 0 <= idx < self.cfg.d_sae:
             raise ValueError(f"latent index {idx} is out of range [0, {self.cfg.d_sae})")
         row = self.W_dec[idx]
-        return row / self.cfg.norm_scale if self.cfg.normalization == "dataset_scale" else row.clone()
+        return row * self.normalization.context().scale if self.normalization.linear else row.clone()

@@ -1,10 +1,11 @@
-"""Steering a model through SAE latents: injection functions for the model's hook points.
+"""Steering a model through SAE latents: `Steering(sae, steers, mode)` maps an activation to its steered
+value (and the latents it then carries), with no state that changes.
 
 Three ways to push latent i by VALUE at the SAE's hook (every position, prompt and generated tokens):
 
   "sae"        the SAE's reconstruction replaces the activation, with VALUE added to latent i's
-               pre-activation through `h_bias` (before TopK, so the latent enters the top k). Every later
-               layer sees the steered reconstruction. VALUE is in latent-activation units (normalised
+               pre-activation (before TopK, so the latent enters the top k; the SAE itself is left
+               unchanged). Every later layer sees the steered reconstruction. VALUE is in latent-activation units (normalised
                space); value 0 gives the SAE-spliced model, which differs from the plain model by the
                SAE's reconstruction error.
   "direction"  VALUE times latent i's decoder direction (raw space) is added to the activation; nothing
@@ -14,8 +15,8 @@ Three ways to push latent i by VALUE at the SAE's hook (every position, prompt a
                is kept (clamping with the error term, as in Templeton et al. 2024).
 
 In all modes a latent moving by d moves the SAE's reconstruction by d * W_dec[i] in normalised space,
-i.e. d * W_dec[i] * scale in raw space (scale: 1 / norm_scale, or the token's std / norm for per-token
-normalisations), so the same VALUE means the same push whatever the mode.
+i.e. d * W_dec[i] * scale in raw space (scale: the raw length of one normalised unit, per token for the
+per-token normalisations), so the same VALUE means the same push whatever the mode.
 """
 
 from __future__ import annotations
@@ -68,18 +69,20 @@ def check_steers(steers: Iterable[Steer], d_sae: int) -> None:
                              f"has latents 0..{d_sae - 1}")
 
 
-class LatentRecord(NamedTuple):
-    """Latents the SAE saw at the hook during one forward call (for --show-features)."""
+class Steered(NamedTuple):
+    """What one steering call did."""
 
-    values: Tensor   # (bsz, seqlen, k) activations of the active latents
-    indices: Tensor  # (bsz, seqlen, k) their indices
+    activation: Tensor     # (..., d_in) what flows on in the model, in the input's dtype
+    values: Tensor | None  # (..., k) the SAE's active latents on what flows on (None unless asked for)
+    indices: Tensor | None  # (..., k) their indices
 
 
 class Steering:
-    """An injection (`fn(act) -> act` for `model(..., injections={hook: fn})`) steering SAE latents.
+    """Push SAE latents at the SAE's hook: `steer(act)` -> Steered, and `steering(act)` -> the steered
+    activation, an injection for `model(..., injections={hook: steering})` or `llama.generate`.
 
-    `record = True` keeps the SAE's active latents of the last call in `last` (computed on what flows on:
-    the steered reconstruction in "sae" mode, the steered activation otherwise).
+    Holds only what the steers precompute (never changed after construction) and never writes to the
+    SAE, so one Steering, or several over one SAE, may serve concurrent requests.
     """
 
     def __init__(self, sae: SparseAutoencoder, steers: Sequence[Steer] = (), mode: str = "sae"):
@@ -88,52 +91,46 @@ class Steering:
         check_steers(steers, sae.cfg.d_sae)
         self.sae, self.mode, self.steers = sae, mode, tuple(steers)
         device, dtype = sae.W_dec.device, sae.W_dec.dtype
-        self.delta = torch.zeros(sae.cfg.d_sae, device=device, dtype=dtype)  # (d_sae,) h_bias offsets
+        self.push = torch.zeros(sae.cfg.d_sae, device=device, dtype=dtype)  # (d_sae,) pre-activation offsets
         for steer in steers:
-            self.delta[steer.latent] += steer.value
+            self.push[steer.latent] += steer.value
         self.latents = torch.tensor([s.latent for s in steers], dtype=torch.long, device=device)  # (n,)
         self.values = torch.tensor([s.value for s in steers], dtype=dtype, device=device)  # (n,)
         self.rows = sae.W_dec.detach()[self.latents]  # (n, d_in) normalised-space decoder rows
-        self.record = False
-        self.last: LatentRecord | None = None
+
+    def __call__(self, act: Tensor) -> Tensor:
+        return self.steer(act).activation
 
     @torch.no_grad()
-    def __call__(self, act: Tensor) -> Tensor:
-        x = act.to(self.sae.W_dec.dtype)  # (bsz, seqlen, d_in)
+    def steer(self, act: Tensor, *, latents: bool = False) -> Steered:
+        """act (..., d_in) -> Steered; `latents=True` also encodes what flows on (one more SAE pass in
+        "direction" and "clamp" modes, none in "sae" mode)."""
+        x = act.to(self.sae.W_dec.dtype)  # the SAE runs in its own dtype
         if self.mode == "sae":
-            out = self._splice(x)
-        elif self.mode == "direction":
-            out = x + self._push(x, self.values.expand(*x.shape[:-1], -1))
+            x_n, ctx = self.sae.normalize(x)
+            values, indices, _ = self.sae.encode_normalized(x_n, push=self.push)
+            out = self.sae.normalization.inverse(self.sae.decode_normalized(values, indices), ctx)
+            return Steered(out.to(act.dtype), values, indices)
+        if self.mode == "direction":
+            out = x + self._move(x, self.values.expand(*x.shape[:-1], -1))
         else:
-            values, indices = self.sae.encode_topk(self.sae.normalize(x)[0])  # (bsz, seqlen, k)
+            values, indices = self.sae.encode(x)  # (..., k)
             # each steered latent's current activation, 0 where it is not among the active ones
-            current = ((indices[..., None] == self.latents) * values[..., None]).sum(-2)  # (bsz, seqlen, n)
-            out = x + self._push(x, self.values - current)
-        if self.record and self.mode != "sae":  # "sae" mode records inside _splice
-            self.last = LatentRecord(*self.sae.encode_topk(self.sae.normalize(out)[0]))
-        return out.to(act.dtype)
+            current = ((indices[..., None] == self.latents) * values[..., None]).sum(-2)  # (..., n)
+            out = x + self._move(x, self.values - current)
+        seen = self.sae.encode(out) if latents else (None, None)
+        return Steered(out.to(act.dtype), *seen)
 
-    def _splice(self, x: Tensor) -> Tensor:
-        """SAE forward with h_bias += delta, restored afterwards (the SAE is shared, never left changed)."""
-        saved = self.sae.h_bias.clone()
-        try:
-            self.sae.h_bias.add_(self.delta)
-            result = self.sae(x)
-        finally:
-            self.sae.h_bias.copy_(saved)
-        self.last = LatentRecord(result.values, result.indices)
-        return result.x_hat
-
-    def _push(self, x: Tensor, amounts: Tensor) -> Tensor:
-        """Raw-space change for latent moves `amounts` (bsz, seqlen, n): (amounts @ rows) * scale."""
+    def _move(self, x: Tensor, amounts: Tensor) -> Tensor:
+        """Raw-space change for latent moves `amounts` (..., n): (amounts @ rows) * the raw length of one
+        normalised unit (per token for per-token normalisations)."""
         if not self.steers:
             return torch.zeros_like(x)
-        _, ctx = self.sae.normalize(x)
-        return (amounts @ self.rows) * ctx.scale  # (bsz, seqlen, d_in)
+        return (amounts @ self.rows) * self.sae.normalization.context(x).scale  # (..., d_in)
 
 
-def top_latents(record: LatentRecord, n: int) -> tuple[Tensor, Tensor]:
-    """The n strongest active latents per position: (values (..., n), indices (..., n))."""
-    n = min(n, record.values.shape[-1])
-    values, order = record.values.topk(n, dim=-1)
-    return values, record.indices.gather(-1, order)
+def top_latents(values: Tensor, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The n strongest of the active latents (values, indices) (..., k) per position: (..., n) each."""
+    n = min(n, values.shape[-1])
+    top, order = values.topk(n, dim=-1)
+    return top, indices.gather(-1, order)

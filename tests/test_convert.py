@@ -32,8 +32,10 @@ def _close(actual, expected, atol=1e-5):
 def _our_sae(activation="topk", normalization="dataset_scale", seed=0, **kw) -> SparseAutoencoder:
     torch.manual_seed(seed)
     cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, activation=activation, normalization=normalization,
-                    norm_scale=0.37, hook_name="blocks.3.hook_resid_post", model="test-model", **kw)
+                    hook_name="blocks.3.hook_resid_post", model="test-model", **kw)
     sae = SparseAutoencoder(cfg)
+    if normalization == "dataset_scale":
+        sae.normalization.set_scale(0.37)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_pre.normal_(0, 1.0)
@@ -79,9 +81,9 @@ def test_ours_exported_to_saelens_matches_in_saelens(tmp_path, sae_lens, activat
     theirs = sae_lens.SAE.load_from_disk(tmp_path)
     x = _inputs()
     with torch.no_grad():
-        _close(theirs.encode(x), ours.encode(x))
+        _close(theirs.encode(x), ours.to_dense(ours.encode(x)))
         _close(theirs(x), ours(x).x_hat)
-        _close(theirs.decode(ours.encode(x)), ours(x).x_hat)  # decoding our latents: same space
+        _close(theirs.decode(ours.to_dense(ours.encode(x))), ours(x).x_hat)  # decoding our latents: same space
     assert theirs.cfg.metadata.hook_name == "blocks.3.hook_resid_post"
     assert type(theirs).__name__ == {"topk": "TopKSAE", "relu": "StandardSAE", "jumprelu": "JumpReLUSAE"}[activation]
 
@@ -93,7 +95,7 @@ def test_token_standardize_exports_as_saelens_layer_norm(tmp_path, sae_lens):
     x = _inputs()
     with torch.no_grad():
         out = ours(x)
-        _close(theirs.encode(x), ours.encode(x))
+        _close(theirs.encode(x), ours.to_dense(ours.encode(x)))
         assert _within_layer_norm_gap(out, theirs(x))
 
 
@@ -129,7 +131,7 @@ def test_saelens_saved_sae_loads_with_equal_outputs(tmp_path, sae_lens, arch):
     ours = to_sae(conv)
     x = _inputs(seed=4)
     with torch.no_grad():
-        _close(ours.encode(x), theirs.encode(x))
+        _close(ours.to_dense(ours.encode(x)), theirs.encode(x))
         if arch == "standard_layer_norm":  # our LayerNorm inverse multiplies by std + 1e-5
             assert _within_layer_norm_gap(ours(x), theirs(x))
         else:
@@ -173,7 +175,7 @@ def test_sparsify_fixture_loads_with_its_documented_forward(tmp_path):
     ours, x = to_sae(conv), _inputs(seed=6)
     dense, recon = _sparsify_numpy(tmp_path / "run" / "layers.6", x.double().numpy())
     with torch.no_grad():
-        _close(ours.encode(x), dense)
+        _close(ours.to_dense(ours.encode(x)), dense)
         _close(ours(x).x_hat, recon)
 
 
@@ -184,10 +186,11 @@ def test_ours_exported_to_sparsify_matches_its_documented_forward(tmp_path):
     x = _inputs(seed=8)
     dense, recon = _sparsify_numpy(folder, x.double().numpy())
     with torch.no_grad():
-        _close(dense, ours.encode(x))
+        _close(dense, ours.to_dense(ours.encode(x)))
         _close(recon, ours(x).x_hat)
     back = sparsify.read(folder)  # the folded scale comes back as dataset_scale with unit rows
-    assert back.cfg.normalization == "dataset_scale" and math.isclose(back.cfg.norm_scale, 0.37, rel_tol=1e-5)
+    assert back.cfg.normalization == "dataset_scale" and math.isclose(float(back.state["normalization.scale"]), 0.37,
+                                                                           rel_tol=1e-5)
     _close(back.state["W_dec"], ours.W_dec.detach())
 
 
@@ -244,7 +247,7 @@ def test_llamascope_fixture_matches_its_documented_forward(tmp_path, act_fn):
     acts, recon = _llamascope_numpy(tmp_path, hp, x.double().numpy())
     assert 0 < (acts != 0).sum(1).mean() < D_SAE  # the threshold is active: some fire, not all
     with torch.no_grad():
-        _close(ours.encode(x), acts)
+        _close(ours.to_dense(ours.encode(x)), acts)
         _close(ours(x).x_hat, recon)
 
 
@@ -305,7 +308,7 @@ def test_openai_state_dict_matches_its_documented_forward(tmp_path, kind):
     latents, recon = _openai_numpy(state, x.double().numpy())
     with torch.no_grad():
         out = ours(x)
-        _close(ours.encode(x), latents)
+        _close(ours.to_dense(ours.encode(x)), latents)
         assert _within_layer_norm_gap(out, recon)
 
 

@@ -59,10 +59,10 @@ def test_positive_steer_raises_latent_and_promoted_tokens(smol, sae, mode):
     tokens = torch.tensor([prompt + new])
     activation, logprob = {}, {}
     for name, steering in (("base", baseline), ("steered", steered)):
-        steering.record = True
-        logits = smol.model(tokens, injections={HOOK: steering}).logits  # (1, seqlen, vocab)
-        values, indices = steering.last
-        dense = torch.zeros(*values.shape[:-1], sae.cfg.d_sae).scatter(-1, indices, values)
+        out = smol.model(tokens, injections={HOOK: steering}, taps=(HOOK,))  # the tap: before steering
+        logits = out.logits  # (1, seqlen, vocab)
+        seen = steering.steer(out.taps[HOOK], latents=True)  # what the injection passed on, and its latents
+        dense = sae.to_dense((seen.values, seen.indices))
         activation[name] = dense[0, len(prompt):, latent].mean()  # on the generated tokens
         logprob[name] = logits[0, len(prompt) - 1:].log_softmax(-1)[:, promoted].mean()
     assert activation["steered"] > activation["base"] + value / 2
@@ -72,10 +72,11 @@ def test_positive_steer_raises_latent_and_promoted_tokens(smol, sae, mode):
 def test_clamp_sets_the_latent(smol, sae):
     tokens = torch.tensor([smol.tokenizer.encode(PROMPTS[1])])
     acts = smol.model(tokens, taps=(HOOK,), return_logits=False).taps[HOOK]
-    latent = int(sae.encode(acts)[0, -1].argmax())  # a latent active on the last token
+    latents = sae.to_dense(sae.encode(acts))
+    latent = int(latents[0, -1].argmax())  # a latent active on the last token
     clamped = Steering(sae, [Steer(latent, 0.0)], "clamp")(acts)
     # Clamping to 0 removes exactly the latent's share of the reconstruction, error term kept.
-    expected = acts - sae.encode(acts)[..., latent:latent + 1] * sae.decoder_direction(latent)
+    expected = acts - latents[..., latent:latent + 1] * sae.decoder_direction(latent)
     torch.testing.assert_close(clamped, expected, rtol=1e-5, atol=1e-4)
 
 

@@ -7,27 +7,34 @@ The reference design's bugs are pinned here: decoder renormalisation and gradien
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from sae import SAEConfig, SparseAutoencoder
-from sae.activations import jumprelu_thresholds
+from sae.activations import TopKOutput, jumprelu_thresholds
 from sae.io import load_sae, save_sae
 from sae.loss import aux_reconstruction, sae_loss
 
 D_IN, D_SAE, K = 12, 40, 4
 
 
-def make_sae(seed: int = 0, **overrides) -> SparseAutoencoder:
+def make_sae(seed: int = 0, norm_scale: float = 1.0, **overrides) -> SparseAutoencoder:
     torch.manual_seed(seed)
     cfg = SAEConfig(**{"d_in": D_IN, "d_sae": D_SAE, "k": K, "normalization": "none", **overrides})
     sae = SparseAutoencoder(cfg, dtype=torch.float64)
+    if cfg.normalization == "dataset_scale":
+        sae.normalization.set_scale(norm_scale)
     with torch.no_grad():  # move off the symmetric init so every bias matters
         sae.b_enc.normal_(0, 0.3)
         sae.b_pre.normal_(0, 0.5)
     return sae
+
+
+def dense(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    return sae.to_dense(sae.encode(x))
 
 
 def np_normalize(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,12 +42,13 @@ def np_normalize(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.
     kind = sae.cfg.normalization
     zeros, ones = np.zeros_like(x[:, :1]), np.ones_like(x[:, :1])
     if kind == "dataset_scale":
-        return x * sae.cfg.norm_scale, zeros, ones / sae.cfg.norm_scale
+        scale = float(sae.normalization.scale)
+        return x * scale, zeros, ones / scale
     if kind == "token_standardize":
         mean, std = x.mean(1, keepdims=True), x.std(1, ddof=1, keepdims=True) + sae.cfg.norm_eps
         return (x - mean) / std, mean, std
     if kind == "mean_centred_unit_norm":
-        mu = sae.norm_mean.numpy()
+        mu = sae.normalization.mean.numpy()
         norm = np.linalg.norm(x - mu, axis=1, keepdims=True)
         return (x - mu) / norm, np.broadcast_to(mu, x.shape), norm
     return x, zeros, ones
@@ -60,7 +68,7 @@ def np_forward(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.nd
 # ---- config ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, field", [({"d_in": 0}, "d_in"), ({"k": 50}, "k"), ({"activation": "gelu"}, "activation"),
-                                        ({"normalization": "batch"}, "normalization"), ({"norm_scale": -1.0}, "norm_scale"),
+                                        ({"normalization": "batch"}, "normalization"),
                                         ({"k_aux": 0}, "k_aux"), ({"aux_coeff": float("nan")}, "aux_coeff")])
 def test_config_rejects_bad_values_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -75,6 +83,18 @@ def test_config_dict_round_trip_and_defaults():
         SAEConfig.from_dict({**cfg.to_dict(), "colour": 1})
     with pytest.raises(ValueError, match="d_in"):
         cfg.check_model(9)
+
+
+def test_fitted_normalisation_is_state_not_config():
+    sae = make_sae(normalization="dataset_scale", norm_scale=0.37)
+    assert "norm_scale" not in sae.cfg.to_dict()
+    assert float(sae.state_dict()["normalization.scale"]) == 0.37
+    with pytest.raises(ValueError, match="positive finite"):
+        sae.normalization.set_scale(-1.0)
+    fresh = make_sae(normalization="dataset_scale")
+    fresh.load_state_dict(sae.state_dict())  # the state dict alone carries the fitted scale
+    x = torch.randn(5, D_IN, dtype=torch.float64)
+    assert torch.equal(fresh(x).x_hat, sae(x).x_hat)
 
 
 # ---- initialisation and forward -------------------------------------------------------------------
@@ -103,28 +123,30 @@ def test_forward_matches_numpy(normalization, sparse_kernels):
     h, x_hat = np_forward(x.numpy(), sae)
     out = sae(x)
     np.testing.assert_allclose(out.x_hat.detach().numpy(), x_hat, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(sae.encode(x).detach().numpy(), h, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dense(sae, x).detach().numpy(), h, rtol=1e-10, atol=1e-10)
     assert out.values.shape == (64, K) and out.pre.shape == (64, D_SAE)
-    np.testing.assert_allclose(sae.denormalize(out.x_n, sae.normalize(x)[1]).numpy(), x.numpy(), atol=1e-10)
+    np.testing.assert_allclose(sae.normalization.inverse(out.x_n, sae.normalize(x)[1]).numpy(), x.numpy(), atol=1e-10)
+    # encode and decode both work in raw space: decode(encode(x)) is forward's reconstruction
+    latents = sae.encode(x)
+    np.testing.assert_allclose(sae.decode(*latents, x=x).detach().numpy(), x_hat, rtol=1e-10, atol=1e-10)
 
 
 def test_h_bias_steers_a_latent_into_the_top_k():
     sae = make_sae()
     x = torch.randn(32, D_IN, dtype=torch.float64)
-    latent = int(sae.encode(x).count_nonzero(0).argmin())  # the least used latent
+    latent = int(dense(sae, x).count_nonzero(0).argmin())  # the least used latent
     with torch.no_grad():
         sae.h_bias[latent] = 100.0
-    h = sae.encode(x)
+    h = dense(sae, x)
     assert (h[:, latent] > 90).all() and ((h > 0).sum(1) <= K).all()
 
 
 def test_decoder_direction_is_the_raw_space_effect_of_one_unit():
     sae = make_sae(normalization="dataset_scale", norm_scale=0.25)
     v, i = torch.zeros(1, K, dtype=torch.float64), torch.arange(K)[None]
-    ctx = sae.normalize(torch.randn(1, D_IN, dtype=torch.float64))[1]
-    base = sae.denormalize(sae.decode_topk(v, i), ctx)
+    base = sae.decode(v, i)  # a linear normalisation: no raw input needed to map back
     v[0, 2] = 1.0
-    moved = sae.denormalize(sae.decode_topk(v, i), ctx)
+    moved = sae.decode(v, i)
     torch.testing.assert_close((moved - base)[0], sae.decoder_direction(2))
     with pytest.raises(ValueError, match="out of range"):
         sae.decoder_direction(D_SAE)
@@ -221,7 +243,8 @@ def test_aux_reconstruction_has_no_b_pre_and_a_detached_target():
     np.put_along_axis(h, top, np.maximum(np.take_along_axis(p, top, 1), 0), 1)
     np.testing.assert_allclose(aux.detach().numpy(), h @ w, rtol=1e-10, atol=1e-12)
     # 2. in the loss: aux_mse against the residual, and the main path's gradients untouched by it
-    with_aux = sae_loss(sae, x, dead_mask=dead, k_aux=k_aux, aux_coeff=0.5)
+    sae.cfg.k_aux, sae.cfg.aux_coeff = k_aux, 0.5
+    with_aux = sae_loss(sae, x, dead_mask=dead)
     _, x_hat = np_forward(x.numpy(), sae)
     assert with_aux.aux_mse.item() == pytest.approx(((h @ w - (x.numpy() - x_hat)) ** 2).mean(), rel=1e-9)
     grads_aux = torch.autograd.grad(with_aux.loss, [sae.W_dec, sae.W_enc])
@@ -237,8 +260,9 @@ def test_aux_gate_waits_for_k_aux_dead_latents_only_when_asked():
     x = torch.randn(32, D_IN, dtype=torch.float64)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[:3] = True
-    assert sae_loss(sae, x, dead_mask=dead, k_aux=8).aux_mse > 0
-    assert sae_loss(sae, x, dead_mask=dead, k_aux=8, aux_gate_requires_k_aux_dead=True).aux_mse == 0
+    sae.cfg.k_aux = 8
+    assert sae_loss(sae, x, dead_mask=dead).aux_mse > 0
+    assert sae_loss(sae, x, dead_mask=dead, aux_gate_requires_k_aux_dead=True).aux_mse == 0
 
 
 def test_relu_l1_penalty():
@@ -258,7 +282,7 @@ def test_relu_l1_penalty():
 def test_batchtopk_keeps_k_per_row_on_average():
     sae = make_sae(activation="batchtopk")
     x = torch.randn(50, D_IN, dtype=torch.float64)
-    h = sae.encode(x).detach().numpy()
+    h = dense(sae, x).detach().numpy()
     pre = sae(x).pre.detach().numpy()
     cutoff = np.sort(np.maximum(pre, 0).ravel())[-K * 50]
     np.testing.assert_array_equal(h > 0, (pre >= cutoff) & (pre > 0))
@@ -275,7 +299,7 @@ def test_topk_decnorm_ranks_by_activation_times_decoder_norm():
     top = np.argsort(-score, axis=1)[:, :K]
     expected = np.zeros_like(pre)
     np.put_along_axis(expected, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
-    np.testing.assert_allclose(sae.encode(x).detach().numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(dense(sae, x).detach().numpy(), expected, rtol=1e-12)
 
 
 def test_jumprelu_thresholds_from_a_topk_sae_keep_k_on_average():
@@ -285,9 +309,9 @@ def test_jumprelu_thresholds_from_a_topk_sae_keep_k_on_average():
     thresholds = jumprelu_thresholds([pre[:200], pre[200:]], K, sae.W_dec.detach().norm(dim=1))
     jr = make_sae(activation="jumprelu")
     jr.load_state_dict({**sae.state_dict(), "threshold": thresholds})
-    l0 = (jr.encode(x) > 0).sum(1).double().mean().item()
+    l0 = (dense(jr, x) > 0).sum(1).double().mean().item()
     assert abs(l0 - K) < 0.25, l0
-    torch.testing.assert_close(jr.encode(x), torch.where(pre > thresholds, pre, 0.0))
+    torch.testing.assert_close(dense(jr, x), torch.where(pre > thresholds, pre, 0.0))
 
 
 # ---- save / load -----------------------------------------------------------------------------------
@@ -296,7 +320,7 @@ def test_save_load_round_trip(tmp_path):
     sae = make_sae(activation="jumprelu", normalization="mean_centred_unit_norm", hook_name="blocks.1.hook_resid_post")
     with torch.no_grad():
         sae.threshold.uniform_(0, 0.1)
-        sae.norm_mean.normal_()
+        sae.normalization.mean.normal_()
     save_sae(sae, tmp_path / "sae")
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["config.json", "sae.safetensors"]
     loaded = load_sae(tmp_path / "sae", dtype=torch.float64)
@@ -334,11 +358,26 @@ def test_load_errors_are_one_line_naming_the_file(tmp_path):
     assert "do not match" in one_line(err)
 
 
+@pytest.mark.parametrize("case", ["dataset_scale", "mean_centred_unit_norm", "token_standardize", "jumprelu"])
+def test_format_1_folders_load_with_bit_identical_outputs(case):
+    """tests/fixtures/sae_v1 was written by the code before the normalisation became a module (norm_scale in
+    config.json, norm_mean a top-level tensor), with the outputs that code computed."""
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).parent / "fixtures" / "sae_v1" / case
+    expected = load_file(str(folder / "expected.safetensors"))
+    sae = load_sae(folder)
+    out = sae(expected["x"])
+    assert torch.equal(out.x_hat, expected["x_hat"])
+    assert torch.equal(out.values, expected["values"]) and torch.equal(out.indices, expected["indices"])
+    assert torch.equal(sae.to_dense(sae.encode(expected["x"])), expected["dense"])
+
+
 def test_eager_and_fast_paths_return_the_same_order():
     sae = make_sae()
     x_n = torch.randn(16, D_IN, dtype=torch.float64)
-    fast = sae.encode_topk(x_n)
+    fast = TopKOutput(*sae.encode_normalized(x_n)[:2])
     sae.use_sparse_kernels = False
-    eager = sae.encode_topk(x_n)
+    eager = TopKOutput(*sae.encode_normalized(x_n)[:2])
     assert torch.equal(fast.indices, eager.indices) and (fast.indices.diff(dim=-1) > 0).all()
     torch.testing.assert_close(fast.values, eager.values)

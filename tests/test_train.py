@@ -295,7 +295,7 @@ def test_script_trains_end_to_end_and_writes_its_run_folder(tmp_path, batches_fo
                                                                                "disk-model", True, 64)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))  # renormalised after the last step
     scale = math.sqrt(16 / data_mean_sq_norm(batches_folder))
-    assert sae.cfg.norm_scale == pytest.approx(scale, rel=1e-6)
+    assert float(sae.normalization.scale) == pytest.approx(scale, rel=1e-6)
 
 
 def data_mean_sq_norm(folder: Path) -> float:

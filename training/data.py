@@ -86,6 +86,6 @@ def normalized_mean(sae: torch.nn.Module, batches: Sequence[torch.Tensor], stats
     """Mean of the SAE's normalised inputs (d_in,), which `b_pre` starts from. Where the normalisation
     is linear it is the normalised dataset mean (exact, and the same whatever the rank or batch size);
     otherwise it is averaged over the first `sample_batches` batches."""
-    if sae.cfg.normalization in ("dataset_scale", "none"):
+    if sae.normalization.linear:
         return sae.normalized_mean([stats["mean"][None].float()])  # normalize(E[x]) = E[normalize(x)]
     return sae.normalized_mean(batches[i] for i in range(min(sample_batches, len(batches))))

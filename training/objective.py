@@ -27,14 +27,13 @@ class StepOutput(NamedTuple):
 class SAEObjective(nn.Module):
     """`forward(x, dead_mask)` -> StepOutput for a raw batch x (rows, d_in)."""
 
-    def __init__(self, sae: SparseAutoencoder, *, aux_coeff: float, k_aux: int, aux_gate: bool):
+    def __init__(self, sae: SparseAutoencoder, *, aux_gate: bool):
         super().__init__()
         self.sae = sae
-        self.aux_coeff, self.k_aux, self.aux_gate = aux_coeff, k_aux, aux_gate
+        self.aux_gate = aux_gate
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> StepOutput:
-        losses = sae_loss(self.sae, x, dead_mask=dead_mask, aux_coeff=self.aux_coeff, k_aux=self.k_aux,
-                          aux_gate_requires_k_aux_dead=self.aux_gate)
+        losses = sae_loss(self.sae, x, dead_mask=dead_mask, aux_gate_requires_k_aux_dead=self.aux_gate)
         with torch.no_grad():
             power = self.sae.normalize(x)[0].pow(2).mean().clamp_min(torch.finfo(x.dtype).tiny)
             nmse = losses.mse.detach() / power

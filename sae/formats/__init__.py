@@ -38,7 +38,8 @@ class Converted(NamedTuple):
     cfg: SAEConfig
     state: dict[str, Tensor]
     """Our state dict (float32): W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_pre (d_in,),
-    h_bias (d_sae,), plus threshold (d_sae,) for JumpReLU and norm_mean (d_in,) where used."""
+    h_bias (d_sae,), plus threshold (d_sae,) for JumpReLU and the normalisation's fitted statistics
+    (`normalization.scale` / `.unscale` () for dataset_scale, `normalization.mean` (d_in,))."""
     notes: list[str]
     """What the conversion folded, dropped or assumed, in words for the person converting."""
 
@@ -57,11 +58,14 @@ def to_sae(conv: Converted, *, device: torch.device | str = "cpu") -> SparseAuto
 
 
 def make_state(cfg: SAEConfig, *, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_pre: Tensor,
-               threshold: Tensor | None = None) -> dict[str, Tensor]:
+               threshold: Tensor | None = None, norm_scale: float = 1.0) -> dict[str, Tensor]:
     """Our state dict from float tensors (stored as contiguous float32 that shares no memory with the
-    inputs; h_bias zero)."""
+    inputs; h_bias zero); `norm_scale` is dataset_scale's factor (x_n = x * norm_scale)."""
     state = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_pre": b_pre,
              "h_bias": torch.zeros(cfg.d_sae)}
+    if cfg.normalization == "dataset_scale":
+        state["normalization.scale"] = torch.tensor(norm_scale)
+        state["normalization.unscale"] = torch.tensor(1.0 / norm_scale)
     if cfg.activation == "jumprelu":
         if threshold is None:
             raise ValueError("a JumpReLU SAE needs a threshold tensor")
@@ -98,7 +102,7 @@ def fold_for_export(conv: Converted) -> tuple[dict[str, Tensor], list[str]]:
         notes.append("h_bias (steering) was non-zero and is folded into b_enc")
     w["h_bias"] = torch.zeros_like(w["h_bias"])
     if cfg.normalization == "dataset_scale":
-        s = cfg.norm_scale
+        s = float(w["normalization.scale"])
         w["W_enc"], w["W_dec"], w["b_pre"] = w["W_enc"] * s, w["W_dec"] / s, w["b_pre"] / s
         notes.append(f"dataset_scale normalisation (x * {s:.6g}) is folded into the weights "
                      f"(W_enc * s, W_dec / s, b_dec / s); latent values are unchanged")

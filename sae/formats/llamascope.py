@@ -107,9 +107,10 @@ def from_llamascope(src: Source) -> Converted:
     notes = [f"dataset-wise scaling: inputs x {s_in:.6g} (norm_scale); outputs / {s_out:.6g}"] \
         if (s_in, s_out) != (1.0, 1.0) else []
     cfg = SAEConfig(d_in=d, d_sae=d_sae, k=k, activation=activation,
-                    normalization="dataset_scale" if s_in != 1.0 else "none", norm_scale=s_in,
+                    normalization="dataset_scale" if s_in != 1.0 else "none",
                     hook_name=hook_in, model=str(src.config.get("model_name") or ""))
-    state = make_state(cfg, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_pre=b_pre, threshold=threshold)
+    state = make_state(cfg, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_pre=b_pre, threshold=threshold,
+                       norm_scale=s_in)
     return Converted(cfg, state, notes)
 
 

@@ -131,11 +131,11 @@ def from_saelens(src: Source) -> Converted:
         threshold = src.tensor("threshold", (d_sae,)).clamp_min(0)
     notes += decoder_row_norm_note(w["W_dec"])
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k or min(32, d_sae), activation=activation,
-                    normalization=normalization, norm_scale=norm_scale or 1.0, norm_eps=eps,
+                    normalization=normalization, norm_eps=eps,
                     hook_name=str(flat.get("hook_name") or ""), model=str(flat.get("model_name") or ""),
                     prepend_bos=bool(flat.get("prepend_bos", True)))
     state = make_state(cfg, W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"], b_pre=w["b_dec"],
-                       threshold=threshold)
+                       threshold=threshold, norm_scale=norm_scale or 1.0)
     return Converted(cfg, state, notes)
 
 

@@ -58,10 +58,10 @@ def from_sparsify(src: Source, hook_name: str) -> Converted:
         notes.append(f"every decoder row has norm {1 / norm_scale:.6g} (a folded input scale): read as "
                      f"dataset_scale with norm_scale {norm_scale:.6g} and unit decoder rows, same outputs")
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, activation="topk",
-                    normalization="dataset_scale" if norm_scale else "none", norm_scale=norm_scale or 1.0,
+                    normalization="dataset_scale" if norm_scale else "none",
                     hook_name=hook_name, model=_model_name(src.config_path))
     state = make_state(cfg, W_enc=w["W_enc"], b_enc=src.tensor("encoder.bias", (d_sae,)), W_dec=w["W_dec"],
-                       b_pre=w["b_dec"])
+                       b_pre=w["b_dec"], norm_scale=norm_scale or 1.0)
     return Converted(cfg, state, notes + decoder_row_norm_note(w["W_dec"]))
 
 
