@@ -394,7 +394,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
     folder = _saelens_folder(tmp_path)
     weights = folder / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    run = subprocess.run([sys.executable, "-m", "sae.convert", "--from", "saelens", "--to", "ours",
+    run = subprocess.run([sys.executable, "convert.py", "--from", "saelens", "--to", "ours",
                           "--model", "none", str(folder), str(tmp_path / "out")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
@@ -412,7 +412,7 @@ def _default_model_or_skip():
 
 @pytest.mark.slow
 def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, smol, gguf_path):
-    from sae import convert
+    import convert
     from sae.io import load_config
     theirs = {"architecture": "topk", "d_in": 576, "d_sae": 64, "k": 4, "apply_b_dec_to_input": True,
               "normalize_activations": "none", "metadata": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -426,12 +426,15 @@ def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, sm
               str(src / "sae_weights.safetensors"))
     assert convert.main(["--from", "saelens", "--to", "ours", "--model", str(gguf_path), str(src),
                          str(tmp_path / "ours")]) == 0
-    assert convert.model_info(gguf_path)[:2] == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
+    from llama.loading.info import checkpoint_info
+    info = checkpoint_info(gguf_path)
+    assert (info.args.dim, info.args.n_layers) == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
+    assert info.source == smol.source
     assert load_config(tmp_path / "ours").model == smol.source  # what llama.load_model reports
 
 
 def test_cli_refuses_an_sae_of_the_wrong_width_for_the_model(tmp_path):
-    from sae import convert
+    import convert
     _default_model_or_skip()
     folder = _saelens_folder(tmp_path)  # d_in 16; the default model is 576 wide
     with pytest.raises(ValueError) as err:

@@ -1,8 +1,8 @@
 """Convert SAEs between this project's folder format and the formats other tools use.
 
-    python -m sae.convert --from saelens --to ours path/to/saelens_sae runs/imported/sae
-    python -m sae.convert --from ours --to sparsify runs/train/sae runs/export/sparsify
-    python -m sae.convert --from openai --to ours --model none 8.pt runs/openai-8
+    python convert.py --from saelens --to ours path/to/saelens_sae runs/imported/sae
+    python convert.py --from ours --to sparsify runs/train/sae runs/export/sparsify
+    python convert.py --from openai --to ours --model none 8.pt runs/openai-8
 
 Read: ours, saelens, sparsify, llamascope, openai. Written: ours, saelens, sparsify. Every conversion goes
 through our SparseAutoencoder, so `--from saelens --to sparsify` works too. Whatever is folded or assumed
@@ -16,62 +16,22 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Callable
 
 import cli
-from sae.formats import Converted, from_sae, hooks, llamascope, openai, saelens, sparsify, to_sae
-from sae.io import load_sae, save_sae
+import paths
+from sae.formats import Converted, hooks
+from sae.formats.registry import READERS, WRITERS, check_fits_model
 
-log = logging.getLogger("sae.convert")
-
-
-def _read_ours(path: Path, hook: str | None) -> Converted:
-    return from_sae(load_sae(path))
-
-
-def _write_ours(conv: Converted, folder: Path) -> tuple[Path, list[str]]:
-    return save_sae(to_sae(conv), folder), []
-
-
-READERS: dict[str, Callable[[Path, str | None], Converted]] = {
-    "ours": _read_ours,
-    "saelens": lambda path, hook: saelens.read(path),
-    "sparsify": sparsify.read,
-    "llamascope": lambda path, hook: llamascope.read(path),
-    "openai": openai.read,
-}
-WRITERS: dict[str, Callable[[Converted, Path], tuple[Path, list[str]]]] = {
-    "ours": _write_ours,
-    "saelens": saelens.write,
-    "sparsify": sparsify.write,
-}
-
-
-def model_info(path: Path) -> tuple[int, int, str]:
-    """(width, number of layers, identity) of a model checkpoint, from its header or config only. The
-    identity is the one `llama.load_model` reports as `source` (name, format, file fingerprint)."""
-    from llama.loading import detect_format, hf, meta
-    from llama.loading.common import fingerprint
-
-    kind = detect_format(path)
-    if kind == "gguf":
-        from llama.loading.gguf import model_args
-        from llama.loading.gguf_reader import read_gguf
-        args, files = model_args(read_gguf(path)), [path]
-    elif kind == "meta":
-        args, files = meta.model_args(path), [path / "params.json", *path.glob("consolidated.*.pth")]
-    else:
-        args, files = hf.model_args(path), [path / "config.json", *path.glob("*.safetensors")]
-    return args.dim, args.n_layers, f"{path.name} ({kind}, {fingerprint(files)})"
+log = logging.getLogger("convert")
 
 
 def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
     """Refuse an SAE whose d_in or hook does not fit the model at `model` ("default", "none" or a
     path); returns the model's identity, or None when nothing was checked."""
+    from llama.loading.info import checkpoint_info
+
     if model == "none":
         return None
-    import paths
-
     try:
         path = paths.default_model_path() if model == "default" else Path(model)
     except FileNotFoundError:
@@ -79,17 +39,13 @@ def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
             raise
         log.info("the default model is not installed; d_in and hook are not checked")
         return None
-    width, n_layers, identity = model_info(path)
-    if conv.cfg.d_in != width:
-        raise cli.UsageError(f"the SAE reads activations of width {conv.cfg.d_in}, but {path.name} has width "
-                             f"{width}; pass --model with the model it was trained on, or --model none")
-    if conv.cfg.hook_name:
-        hooks.check_hook_for_model(conv.cfg.hook_name, n_layers)
-    return identity
+    info = checkpoint_info(path)
+    check_fits_model(conv, info.args.dim, info.args.n_layers, path.name)
+    return info.source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m sae.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="convert.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="source_format", required=True, choices=sorted(READERS),
                         help="format of SRC")
     parser.add_argument("--to", dest="target_format", required=True, choices=sorted(READERS),
