@@ -207,10 +207,6 @@ class ByteLevelBPE(Tokenizer):
         table = self._bytes
         return b"".join([table[i] for i in ids])
 
-    def id_to_piece(self, token_id: int) -> str:
-        """The token as the vocabulary spells it ("Ġthe")."""
-        return self._pieces[token_id]
-
     # -- chat -----------------------------------------------------------------------------------
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:

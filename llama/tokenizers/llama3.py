@@ -86,9 +86,6 @@ class Llama3Tokenizer(Tokenizer):
     def decode_bytes(self, ids) -> bytes:
         return self.model.decode_bytes([int(i) for i in ids])
 
-    def id_to_piece(self, token_id: int) -> str:
-        return self.token_str(token_id)
-
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return chat.llama3_chat(self, self.special_tokens, messages, add_generation_prompt)
 

@@ -65,8 +65,5 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.model.DecodeIds([int(i) for i in ids])
 
-    def id_to_piece(self, token_id: int) -> str:
-        return self.model.IdToPiece(token_id)
-
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return chat.llama2_chat(self, messages, add_generation_prompt)
