@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import cli
 import paths
+import runtime
 from data.chunks import capture_chunk, chunk_arrays, iter_chunks
 from data.fileio import check_writable_folder
 from data.manifest import CaptureBook
@@ -69,7 +70,8 @@ class CaptureConfig:
     chat: bool = field(default=False, metadata={"help": "wrap each sentence as a user message in the chat "
                                                         "template; only the sentence's tokens are stored"})
     punkt_chars: int = field(default=2_000_000, metadata={"help": "corpus characters to train Punkt on"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    device: str = runtime.device_field()
+    model_dtype: str = runtime.model_dtype_field()
     prebatch: bool = field(default=False, metadata={"help": "prebatch each hook's shards after capture"})
     batches_out: str = field(default=str(paths.DEFAULT_BATCHES_DIR),
                              metadata={"help": "with --prebatch: output folder (each hook gets <batches-out>/<hook>/)"})

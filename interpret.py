@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 import cli
-import llama
 import paths
+import runtime
 from data.prebatch import is_validation
 from latents.autointerp import explain_with_llm, latent_id
 from latents.collect import LatentStats, collect_stats
@@ -40,7 +40,6 @@ from latents.scoring import score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from sae.io import load_sae
-from training.distributed import pick_device
 
 log = logging.getLogger("interpret")
 
@@ -72,7 +71,8 @@ class InterpretConfig:
     eval_batch_size: int = field(default=16, metadata={"help": "sentences per forward pass in the evaluation"})
     batches_dir: str = field(default=str(paths.DEFAULT_BATCHES_DIR),
                              metadata={"help": "prebatched folder root: its train/val split picks held-out documents"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    device: str = runtime.device_field()
+    model_dtype: str = runtime.model_dtype_field()
     seed: int = field(default=0, metadata={"help": "seed of the random sentences (detection negatives)"})
 
     def __post_init__(self):
@@ -96,7 +96,7 @@ def main() -> None:
 
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
-    device = pick_device(cfg.device)
+    device = runtime.resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cli.save_config(cfg, out / "config.json")
@@ -104,7 +104,7 @@ def interpret(cfg: InterpretConfig) -> dict:
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
     data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
     stats = statistics(cfg, data, sae, device, out)
-    loaded = llama.load_model(Path(cfg.model) if cfg.model else paths.default_model_path(), device=device)
+    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
     if loaded.args.dim != sae.cfg.d_in:
         raise cli.UsageError(f"--model has dim {loaded.args.dim} but the SAE expects d_in {sae.cfg.d_in}")
     latents = chosen_latents(stats, cfg.max_latents)

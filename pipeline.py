@@ -4,7 +4,9 @@
     python pipeline.py --sample-fraction 1 --max-total-tokens 0 --runs runs/full   # the whole corpus
 
 Each stage runs its own script (capture.py, train.py, interpret.py, generate.py) as a subprocess, with
-the flags below, and is skipped when its output is already there; an interrupted run picks up where it
+its own config built from the flags below (and written to <runs>/stages/ as the JSON the script reads
+with --config); every stage's settings are checked before the first starts. A stage is skipped when its
+output is already there; an interrupted run picks up where it
 stopped (capture and train resume from their own checkpoints). At the end the latent most associated
 with --label (by AUROC of its sentence-level activation) is steered into --prompt, and the steered and
 unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
@@ -12,97 +14,130 @@ unsteered completions are printed side by side. A summary goes to <runs>/pipelin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cli
 import paths
+import runtime
+from atomic import write_text_atomic
+from capture import CaptureConfig
+from generate import GenerateConfig
+from interpret import InterpretConfig
+from training.config import DEVICES, TrainConfig
 
 log = logging.getLogger("pipeline")
 ROOT = Path(__file__).resolve().parent
+
+
+def borrowed(cls: type, name: str, **override: Any) -> Any:
+    """The field `name` of a stage's config dataclass, its help text and default reused (`default=` to
+    give the pipeline its own default): the pipeline's flags mean exactly what the stage's mean."""
+    source = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = override.get("default", source.default)
+    if default is dataclasses.MISSING:
+        return field(default_factory=source.default_factory, metadata=source.metadata)
+    return field(default=default, metadata=source.metadata)
 
 
 @dataclass
 class PipelineConfig:
     runs: str = field(default=str(paths.RUNS), metadata={"help": "root folder of the run (capture/, batches/, "
                                                                  "train/, interpret/ inside)"})
-    model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
-    data: str = field(default="", metadata={"help": "corpus (default: the embedded sentiment CSV)"})
-    label_field: str = field(default="", metadata={"help": "label column of --data (default corpus: sentiment)"})
+    model: str = borrowed(CaptureConfig, "model")
+    model_dtype: str = runtime.model_dtype_field()
+    data: str = borrowed(CaptureConfig, "data")
+    label_field: str = borrowed(CaptureConfig, "label_field")
     hook: str = field(default=paths.DEFAULT_HOOK, metadata={"help": "hook point to capture and train on"})
-    sample_fraction: float = field(default=0.12, metadata={"help": "share of the corpus' documents captured"})
-    max_total_tokens: int = field(default=0, metadata={"help": "cap on captured tokens (0 = none); a cap keeps "
-                                                       "the corpus' FIRST documents, one label in a sorted corpus"})
-    expansion: int = field(default=16, metadata={"help": "SAE width as a multiple of the model dimension"})
-    k: int = field(default=32, metadata={"help": "active latents per token (TopK)"})
-    epochs: float = field(default=3.0, metadata={"help": "training passes over the captured activations"})
-    max_latents: int = field(default=1024, metadata={"help": "latents explained and paged by interpret.py "
-                                                             "(the densest live ones; 0 = all)"})
-    eval_sentences: int = field(default=200, metadata={"help": "held-out sentences for the SAE evaluation"})
+    sample_fraction: float = borrowed(CaptureConfig, "sample_fraction", default=0.12)
+    max_total_tokens: int = borrowed(CaptureConfig, "max_total_tokens")
+    expansion: int = borrowed(TrainConfig, "expansion")
+    k: int = borrowed(TrainConfig, "k")
+    epochs: float = borrowed(TrainConfig, "epochs")
+    max_latents: int = borrowed(InterpretConfig, "max_latents", default=1024)
+    eval_sentences: int = borrowed(InterpretConfig, "eval_sentences", default=200)
     label: str = field(default="negative", metadata={"help": "steer the latent most associated with this label"})
     prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
     steer_scale: float = field(default=2.0, metadata={"help": "steering value as a multiple of the latent's "
                                                               "largest activation in the data"})
-    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated in the demo"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+    max_new_tokens: int = borrowed(GenerateConfig, "max_new_tokens", default=32)
+    device: str = runtime.device_field()
+
+
+def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
+    """Each stage's own config, built (and so validated) before the first stage starts."""
+    sae_dir = folders["train"] / "sae"
+    model = {"model": cfg.model, "model_dtype": cfg.model_dtype, "device": cfg.device}
+    return {
+        # BOS first: it takes the first position's massive activation (norm ~25,000 against ~240 at layer
+        # 20), and it is never stored, so it cannot dominate the SAE's normalisation or grow sink latents.
+        "capture": CaptureConfig(**model, data=cfg.data, label_field=cfg.label_field, hooks=[cfg.hook],
+                                 out=str(folders["capture"]), sample_fraction=cfg.sample_fraction,
+                                 max_total_tokens=cfg.max_total_tokens, prebatch=True,
+                                 batches_out=str(folders["batches"]), bos=True),
+        "train": TrainConfig(data=str(folders["batches"] / cfg.hook), out=str(folders["train"]),
+                             expansion=cfg.expansion, k=cfg.k, epochs=cfg.epochs, resume=True,
+                             device=cfg.device if cfg.device in DEVICES else "auto"),
+        "interpret": InterpretConfig(**model, sae=str(sae_dir), capture_dir=str(folders["capture"] / cfg.hook),
+                                     out=str(folders["interpret"]), max_latents=cfg.max_latents,
+                                     eval_sentences=cfg.eval_sentences, batches_dir=str(folders["batches"])),
+        "generate": GenerateConfig(**model, sae=str(sae_dir), compare=True, max_new_tokens=cfg.max_new_tokens,
+                                   explanations=str(folders["interpret"] / "latent_index_meaning.json"),
+                                   prompts=[cfg.prompt]),
+    }
 
 
 def main(cfg: PipelineConfig) -> int:
     runs = Path(cfg.runs)
-    folders = {name: runs / name for name in ("capture", "batches", "train", "interpret")}
+    folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages")}
+    configs = stage_configs(cfg, folders)  # every stage's settings checked before any work
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
     timings = previous_timings(runs / "pipeline.json")  # skipped stages keep their earlier times
     start = time.perf_counter()
-    common = [*(["--model", cfg.model] if cfg.model else []), "--device", cfg.device]
-    stage("capture + prebatch", timings, env, folders["batches"] / cfg.hook / "batches.json", [
-        "capture.py", *common, *(["--data", cfg.data] if cfg.data else []),
-        *(["--label-field", cfg.label_field] if cfg.label_field else []), "--hooks", cfg.hook,
-        "--out", str(folders["capture"]), "--sample-fraction", str(cfg.sample_fraction),
-        "--max-total-tokens", str(cfg.max_total_tokens), "--prebatch", "--batches-out", str(folders["batches"]),
-        # BOS first: it takes the first position's massive activation (norm ~25,000 against ~240 at layer
-        # 20), and it is never stored, so it cannot dominate the SAE's normalisation or grow sink latents.
-        "--bos"])
-    sae_dir = folders["train"] / "sae"
-    stage("train", timings, env, sae_dir / "config.json", [
-        "train.py", "--data", str(folders["batches"] / cfg.hook), "--out", str(folders["train"]),
-        "--expansion", str(cfg.expansion), "--k", str(cfg.k), "--epochs", str(cfg.epochs), "--resume",
-        "--device", cfg.device if cfg.device in ("auto", "cpu", "cuda", "mps") else "auto"])
-    stage("interpret", timings, env, folders["interpret"] / "latent_index_meaning.json", [
-        "interpret.py", *common, "--sae", str(sae_dir), "--capture-dir", str(folders["capture"] / cfg.hook),
-        "--out", str(folders["interpret"]), "--max-latents", str(cfg.max_latents),
-        "--eval-sentences", str(cfg.eval_sentences), "--batches-dir", str(folders["batches"])])
+    folders["stages"].mkdir(parents=True, exist_ok=True)
+    stage("capture + prebatch", timings, env, folders["batches"] / cfg.hook / "batches.json",
+          "capture.py", configs["capture"], folders["stages"])
+    stage("train", timings, env, folders["train"] / "sae" / "config.json", "train.py", configs["train"],
+          folders["stages"])
+    stage("interpret", timings, env, folders["interpret"] / "latent_index_meaning.json", "interpret.py",
+          configs["interpret"], folders["stages"])
     latents = sentiment_latents(folders["interpret"], cfg.label)
     report = summary(folders, latents, cfg.label)
     if latents:
         chosen = latents[0]
         value = round(cfg.steer_scale * chosen["max"], 1)
-        generation = stage("steered generation", timings, env, None, [
-            "generate.py", *common, "--sae", str(sae_dir), "--steer", f"{chosen['latent']}:{value}", "--compare",
-            "--max-new-tokens", str(cfg.max_new_tokens),
-            "--explanations", str(folders["interpret"] / "latent_index_meaning.json"), cfg.prompt], capture=True)
+        generate = dataclasses.replace(configs["generate"], steer=[f"{chosen['latent']}:{value}"])
+        generation = stage("steered generation", timings, env, None, "generate.py", generate, folders["stages"],
+                           capture=True)
         report["steering"] = {"latent": chosen["latent"], "value": value, "prompt": cfg.prompt, "output": generation}
     else:
         log.info("no latent carries label statistics for %r: skipping the steering demo", cfg.label)
     timings["total"] = round(time.perf_counter() - start, 1)  # this invocation
-    report.update(config=asdict(cfg), seconds=timings)
-    write_json(runs / "pipeline.json", report)
+    report.update(config=dataclasses.asdict(cfg), seconds=timings)
+    write_text_atomic(runs / "pipeline.json", json.dumps(report, indent=1, default=str) + "\n")
     log.info("stage times (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     log.info("summary: %s; pages: %s", runs / "pipeline.json", folders["interpret"] / "index.html")
     return 0
 
 
-def stage(name: str, timings: dict, env: dict, done: Path | None, argv: list[str], capture: bool = False) -> str:
-    """Run one script unless `done` exists; its output streams to the terminal (and is returned if
-    `capture`). A failing stage stops the pipeline with a one-line error."""
+def stage(name: str, timings: dict, env: dict, done: Path | None, script: str, config: Any, stages: Path,
+          capture: bool = False) -> str:
+    """Run `script --config <its config as JSON>` unless `done` exists; its output streams to the terminal
+    (and is returned if `capture`). A failing stage stops the pipeline with a one-line error."""
     if done is not None and done.exists():
         log.info("== %s: already done (%s), skipped", name, done)
         return ""
+    config_file = stages / f"{Path(script).stem}.json"
+    cli.save_config(config, config_file)
+    argv = [script, "--config", str(config_file)]
     log.info("== %s: python %s", name, " ".join(argv))
     began = time.perf_counter()
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, text=True,
@@ -150,12 +185,6 @@ def summary(folders: dict[str, Path], latents: list[dict], label: str) -> dict:
     for row in latents:
         print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {row['explanation'][:70]}")
     return {"evaluation": evaluation, "label": label, "latents": latents}
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def cli_main(argv: list[str] | None = None) -> int:
