@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sae import activations, normalization
@@ -17,49 +17,64 @@ ACTIVATIONS = tuple(activations.ACTIVATIONS)          # names; the functions are
 NORMALIZATIONS = tuple(normalization.NORMALIZATIONS)  # names; the modules are in sae/normalization.py
 
 
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    """A field whose help text a command line can show (train.py's flags are these fields)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
 @dataclass
 class SAEConfig:
     """Shape, activation and preprocessing of a `SparseAutoencoder`: what is chosen, never what is fitted
     (fitted statistics such as dataset_scale's factor are buffers of the SAE). The normalisations are
-    described in sae/normalization.py, the activations in sae/activations.py."""
+    described in sae/normalization.py, the activations in sae/activations.py.
 
-    d_in: int
-    d_sae: int
-    k: int = 32
-    activation: str = "topk"
-    normalization: str = "dataset_scale"
-    norm_eps: float = 1e-6           # token_standardize: added to the std (OpenAI's and SAELens' LayerNorm: 1e-5)
-    l1_coeff: float = 1e-3           # relu: weight of the L1 penalty on the latent activations
-    k_aux: int | None = None         # aux-k: dead latents used to model the residual (None: min(2048, d_sae // 2))
-    aux_coeff: float = 1.0 / 32.0    # aux-k: loss = mse + aux_coeff * aux_mse (OpenAI TopK paper, A.2)
-    hook_name: str = ""              # TransformerLens hook name, e.g. "blocks.20.hook_resid_post"
-    model: str = ""                  # identity of the model the SAE was trained on
-    prepend_bos: bool = False        # whether the training text started with BOS
-    chat: bool = False               # whether the training text was wrapped in the chat template
+    A config with d_in or d_sae 0 is a template (train.py's options before it has seen the data);
+    `complete` fills them in, and a SparseAutoencoder needs a complete config."""
+
+    d_in: int = _f(0, "activation width; 0 = taken from the data", cli=False)
+    d_sae: int = _f(0, "number of latents; 0 = expansion x d_in")
+    k: int = _f(32, "active latents per activation (TopK)")
+    activation: str = _f("topk", "latent activation", choices=list(ACTIVATIONS))
+    normalization: str = _f("dataset_scale", "input normalisation saved with the SAE", choices=list(NORMALIZATIONS))
+    norm_eps: float = _f(1e-6, "token_standardize: added to each token's std (OpenAI's and SAELens' LayerNorm: 1e-5)")
+    l1_coeff: float = _f(1e-3, "L1 penalty weight (relu activation only)")
+    k_aux: int = _f(0, "dead latents the aux-k loss decodes; 0 = min(2048, d_sae / 2)")
+    aux_coeff: float = _f(1.0 / 32.0, "aux-k loss weight: loss = mse + aux_coeff x aux_mse (OpenAI TopK paper, A.2)")
+    hook_name: str = _f("", "TransformerLens hook name the SAE reads, e.g. blocks.20.hook_resid_post", cli=False)
+    model: str = _f("", "identity of the model the SAE was trained on", cli=False)
+    prepend_bos: bool = _f(False, "whether the training text started with BOS", cli=False)
+    chat: bool = _f(False, "whether the training text was wrapped in the chat template", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_sae", "k"):
+        for name, lowest in (("d_in", 0), ("d_sae", 0), ("k", 1), ("k_aux", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SAEConfig.{name} must be a positive integer, got {value!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"SAEConfig.activation must be one of {', '.join(ACTIVATIONS)}, "
-                             f"got {self.activation!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"SAEConfig.normalization must be one of {', '.join(NORMALIZATIONS)}, "
-                             f"got {self.normalization!r}")
-        if self.k > self.d_sae:
-            raise ValueError(f"SAEConfig.k ({self.k}) must not exceed d_sae ({self.d_sae})")
-        if not (isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps >= 0):
-            raise ValueError(f"SAEConfig.norm_eps must be a finite number >= 0, got {self.norm_eps!r}")
-        if self.k_aux is None:
-            self.k_aux = max(1, min(2048, self.d_sae // 2))
-        if isinstance(self.k_aux, bool) or not isinstance(self.k_aux, int) or not 1 <= self.k_aux <= self.d_sae:
-            raise ValueError(f"SAEConfig.k_aux must be an integer in [1, d_sae={self.d_sae}], got {self.k_aux!r}")
-        for name in ("l1_coeff", "aux_coeff"):
+            if value is None and name == "k_aux":  # format-1 configs wrote null for "derived"
+                value = self.k_aux = 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise ValueError(f"{name} (--{_flag(name)}) must be an integer >= {lowest}, got {value!r}")
+        for name, allowed in (("activation", ACTIVATIONS), ("normalization", NORMALIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} (--{name}) must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "l1_coeff", "aux_coeff"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"SAEConfig.{name} must be a finite number >= 0, got {value!r}")
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} (--{_flag(name)}) must be a finite number >= 0, got {value!r}")
+        if self.d_sae:
+            if self.k > self.d_sae:
+                raise ValueError(f"k = {self.k} must not exceed d_sae = {self.d_sae} (--k, --d-sae)")
+            if self.k_aux == 0:
+                self.k_aux = max(1, min(2048, self.d_sae // 2))
+            if self.k_aux > self.d_sae:
+                raise ValueError(f"k_aux = {self.k_aux} must not exceed d_sae = {self.d_sae} (--k-aux, --d-sae)")
+
+    @property
+    def is_complete(self) -> bool:
+        return self.d_in > 0 and self.d_sae > 0
+
+    def complete(self, *, d_in: int, expansion: int = 16, **provenance: Any) -> "SAEConfig":
+        """This template for activations of width d_in (d_sae = expansion x d_in unless set), with
+        provenance (hook_name, model, prepend_bos, chat) filled in."""
+        return dataclasses.replace(self, d_in=d_in, d_sae=self.d_sae or expansion * d_in, **provenance)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
@@ -72,16 +87,11 @@ class SAEConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"SAE config has unknown field(s) {', '.join(unknown)}")
-        missing = sorted(n for n in ("d_in", "d_sae") if n not in values)
-        if missing:
-            raise ValueError(f"SAE config lacks the required field(s) {', '.join(missing)}")
-        return cls(**values)
+        cfg = cls(**values)
+        if not cfg.is_complete:
+            raise ValueError(f"SAE config needs d_in and d_sae greater than 0, got {cfg.d_in} and {cfg.d_sae}")
+        return cfg
 
-    def check_model(self, d_model: int, hook_name: str | None = None) -> None:
-        """Raise ValueError unless activations of width `d_model` (at `hook_name`) suit this SAE."""
-        if d_model != self.d_in:
-            raise ValueError(f"the SAE expects activations of width d_in={self.d_in}, "
-                             f"but the model gives {d_model}: use an SAE trained on this model")
-        if hook_name is not None and self.hook_name and hook_name != self.hook_name:
-            raise ValueError(f"the SAE was trained on {self.hook_name!r}, not {hook_name!r}: "
-                             f"pass --hook {self.hook_name} or another SAE")
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

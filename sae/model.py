@@ -50,6 +50,8 @@ class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
+        if not cfg.is_complete:
+            raise ValueError(f"an SAE needs d_in and d_sae greater than 0, got {cfg.d_in} and {cfg.d_sae}")
         self.cfg = cfg
         kw = {"device": device, "dtype": dtype}
         self.normalization = make_normalization(cfg.normalization, cfg.d_in, eps=cfg.norm_eps, **kw)

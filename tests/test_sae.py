@@ -67,9 +67,9 @@ def np_forward(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.nd
 
 # ---- config ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad, field", [({"d_in": 0}, "d_in"), ({"k": 50}, "k"), ({"activation": "gelu"}, "activation"),
+@pytest.mark.parametrize("bad, field", [({"d_in": -1}, "d_in"), ({"k": 50}, "k"), ({"activation": "gelu"}, "activation"),
                                         ({"normalization": "batch"}, "normalization"),
-                                        ({"k_aux": 0}, "k_aux"), ({"aux_coeff": float("nan")}, "aux_coeff")])
+                                        ({"k_aux": 41}, "k_aux"), ({"aux_coeff": float("nan")}, "aux_coeff")])
 def test_config_rejects_bad_values_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SAEConfig(**{"d_in": D_IN, "d_sae": D_SAE, **bad})
@@ -81,8 +81,14 @@ def test_config_dict_round_trip_and_defaults():
     assert SAEConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         SAEConfig.from_dict({**cfg.to_dict(), "colour": 1})
-    with pytest.raises(ValueError, match="d_in"):
-        cfg.check_model(9)
+    with pytest.raises(ValueError, match="d_in and d_sae"):
+        SAEConfig.from_dict({"d_sae": 64})  # a template is no SAE's config
+    template = SAEConfig(k=8)
+    assert not template.is_complete and template.k_aux == 0
+    done = template.complete(d_in=8, expansion=4, hook_name="blocks.1.hook_resid_post")
+    assert (done.d_in, done.d_sae, done.k, done.k_aux, done.hook_name) == (8, 32, 8, 16, "blocks.1.hook_resid_post")
+    with pytest.raises(ValueError, match="d_in and d_sae"):
+        SparseAutoencoder(template)
 
 
 def test_fitted_normalisation_is_state_not_config():
