@@ -321,11 +321,12 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class SteeringServer(ThreadingHTTPServer):
-    """The steering session behind an HTTP server on 127.0.0.1 (port 0: any free one)."""
+    """The steering session behind an HTTP server on 127.0.0.1 (port 0: any free one); the session may be
+    set after the port is bound (connections wait in the listen queue until `serve_forever`)."""
 
     daemon_threads = True  # Ctrl-C does not wait for clients that are still connected
 
-    def __init__(self, session: SteeringSession, port: int = 0, read_timeout: float = READ_TIMEOUT_S):
+    def __init__(self, session: SteeringSession | None, port: int = 0, read_timeout: float = READ_TIMEOUT_S):
         super().__init__(("127.0.0.1", port), Handler)
         self.session, self.read_timeout = session, read_timeout
         port = self.server_address[1]
@@ -357,7 +358,8 @@ def _one_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_session(cfg: ServeConfig) -> SteeringSession:
+def check_flags(cfg: ServeConfig) -> tuple[Path, dict[int, str], "torch.device"]:
+    """Everything that can be checked before the model is loaded: SAE folder, explanations, device."""
     from latents.explanations import read_explanations
     from sae.steering import MODES
 
@@ -374,7 +376,11 @@ def load_session(cfg: ServeConfig) -> SteeringSession:
                         read_explanations(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json", missing_ok=True))
     except (FileNotFoundError, ValueError) as err:
         raise cli.UsageError(f"--explanations {err}") from None
-    device = runtime.resolve_device(cfg.device)
+    return sae_dir, explanations, runtime.resolve_device(cfg.device)
+
+
+def load_session(cfg: ServeConfig) -> SteeringSession:
+    sae_dir, explanations, device = check_flags(cfg)
     loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
     sae = runtime.load_sae_for(sae_dir, loaded, device=device)
     return SteeringSession(loaded, sae, explanations, cfg.mode)
@@ -382,14 +388,15 @@ def load_session(cfg: ServeConfig) -> SteeringSession:
 
 def main() -> None:
     cfg, _ = cli.parse_config(ServeConfig, __doc__.split("\n\n")[0])
-    session = load_session(cfg)
-    try:
-        server = SteeringServer(session, cfg.port)
+    check_flags(cfg)
+    try:  # the port before the model: a taken port is said at once, not after loading
+        server = SteeringServer(None, cfg.port)
     except OSError as err:
         raise cli.UsageError(f"--port {cfg.port}: cannot listen there ({err.strerror}); choose another") from None
-    print(f"steering page at {server.origins[0]}/ ({len(session.explanations)} explained latents of "
-          f"{session.sae.cfg.d_sae}); Ctrl-C stops it", flush=True)
     try:
+        server.session = session = load_session(cfg)
+        print(f"steering page at {server.origins[0]}/ ({len(session.explanations)} explained latents of "
+              f"{session.sae.cfg.d_sae}); Ctrl-C stops it", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", flush=True)
