@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import os
 import re
 import sys
 import types
@@ -362,6 +363,8 @@ def _os_message(err: OSError) -> str:
     if path is None:
         return f"{err.strerror or _first_line(err)}"
     where = f"{path}{_flag_hint(path)}"
+    if err.strerror and err.strerror != os.strerror(err.errno):  # a message of the project's own
+        return f"{where}: {err.strerror}"
     if isinstance(err, IsADirectoryError):
         return f"{where}: is a folder, and a file is expected there; pass a file path"
     if isinstance(err, FileExistsError):

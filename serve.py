@@ -200,6 +200,8 @@ def json_depth(text: str, stop: int) -> int:
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a steering value; use a finite number")
+
+
 class Handler(BaseHTTPRequestHandler):
     """One connection: HTTP/1.0, one request, every answer JSON except the page itself."""
 
@@ -326,13 +328,14 @@ class SteeringServer(ThreadingHTTPServer):
 
     daemon_threads = True  # Ctrl-C does not wait for clients that are still connected
 
-    def __init__(self, session: SteeringSession | None, port: int = 0, read_timeout: float = READ_TIMEOUT_S):
+    def __init__(self, session: SteeringSession | None, port: int = 0, *, read_timeout: float = READ_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS):
         super().__init__(("127.0.0.1", port), Handler)
         self.session, self.read_timeout = session, read_timeout
         port = self.server_address[1]
         self.hosts = {f"{name}{suffix}" for name in ("127.0.0.1", "localhost") for suffix in ("", f":{port}")}
         self.origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     def process_request(self, request, client_address):
         if self._slots.acquire(blocking=False):

@@ -138,7 +138,8 @@ def test_os_errors_name_the_flag_and_what_to_do(tmp_path, capsys):
     cli.parse_config(Outer, "test", ["--out", str(tmp_path / "run")])
     path = str(tmp_path / "run")
     code, err = run(raiser(IsADirectoryError(errno.EISDIR, "Is a directory", path)), capsys)
-    assert code == 2 and err == f"error: {path} (given with --out): is a folder, and a file is expected there; pass a file path\n"
+    assert code == 2 and err == (f"error: {path} (given with --out): is a folder, and a file is expected there; "
+                                 f"pass a file path\n")
     code, err = run(raiser(FileExistsError(errno.EEXIST, "File exists", path)), capsys)
     assert code == 2 and "already exists and is in the way" in err and "(given with --out)" in err
     assert "Errno" not in err

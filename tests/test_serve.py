@@ -178,7 +178,8 @@ def test_http_refusals_are_one_line_json(tiny, case, status, message):
 def test_own_origins_are_served(tiny):
     _, httpd = tiny
     port = httpd.server_address[1]
-    for extra in (f"Origin: http://127.0.0.1:{port}", f"Origin: http://localhost:{port}", "Sec-Fetch-Site: same-origin"):
+    for extra in (f"Origin: http://127.0.0.1:{port}", f"Origin: http://localhost:{port}",
+                  "Sec-Fetch-Site: same-origin"):
         assert raw_request(port, head(port, body=GOOD, extra=extra))[0] == 200
     assert raw_request(port, head(port, body=GOOD, host=f"localhost:{port}"))[0] == 200
 
@@ -216,6 +217,28 @@ def test_a_stalled_client_stalls_nobody_else(tiny):
     finally:
         silent.close()
         partial.close()
+
+
+def test_connections_over_the_limit_get_503_and_later_ones_are_served(tiny):
+    _, shared = tiny
+    httpd, url = start(shared.session, max_connections=2)
+    port = httpd.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # silent: each holds a slot
+    try:
+        time.sleep(0.3)  # accepted by the server loop
+        status, body = raw_request(port, head(port, method="GET /latents", length=None))
+        assert status == 503 and json.loads(body) == {"error": "too many open connections; retry in a moment"}
+    finally:
+        for sock in held:
+            sock.close()
+    for _ in range(50):  # the held slots are freed as their threads see the connections close
+        if raw_request(port, head(port, method="GET /latents", length=None))[0] == 200:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("slots were not freed")
+    httpd.shutdown()
+    httpd.server_close()
 
 
 def test_a_body_shorter_than_announced_is_400(tiny):
