@@ -318,6 +318,9 @@ def user_message(err: BaseException) -> str | None:
     raised while cleaning up, or as torch's and numpy's own messages)."""
     if any(_disk_full(e) for e in _chain(err, implicit=True)):
         return _disk_full_message(list(_chain(err, implicit=True)))
+    if isinstance(err, MemoryError) or _OUT_OF_MEMORY.search(str(err)):
+        return (f"out of memory ({_first_line(err)[:160]}); ask for less (a smaller batch, fewer tokens) "
+                f"or close what else is running")
     for cause in _chain(err, implicit=False):
         if isinstance(cause, OSError) and cause.errno is not None:
             return _os_message(cause)
@@ -344,6 +347,10 @@ def _first_line(err: BaseException) -> str:
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|file write failed|No space left on device")
 
 
+# torch's words for a failed allocation, on the CPU and on a GPU
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|CUDA out of memory|MPS backend out of memory")
+
+
 def _disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return True
@@ -351,10 +358,20 @@ def _disk_full(err: BaseException) -> bool:
 
 
 def _disk_full_message(chain: list[BaseException]) -> str:
-    file = next((e.filename for e in chain if isinstance(e, OSError) and e.filename), None)
+    file = _written_file(chain)
     where = f" writing {file}{_flag_hint(file)}" if file else ""
     return (f"the disk is full{where}: free some space, then rerun the same command; nothing already "
             f"written was lost (files are written whole or not at all) and the rerun resumes")
+
+
+def _written_file(chain: list[BaseException]) -> str | None:
+    """The file a failed write was for: the atomic writer's note ("while writing PATH"), else the
+    OSError's own file name."""
+    for err in chain:
+        for note in getattr(err, "__notes__", ()):
+            if note.startswith("while writing "):
+                return note.removeprefix("while writing ")
+    return next((e.filename for e in chain if isinstance(e, OSError) and e.filename), None)
 
 
 def _os_message(err: OSError) -> str:

@@ -163,3 +163,24 @@ def test_a_bug_keeps_its_traceback():
 def test_interrupted_says_a_rerun_resumes(capsys):
     code, err = run(raiser(KeyboardInterrupt()), capsys)
     assert code == 130 and "rerun the same command to resume" in err and err.count("\n") == 1
+
+
+def test_disk_full_inside_the_atomic_writer_names_the_target(tmp_path, capsys):
+    from atomic import open_atomic
+
+    target = tmp_path / "acts-00001.bin"
+
+    def main():
+        with open_atomic(target, "wb"):
+            raise OSError("176832 requested and 163840 written")  # numpy's tofile, errno-less
+    code, err = run(main, capsys)
+    assert code == 2 and err.startswith(f"error: the disk is full writing {target}:") and not target.exists()
+
+
+def test_out_of_memory_is_one_line(capsys):
+    import torch
+
+    def main():
+        torch.empty(1 << 62, dtype=torch.uint8)  # 4 EiB: refused at once
+    code, err = run(main, capsys)
+    assert code == 2 and err.startswith("error: out of memory (") and err.count("\n") == 1
