@@ -76,8 +76,11 @@ def main() -> None:
     cases_file, results_file = Path(sys.argv[1]), Path(sys.argv[2])
     parallel = int(sys.argv[sys.argv.index("--parallel") + 1]) if "--parallel" in sys.argv else 4
     sys.path.insert(0, str(ROOT))
-    for name in PRELOAD:
-        importlib.import_module(name)
+    for name in PRELOAD:  # only to save time: a case imports what is missing here itself
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
     cases = json.loads(cases_file.read_text())
     folder = Path(tempfile.mkdtemp(prefix="forkrun-"))
     pending, running, results = list(cases), {}, {}
@@ -90,7 +93,10 @@ def main() -> None:
             now = time.monotonic()
             for child, (case, began) in running.items():
                 if now - began > case.get("timeout", 120):
-                    os.killpg(child, signal.SIGKILL)  # it and anything it started
+                    try:
+                        os.killpg(child, signal.SIGKILL)  # it and anything it started
+                    except ProcessLookupError:  # gone already, to be reaped next
+                        pass
             time.sleep(0.02)
             continue
         case, began = running.pop(pid)

@@ -253,6 +253,8 @@ def can_mount_tmpfs(probe: Path) -> str:
     """'' when a tmpfs can be mounted here, else why not."""
     if os.geteuid() != 0:
         return "disk-full cases mount a small tmpfs, which needs root"
+    if not shutil.which("mount"):
+        return "disk-full cases mount a small tmpfs, and there is no mount command here"
     probe.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(probe)], capture_output=True,
                           text=True)
