@@ -248,18 +248,7 @@ def test_a_body_shorter_than_announced_is_400(tiny):
     assert status == 400 and b"ended after 2 of the 100 bytes" in body
 
 
-def test_no_sae_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "serve.py", "--sae", str(tmp_path / "none")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "no trained SAE there" in result.stderr and "pipeline.py" in result.stderr
-
-
-def test_missing_explanations_file_is_an_error(sae_dir, tmp_path):
-    result = subprocess.run([sys.executable, "serve.py", "--sae", str(sae_dir), "--explanations",
-                             str(tmp_path / "missing.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("error: --explanations ") and "missing.json" in result.stderr
+# A missing SAE, a missing --explanations file and other bad flags: tests/test_bad_inputs.py.
 
 
 def test_ctrl_c_stops_cleanly(sae_dir):
