@@ -20,8 +20,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception):  # named in the one-line error cli.run_main prints (a full disk...)
+            err.add_note(f"while writing {path}")
         raise
 
 

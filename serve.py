@@ -4,46 +4,91 @@ read the unsteered and the steered completion side by side.
     python serve.py                       # the pipeline's SAE; open http://127.0.0.1:8765
     python serve.py --sae runs/my-sae --port 8000 --mode sae
 
-Standard library only (http.server), bound to 127.0.0.1 and so reachable from this machine alone;
-requests are answered one at a time. The page calls two JSON endpoints a script can use too:
-GET /latents (index and explanation of each explained latent) and POST /generate with
-{"prompt": str, "steers": [[latent, value], ...], "mode": str, "max_new_tokens": int}, which returns
-{"unsteered": str, "steered": str} or, for a bad request, status 400 and {"error": one line}.
-Steering means what it means in generate.py (see docs/generate.md): the same modes, the same VALUE.
+The page calls two JSON endpoints a script can use too: GET /latents (index and explanation of each
+explained latent) and POST /generate with {"prompt": str, "steers": [[latent, value], ...], "mode": str,
+"max_new_tokens": int}, which returns {"unsteered": str, "steered": str}. Every refusal is one line of
+JSON, {"error": "..."}, with its HTTP status. Steering means what it means in generate.py (see
+docs/generate.md): the same modes, the same VALUE.
+
+The server is the standard library's ThreadingHTTPServer, bound to 127.0.0.1: one page and two JSON
+endpoints need no framework, and the project installs nothing beyond torch for them. What a framework
+would bring is done here, in a few lines each:
+  - every connection has its own thread and every read a timeout, so a client that sends nothing, or
+    fewer bytes than it announced, stalls only itself (at most MAX_CONNECTIONS are open at once);
+  - generations run one at a time under a lock (torch already uses every core for one); each request
+    builds its own steering, and nothing else a request could change is shared;
+  - a body needs a Content-Length (411) that is a whole number (400) of at most MAX_BODY_BYTES (413),
+    and JSON nested deeper than MAX_JSON_DEPTH is refused (400) before it is parsed;
+  - the Host header must be 127.0.0.1 or localhost (a web page cannot reach the server through a DNS
+    name rebound to 127.0.0.1), and a POST from another origin is refused (403): a page open in a
+    browser cannot make the server generate.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import cli
 import paths
 import runtime
 
-MAX_NEW_TOKENS = 256  # per request: one request holds the server
+MAX_NEW_TOKENS = 256       # per request: a generation holds the model
+MAX_BODY_BYTES = 1 << 20   # a prompt longer than any model's context fits well within it
+MAX_JSON_DEPTH = 16        # a request is two levels deep; Python's parser recurses per level
+READ_TIMEOUT_S = 5.0       # default for the request line and headers, and for the whole body
+MAX_CONNECTIONS = 32
+REQUEST_FIELDS = ("prompt", "steers", "mode", "max_new_tokens")
 
 
 @dataclass
 class ServeConfig:
     sae: str = field(default=str(paths.DEFAULT_SAE_DIR), metadata={"help": "SAE folder whose latents are steered"})
     model: str = field(default="", metadata={"help": "GGUF file, Meta or HF folder (default: SmolLM2-135M-Instruct)"})
-    explanations: str = field(default=str(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json"),
-                              metadata={"help": "interpret.py's latent_index_meaning.json (latents to pick from)"})
+    explanations: str = field(default="", metadata={
+        "help": "interpret.py's latent_index_meaning.json, the latents to pick from (default: the pipeline's "
+                f"{paths.DEFAULT_INTERPRET_DIR / 'latent_index_meaning.json'} when it exists)"})
     mode: str = field(default="direction", metadata={"help": "steering mode preselected on the page: "
                                                              "direction, sae or clamp"})
-    port: int = field(default=8765, metadata={"help": "port on 127.0.0.1"})
+    port: int = field(default=8765, metadata={"help": "port on 127.0.0.1 (0: any free one)"})
     device: str = runtime.device_field()
     model_dtype: str = runtime.model_dtype_field()
 
 
+class RequestError(ValueError):
+    """A refused request: its HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Job(NamedTuple):
+    """A checked /generate request."""
+
+    tokens: list[int]  # the prompt, encoded as the SAE's training text was
+    steers: list       # sae.steering.Steer
+    mode: str
+    max_new_tokens: int
+
+
 class SteeringSession:
-    """A loaded model and SAE, answering steering requests (the logic behind the page, no HTTP)."""
+    """A loaded model and SAE, answering steering requests (the logic behind the page, no HTTP).
+
+    `complete` may be called from many threads: requests are checked in parallel, generations run one
+    at a time under the session's lock."""
 
     def __init__(self, loaded, sae, explanations: dict[int, str], default_mode: str = "direction"):
         self.loaded, self.sae, self.explanations, self.default_mode = loaded, sae, explanations, default_mode
+        self._lock = threading.Lock()  # the model, its caches and the SAE are shared by all requests
 
     def latents(self) -> list[dict]:
         return [{"index": i, "explanation": text} for i, text in sorted(self.explanations.items())]
@@ -51,82 +96,274 @@ class SteeringSession:
     def complete(self, request: dict) -> dict:
         """{"prompt", "steers", "mode", "max_new_tokens"} -> {"unsteered", "steered"} texts; ValueError
         (one line) for a bad request."""
-        from generate import encode_prompt
-        from llama import generate
-        from sae.steering import MODES, Steering, check_steers, parse_steer
+        from sae.steering import Steering
 
+        job = self.check(request)
+        runs = {"unsteered": Steering(self.sae, [], "sae" if job.mode == "sae" else "direction"),
+                "steered": Steering(self.sae, job.steers, job.mode)}
+        with self._lock:
+            return {label: self._generate(job, steering) for label, steering in runs.items()}
+
+    def _generate(self, job: Job, steering) -> str:
+        from llama import generate
+
+        tokenizer = self.loaded.tokenizer
+        out = generate(self.loaded.model, tokenizer, [job.tokens], max_new_tokens=job.max_new_tokens,
+                       injections={self.sae.cfg.hook_name: steering})
+        return tokenizer.decode(out[0])
+
+    def check(self, request: dict) -> Job:
+        """The request's fields checked against the SAE and the model's context; one-line ValueError."""
+        from llama.tokenizers.chat import encode_prompt
+        from sae.steering import MODES
+
+        unknown = sorted(set(request) - set(REQUEST_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; send {', '.join(REQUEST_FIELDS)}")
         prompt, mode = request.get("prompt"), request.get("mode", self.default_mode)
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt: give some text to continue")
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
         max_new = request.get("max_new_tokens", 48)
-        if not isinstance(max_new, int) or not 1 <= max_new <= MAX_NEW_TOKENS:
+        if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens {max_new!r}: a whole number from 1 to {MAX_NEW_TOKENS}")
-        steers = request.get("steers", [])
+        steers = self._steers(request.get("steers", []))
+        cfg = self.sae.cfg
+        tokens = encode_prompt(self.loaded.tokenizer, prompt, chat=cfg.chat, bos=cfg.prepend_bos)
+        context = self.loaded.args.max_seq_len
+        if len(tokens) + max_new > context:
+            raise ValueError(f"prompt ({len(tokens)} tokens) and max_new_tokens ({max_new}) exceed the model's "
+                             f"context of {context} tokens; shorten the prompt or ask for fewer tokens")
+        return Job(tokens, steers, mode, max_new)
+
+    def _steers(self, steers) -> list:
+        from sae.steering import check_steers, parse_steer
+
         if not isinstance(steers, list) or not all(isinstance(s, list) and len(s) == 2 for s in steers):
             raise ValueError("steers: a list of [latent, value] pairs")
+        if any(isinstance(x, (bool, str)) for pair in steers for x in pair):
+            raise ValueError("steers: latents and values are numbers, e.g. [[11, 40]]")
         try:
             parsed = [parse_steer(f"{latent}:{value}") for latent, value in steers]
             check_steers(parsed, self.sae.cfg.d_sae)
         except ValueError as err:  # the messages name the command-line flag
             raise ValueError(str(err).replace("--steer ", "steer ", 1)) from None
-        cfg, tokenizer = self.sae.cfg, self.loaded.tokenizer
-        tokens = encode_prompt(tokenizer, prompt, chat=cfg.chat, bos=cfg.prepend_bos)
-        runs = {"unsteered": Steering(self.sae, [], "sae" if mode == "sae" else "direction"),
-                "steered": Steering(self.sae, parsed, mode)}
-        return {label: tokenizer.decode(generate(self.loaded.model, tokenizer, [tokens], max_new_tokens=max_new,
-                                                 injections={cfg.hook_name: steering})[0])
-                for label, steering in runs.items()}
+        return parsed
 
 
-def make_handler(session: SteeringSession) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/":
-                self._send(200, PAGE.replace("__MODE__", session.default_mode).encode(), "text/html; charset=utf-8")
-            elif self.path == "/latents":
-                self._json(200, session.latents())
-            else:
-                self._json(404, {"error": f"{self.path}: not found; the page is at /"})
+def parse_body(raw: bytes) -> dict:
+    """A request body -> its JSON object; RequestError (400) for anything else."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, "the body is not UTF-8 text; send a JSON object") from None
+    if json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise RequestError(400, f"the body nests JSON more than {MAX_JSON_DEPTH} levels deep; send a flat "
+                                f"object like {{\"prompt\": \"...\", \"steers\": [[11, 40]]}}")
+    try:
+        request = json.loads(text or "{}", parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        raise RequestError(400, f"the body is not JSON ({err.msg})") from None
+    if not isinstance(request, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return request
 
-        def do_POST(self):
-            if self.path != "/generate":
-                self._json(404, {"error": f"{self.path}: not found; POST to /generate"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-                request = json.loads(self.rfile.read(length) or b"{}", parse_constant=_refuse_constant)
-                if not isinstance(request, dict):
-                    raise ValueError("the body must be a JSON object")
-                self._json(200, session.complete(request))
-            except json.JSONDecodeError as err:
-                self._json(400, {"error": f"the body is not JSON ({err.msg})"})
-            except ValueError as err:
-                self._json(400, {"error": str(err).splitlines()[0]})
 
-        def _json(self, status: int, data) -> None:
-            self._send(status, json.dumps(data).encode(), "application/json")
-
-        def _send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format, *args):  # one short line per request instead of http.server's
-            print(f"{self.command} {self.path} -> {args[1] if len(args) > 1 else ''}", flush=True)
-
-    return Handler
+def json_depth(text: str, stop: int) -> int:
+    """How deep brackets nest in JSON text (brackets inside strings do not count), scanning no further
+    than the first level past `stop` (0 when there are no more brackets than `stop` in all). Python's json
+    parser recurses once per level, so this runs first."""
+    if text.count("[") + text.count("{") <= stop:  # the common case, without a Python loop
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > stop:
+                break
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a steering value; use a finite number")
 
 
-def load_session(cfg: ServeConfig) -> SteeringSession:
-    from generate import read_explanations
+class Handler(BaseHTTPRequestHandler):
+    """One connection: HTTP/1.0, one request, every answer JSON except the page itself."""
+
+    server: "SteeringServer"
+
+    def setup(self):
+        self.timeout = self.server.read_timeout  # on the socket: a silent client times out, not holds its thread
+        super().setup()
+
+    def do_GET(self):
+        if not self._host_allowed():
+            return
+        if self.path == "/":
+            page = PAGE.replace("__MODE__", self.server.session.default_mode).encode()
+            self._send(200, page, "text/html; charset=utf-8")
+        elif self.path == "/latents":
+            self._json(200, self.server.session.latents())
+        else:
+            self._error(404, f"{self.path}: not found; the page is at /")
+
+    def do_POST(self):
+        if not (self._host_allowed() and self._origin_allowed()):
+            return
+        if self.path != "/generate":
+            self._error(404, f"{self.path}: not found; POST to /generate")
+            return
+        try:
+            reply = self.server.session.complete(parse_body(self._read_body()))
+        except RequestError as err:
+            self._error(err.status, str(err))
+        except ValueError as err:
+            self._error(400, _one_line(err))
+        except Exception as err:  # a failure of the model, not of the request: say so, keep serving
+            self.log_message("generation failed: %s: %s", type(err).__name__, _one_line(err))
+            self._error(500, f"generation failed ({type(err).__name__}: {_one_line(err)})")
+        else:
+            self._json(200, reply)
+
+    def _host_allowed(self) -> bool:
+        """DNS rebinding guard: a page of another site reaching 127.0.0.1 under its own name is refused."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host in self.server.hosts:
+            return True
+        self._error(403, f"Host {host!r}: this server answers to {self.server.origins[0][7:]} only (open "
+                         f"{self.server.origins[0]}/)" if host else "no Host header; send Host: 127.0.0.1")
+        return False
+
+    def _origin_allowed(self) -> bool:
+        """A browser names the page a POST comes from; only this server's own page may generate."""
+        origin = self.headers.get("Origin")
+        site = self.headers.get("Sec-Fetch-Site", "same-origin")
+        if (origin is None or origin.lower() in self.server.origins) and site in ("same-origin", "none"):
+            return True
+        self._error(403, f"Origin {origin!r}: cross-origin requests are refused; use the page at "
+                         f"{self.server.origins[0]}/")
+        return False
+
+    def _read_body(self) -> bytes:
+        """The body of the announced length, read within the read timeout; RequestError otherwise."""
+        length = self._content_length()
+        limit = self.server.read_timeout
+        deadline, chunks, left = time.monotonic() + limit, [], length
+        while left:
+            try:
+                chunk = self.rfile.read1(left)
+            except TimeoutError:
+                chunk = None
+            if chunk is None or time.monotonic() > deadline:
+                raise RequestError(408, f"the body did not arrive within {limit:g} s "
+                                        f"({length - left} of {length} bytes)")
+            if not chunk:
+                raise RequestError(400, f"the body ended after {length - left} of the {length} bytes announced")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _content_length(self) -> int:
+        if self.headers.get("Transfer-Encoding"):
+            raise RequestError(411, "Transfer-Encoding is not supported; send the body with a Content-Length")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            raise RequestError(411, "no Content-Length; send the JSON body with its length")
+        if len(set(v.strip() for v in values)) > 1:
+            raise RequestError(400, "conflicting Content-Length headers; send one")
+        text = values[0].strip()
+        if not re.fullmatch(r"[0-9]{1,18}", text):
+            raise RequestError(400, f"Content-Length {text[:20]!r}: must be a whole number of bytes")
+        if int(text) > MAX_BODY_BYTES:
+            raise RequestError(413, f"the body ({int(text)} bytes) is over the limit of {MAX_BODY_BYTES} bytes")
+        return int(text)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a malformed request line, long headers, an unknown method) as JSON too."""
+        self._error(code, message or HTTPStatus(code).phrase)
+
+    def _error(self, status: int, message: str) -> None:
+        self.close_connection = True  # the rest of a refused request is not read
+        self._json(status, {"error": message})
+
+    def _json(self, status: int, data) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client left; nothing to tell it
+            self.close_connection = True
+
+    def log_request(self, code="-", size="-"):  # one short line per request
+        print(f"{self.command or '-'} {self.path if self.command else ''} -> {int(code)}", flush=True)
+
+    def log_message(self, format, *args):
+        print(f"{self.client_address[0]}: {format % args}", file=sys.stderr, flush=True)
+
+
+class SteeringServer(ThreadingHTTPServer):
+    """The steering session behind an HTTP server on 127.0.0.1 (port 0: any free one); the session may be
+    set after the port is bound (connections wait in the listen queue until `serve_forever`)."""
+
+    daemon_threads = True  # Ctrl-C does not wait for clients that are still connected
+
+    def __init__(self, session: SteeringSession | None, port: int = 0, *, read_timeout: float = READ_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.session, self.read_timeout = session, read_timeout
+        port = self.server_address[1]
+        self.hosts = {f"{name}{suffix}" for name in ("127.0.0.1", "localhost") for suffix in ("", f":{port}")}
+        self.origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        if self._slots.acquire(blocking=False):
+            super().process_request(request, client_address)
+            return
+        try:  # too many open connections: a short refusal, no thread
+            request.settimeout(1.0)
+            request.sendall(b'HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n'
+                            b'{"error": "too many open connections; retry in a moment"}')
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_flags(cfg: ServeConfig) -> tuple[Path, dict[int, str], "torch.device"]:
+    """Everything that can be checked before the model is loaded: SAE folder, explanations, device."""
+    from latents.explanations import read_explanations
     from sae.steering import MODES
 
     if cfg.mode not in MODES:
@@ -137,23 +374,35 @@ def load_session(cfg: ServeConfig) -> SteeringSession:
     if not (sae_dir / "config.json").is_file():
         raise cli.UsageError(f"--sae {sae_dir}: no trained SAE there; run `python pipeline.py` (or capture.py "
                              f"then train.py), or pass --sae FOLDER")
-    device = runtime.resolve_device(cfg.device)
+    try:  # the pipeline's table when there is one; a file named with --explanations must exist
+        explanations = (read_explanations(Path(cfg.explanations)) if cfg.explanations else
+                        read_explanations(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json", missing_ok=True))
+    except (FileNotFoundError, ValueError) as err:
+        raise cli.UsageError(f"--explanations {err}") from None
+    return sae_dir, explanations, runtime.resolve_device(cfg.device)
+
+
+def load_session(cfg: ServeConfig) -> SteeringSession:
+    sae_dir, explanations, device = check_flags(cfg)
     loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
     sae = runtime.load_sae_for(sae_dir, loaded, device=device)
-    return SteeringSession(loaded, sae, read_explanations(Path(cfg.explanations)), cfg.mode)
+    return SteeringSession(loaded, sae, explanations, cfg.mode)
 
 
 def main() -> None:
     cfg, _ = cli.parse_config(ServeConfig, __doc__.split("\n\n")[0])
-    session = load_session(cfg)
-    try:
-        server = HTTPServer(("127.0.0.1", cfg.port), make_handler(session))
+    check_flags(cfg)
+    try:  # the port before the model: a taken port is said at once, not after loading
+        server = SteeringServer(None, cfg.port)
     except OSError as err:
         raise cli.UsageError(f"--port {cfg.port}: cannot listen there ({err.strerror}); choose another") from None
-    print(f"steering page at http://127.0.0.1:{server.server_address[1]}/ ({len(session.explanations)} explained "
-          f"latents of {session.sae.cfg.d_sae}); Ctrl-C stops it", flush=True)
     try:
+        server.session = session = load_session(cfg)
+        print(f"steering page at {server.origins[0]}/ ({len(session.explanations)} explained latents of "
+              f"{session.sae.cfg.d_sae}); Ctrl-C stops it", flush=True)
         server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
     finally:
         server.server_close()
 

@@ -95,3 +95,12 @@ def default_system_prompt(chat_template: str | None) -> str | None:
         return None
     match = re.search(r"'<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", chat_template, re.DOTALL)
     return match.group(1) if match else None
+
+
+def encode_prompt(tokenizer: Tokenizer, text: str, *, chat: bool, bos: bool) -> list[int]:
+    """Tokens of a prompt formatted as an SAE's training text was: as a user message of the chat template
+    (`chat`) or plain, with BOS first (`bos`) or not (the SAE config's `chat` and `prepend_bos`)."""
+    ids = tokenizer.encode_chat([{"role": "user", "content": text}]) if chat else tokenizer.encode(text)
+    if bos and ids[:1] != [tokenizer.bos_id]:
+        ids = [tokenizer.bos_id, *ids]
+    return ids

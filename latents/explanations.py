@@ -1,0 +1,25 @@
+"""Reading interpret.py's `latent_index_meaning.json`: latent index -> a short explanation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_explanations(path: Path, *, missing_ok: bool = False, width: int = 40) -> dict[int, str]:
+    """latent -> explanation (cut to `width` characters) of every explained latent in the table.
+
+    A missing file is a one-line FileNotFoundError, or {} with `missing_ok`; a file that is not such a
+    table is a one-line ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return {}
+        raise FileNotFoundError(f"{path}: no latent explanation table there; run interpret.py (it writes "
+                                f"latent_index_meaning.json) or pass the file it wrote")
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        return {int(k): str(v.get("common_semantic", ""))[:width] for k, v in table.items()
+                if isinstance(v, dict) and v.get("common_semantic")}
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+        raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None
