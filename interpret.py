@@ -40,7 +40,7 @@ from latents.scoring import score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from sae.io import load_sae
-from training.distributed import pick_device
+from runtime import resolve_device
 
 log = logging.getLogger("interpret")
 
@@ -96,7 +96,7 @@ def main() -> None:
 
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cli.save_config(cfg, out / "config.json")
