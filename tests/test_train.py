@@ -51,10 +51,10 @@ def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, data, monkeyp
 
     real_step = train.train_step
 
-    def crashing_step(run, x):
-        if run.state.step == crash_after:
+    def crashing_step(trainer, state, x, **kwargs):
+        if state.step == crash_after:
             raise RuntimeError("simulated crash")
-        return real_step(run, x)
+        return real_step(trainer, state, x, **kwargs)
 
     monkeypatch.setattr(train, "train_step", crashing_step)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -17,10 +17,11 @@ from typing import Any
 
 import cli
 import paths
+import runtime
 from sae.config import ACTIVATIONS, NORMALIZATIONS
 
 SCHEDULES = ("cosine", "linear", "constant")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+AUTOCAST = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --autocast -> torch dtype name
 
 # The reference design's settings (seeds/002: d 3072, 65536 latents, 8 GPUs, ~7B activations).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -88,7 +89,10 @@ class TrainConfig:
     overwrite: bool = _f(False, "start afresh in a run folder that holds an earlier run, deleting its "
                                 "checkpoints and metrics")
     seed: int = _f(0, "seed for the initialisation and the batch order")
-    device: str = _f("auto", "device; under torchrun each rank takes its local GPU", choices=list(DEVICES))
+    device: str = runtime.device_field()
+    autocast: str = _f("none", "mixed precision: run the SAE's matmuls in bf16 or fp16 under torch.autocast "
+                               "while weights, Adam states and the decoder upkeep stay float32 (fp16 adds "
+                               "loss scaling)", choices=list(AUTOCAST))
     wandb_project: str = _f("", "mirror metrics to this Weights & Biases project (needs wandb)")
     tensorboard: bool = _f(False, "mirror metrics to TensorBoard in <out>/tensorboard (needs tensorboard)")
 
@@ -117,10 +121,28 @@ class TrainConfig:
         if self.epochs == 0 and self.max_steps == 0:
             raise cli.UsageError("give --epochs or --max-steps greater than 0")
         for name, allowed in (("preset", PRESETS), ("activation", ACTIVATIONS),
-                              ("normalization", NORMALIZATIONS), ("schedule", SCHEDULES), ("device", DEVICES)):
+                              ("normalization", NORMALIZATIONS), ("schedule", SCHEDULES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise cli.UsageError(f"--{_flag(name)} must be one of {', '.join(allowed)}, "
                                      f"got {getattr(self, name)!r}")
+        if self.d_sae:
+            self.sae_width(d_in=0)  # the --k / --k-aux bounds, before any data is read
+
+    def sae_width(self, d_in: int) -> int:
+        """d_sae for inputs of width `d_in`: --d-sae, else --expansion x d_in; UsageError naming the flags
+        when --k or --k-aux exceeds it."""
+        width = self.d_sae or self.expansion * d_in
+        source = f"--d-sae {self.d_sae}" if self.d_sae else f"d_sae = --expansion {self.expansion} x d_in {d_in}"
+        for name in ("k", "k_aux"):
+            if getattr(self, name) > width:
+                raise cli.UsageError(f"--{_flag(name)} {getattr(self, name)} must not exceed {source}"
+                                     f"{'' if self.d_sae else f' = {width}'}; lower --{_flag(name)} or "
+                                     f"raise {'--d-sae' if self.d_sae else '--expansion'}")
+        return width
+
+    def dead_steps(self, global_batch: int) -> int:
+        """Steps without firing after which a latent counts as dead (--dead-after-tokens in steps)."""
+        return max(1, math.ceil(self.dead_after_tokens / global_batch))
 
     @property
     def data_dir(self) -> Path:
