@@ -100,10 +100,11 @@ def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
         return train(cfg, dist, train_data, val_data)
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{err}; stopped without saving this step, {last_good(cfg.out_dir)}") from None
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
             raise
-        raise DiskFullError(errno.ENOSPC, disk_full_message(err, cfg.out_dir)) from None
+        raise DiskFullError(errno.ENOSPC, disk_full_message(full, cfg.out_dir)) from None
     finally:
         runtime.destroy_distributed()
 
@@ -307,6 +308,18 @@ def last_good(out: Path) -> str:
     """'the last good checkpoint is <path>', or that none was written, for messages that stop a run."""
     good = [path for _, path in reversed(list_checkpoints(checkpoint_dir(out))) if loads(path)]
     return f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
+
+
+def disk_full(err: BaseException | None) -> OSError | None:
+    """The ENOSPC error behind `err`, if any: torch.save reports a full disk as a RuntimeError of its zip
+    writer raised while handling the OSError, so the whole chain is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def disk_full_message(err: OSError, out: Path) -> str:
