@@ -466,3 +466,21 @@ def test_k_beyond_the_width_names_the_flags(tmp_path, batches_folder, capsys):
                          "--expansion", "2"], capsys)
     assert code == 2 and "--k 40 must not exceed d_sae = --expansion 2 x d_in 16 = 32" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_mixed_precision_reaches_the_float32_fvu_with_float32_master_weights(tmp_path):
+    rows = planted_batches(16, 64, seed=5)  # validation from the same planted dictionary as training
+    train_data, val_data = Batches(rows[:12], stats=rows.stats), Batches(rows[12:])
+    fvu = {}
+    for precision in ("none", "bf16", "fp16"):
+        cfg = small_config(tmp_path / precision, max_steps=120, log_every=20, val_every=120, checkpoint_every=0,
+                           autocast=precision)
+        train.main(cfg, train_data=train_data, val_data=val_data)
+        fvu[precision] = [r for r in read_metrics(tmp_path / precision / "metrics.jsonl") if r["split"] == "val"][-1]["fvu"]
+        payload = load_checkpoint(list_checkpoints(tmp_path / precision / "checkpoints")[-1][1])
+        adam = payload["optimizer"]["state"][0]
+        assert payload["sae"]["W_enc"].dtype == adam["exp_avg"].dtype == adam["exp_avg_sq"].dtype == torch.float32
+    assert fvu["none"] < 0.5  # trained well past predicting the mean, so the comparison means something
+    for precision in ("bf16", "fp16"):
+        assert abs(fvu[precision] - fvu["none"]) <= 0.02 * fvu["none"], fvu
+    assert bool(load_checkpoint(list_checkpoints(tmp_path / "fp16" / "checkpoints")[-1][1])["scaler"])
