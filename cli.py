@@ -316,6 +316,8 @@ def user_message(err: BaseException) -> str | None:
 
     A full disk is recognised anywhere in the chain (a failed write often surfaces as another error
     raised while cleaning up, or as torch's and numpy's own messages)."""
+    if isinstance(err, OSError) and err.errno and err.strerror and err.strerror != os.strerror(err.errno):
+        return _os_message(err)  # a script's own message for a system error (it knows what was kept)
     if any(_disk_full(e) for e in _chain(err, implicit=True)):
         return _disk_full_message(list(_chain(err, implicit=True)))
     if isinstance(err, MemoryError) or _OUT_OF_MEMORY.search(str(err)):

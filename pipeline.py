@@ -32,7 +32,8 @@ from atomic import write_text_atomic
 from capture import CaptureConfig
 from generate import GenerateConfig
 from interpret import InterpretConfig
-from training.config import DEVICES, TrainConfig
+from sae.config import SAEConfig
+from training.config import TrainConfig
 
 log = logging.getLogger("pipeline")
 ROOT = Path(__file__).resolve().parent
@@ -60,7 +61,7 @@ class PipelineConfig:
     sample_fraction: float = borrowed(CaptureConfig, "sample_fraction", default=0.12)
     max_total_tokens: int = borrowed(CaptureConfig, "max_total_tokens")
     expansion: int = borrowed(TrainConfig, "expansion")
-    k: int = borrowed(TrainConfig, "k")
+    k: int = borrowed(SAEConfig, "k")
     epochs: float = borrowed(TrainConfig, "epochs")
     max_latents: int = borrowed(InterpretConfig, "max_latents", default=1024)
     eval_sentences: int = borrowed(InterpretConfig, "eval_sentences", default=200)
@@ -83,9 +84,9 @@ def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, An
                                  out=str(folders["capture"]), sample_fraction=cfg.sample_fraction,
                                  max_total_tokens=cfg.max_total_tokens, prebatch=True,
                                  batches_out=str(folders["batches"]), bos=True),
-        "train": TrainConfig(data=str(folders["batches"] / cfg.hook), out=str(folders["train"]),
+        "train": TrainConfig.of(data=str(folders["batches"] / cfg.hook), out=str(folders["train"]),
                              expansion=cfg.expansion, k=cfg.k, epochs=cfg.epochs, resume=True,
-                             device=cfg.device if cfg.device in DEVICES else "auto"),
+                             device=cfg.device),
         "interpret": InterpretConfig(**model, sae=str(sae_dir), capture_dir=str(folders["capture"] / cfg.hook),
                                      out=str(folders["interpret"]), max_latents=cfg.max_latents,
                                      eval_sentences=cfg.eval_sentences, batches_dir=str(folders["batches"])),

@@ -4,78 +4,77 @@
     python train.py --k 64 --epochs 5 --out runs/k64
     python train.py --preset reference                # the reference design's settings
     python train.py --resume                          # continue the run in runs/train
+    python train.py --autocast bf16                   # bf16 matmuls, float32 weights and Adam states
     torchrun --nproc_per_node 4 train.py ...          # data parallel (NCCL on GPUs, Gloo on CPUs)
 
-`main(cfg)` reads top to bottom: process group, run folder, data, model, optimiser, resume, loop, save.
-Each rank reads its own share of the batches (`training.data`); the SAE and its loss sit behind one
-DistributedDataParallel wrapper (`training.objective`). After every backward pass (where DDP averages
-the gradients) the decoder gradient loses its component along each decoder row, and after every
-optimiser step the rows are set back to unit norm.
+`train(cfg, ...)` reads top to bottom: data, every check of the run folder (nothing is written until all
+have passed), model, optimiser, resume, run folder, loop, save. What a checkpoint restores lives in
+`TrainState` and the state dicts of the SAE, the optimiser, the schedule and the loss scaler; the rest
+are locals. Each rank reads its own share of the batches (`training.data`); the SAE and its loss sit
+behind one DistributedDataParallel wrapper (`training.objective`). After every backward pass (where DDP
+averages the gradients) the decoder gradient loses its component along each decoder row, and after
+every optimiser step the rows are set back to unit norm.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import cli
+import runtime
+from runtime import DistInfo
 from sae.config import SAEConfig
 from sae.io import save_sae
 from sae.model import SparseAutoencoder
 from training import distributed
-from training.checkpoint import checkpoint_dir, list_checkpoints, load_latest, save_checkpoint as write_checkpoint
-from training.config import TrainConfig, parse_train_config
+from training.checkpoint import checkpoint_dir, list_checkpoints, load_latest, loads
+from training.checkpoint import save_checkpoint as write_checkpoint
+from training.config import AUTOCAST, TrainConfig, flatten, parse_train_config
 from training.curves import write_curves
-from training.data import RankShare, Rebatched, data_stats, normalized_mean
-from training.distributed import DistInfo
-from training.metrics import MetricsLogger, decoder_orthogonality, read_metrics, truncate_metrics
-from training.objective import SAEObjective, StepOutput
+from training.data import RankShare, Rebatched, data_identity, data_stats, identity_mismatch, normalized_mean
+from training.metrics import MetricsLogger, decoder_orthogonality, read_metrics, require_mirrors, truncate_metrics
+from training.objective import SAEObjective
 from training.state import TrainState
 
 log = logging.getLogger("train")
 ORTHO_ROWS = 2048  # decoder rows sampled for the orthogonality figure (all of them when fewer)
-WINDOW_KEYS = ("loss", "mse", "nmse", "aux_mse", "fvu", "l0", "grad_norm")  # averaged between records
 RESUME_MUST_MATCH = ("d_sae", "expansion", "k", "activation", "normalization", "batch_size", "seed")
 
 
 class NonFiniteLossError(ValueError):
-    """The loss or its gradient became NaN or infinite; the run stops without saving that step."""
+    """The loss, its gradient or a validation figure became NaN or infinite; the run stops without
+    saving that step."""
 
 
-@dataclass
-class Run:
-    """The objects one training run works with (their states are what a checkpoint holds)."""
+class DiskFullError(OSError):
+    """The disk filled up while the run wrote a file; what was written before is intact."""
 
-    cfg: TrainConfig
-    dist: DistInfo
-    out: Path
-    share: RankShare
-    val_data: Sequence[torch.Tensor] | None
+
+@dataclass(frozen=True)
+class Trainer:
+    """The SAE and what updates it, built once and never reassigned. Their state dicts, with the
+    `TrainState`, are what a checkpoint holds."""
+
     sae: SparseAutoencoder
-    objective: SAEObjective                       # unwrapped: checkpoints, evaluation
-    model: torch.nn.Module                        # what training calls: the DDP wrapper, or the objective
+    objective: SAEObjective                      # unwrapped: checkpoints and evaluation call it
+    model: nn.Module                             # what training calls: the DDP wrapper, or the objective
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    state: TrainState
-    total_steps: int
-    global_batch: int                             # activations per step, all ranks
-    dead_steps: int                               # silent this many steps = dead
-    ortho_rows: torch.Tensor                      # decoder rows sampled for the orthogonality figure
-    logger: MetricsLogger | None = None           # rank 0 only
-    window: torch.Tensor | None = None            # (len(WINDOW_KEYS),) sums since the last train record
-    window_steps: int = 0
-    window_seconds: float = 0.0                   # time spent in those steps (validation, checkpoints excluded)
+    scaler: torch.amp.GradScaler                 # fp16 loss scaling; a pass-through when disabled
 
 
 def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -92,68 +91,49 @@ def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))
 
 
-def main(cfg: TrainConfig, *, train_data: Sequence[torch.Tensor] | None = None,
-         val_data: Sequence[torch.Tensor] | None = None) -> Path:
+def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
+         val_data: Sequence[Tensor] | None = None) -> Path:
     """Train an SAE as `cfg` says; returns the folder of the saved SAE. `train_data` / `val_data` (any
     sequences of float32 (batch, d_in) tensors) replace the batches folder `cfg.data` when given."""
-    dist = distributed.init_distributed(cfg.device)
-    run = None
+    dist = runtime.init_distributed(cfg.device)
     try:
-        out = cfg.out_dir
-        prepare_run_folder(cfg, dist, out)
-        torch.manual_seed(cfg.seed)  # the same initial SAE on every rank (DDP also broadcasts rank 0's)
-
-        # Data: this rank's share of the training batches; validation batches, if any.
-        train_data, val_data = open_data(cfg, train_data, val_data)
-        share = RankShare(train_data, dist.rank, dist.world_size, cfg.seed)
-        total_steps = share.total_steps(cfg.epochs, cfg.max_steps)
-        global_batch = train_data[0].shape[0] * dist.world_size
-
-        # Model, optimiser, schedule, loop state.
-        sae = build_sae(cfg, train_data, dist.device)
-        objective = SAEObjective(sae, aux_gate=cfg.aux_gate)
-        optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
-                                      betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
-        state = TrainState(sae.cfg.d_sae).to(dist.device)
-        rows = torch.randperm(sae.cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed))[:ORTHO_ROWS]
-        run = Run(cfg=cfg, dist=dist, out=out, share=share, val_data=val_data, sae=sae, objective=objective,
-                  model=objective, optimizer=optimizer, scheduler=scheduler, state=state, total_steps=total_steps,
-                  global_batch=global_batch, dead_steps=max(1, math.ceil(cfg.dead_after_tokens / global_batch)),
-                  ortho_rows=rows.to(dist.device), window=torch.zeros(len(WINDOW_KEYS), device=dist.device))
-
-        # Resume, then wrap for data parallelism (DDP broadcasts rank 0's weights once more).
-        if cfg.resume:
-            resume(run)
-        if dist.distributed:
-            run.model = DistributedDataParallel(objective, broadcast_buffers=False,
-                                                device_ids=[dist.device] if dist.device.type == "cuda" else None)
-
-        train_loop(run)
-        return finish(run)
+        return train(cfg, dist, train_data, val_data)
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(f"{err}; stopped without saving this step, {last_good(cfg.out_dir)}") from None
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        raise DiskFullError(errno.ENOSPC, disk_full_message(full, cfg.out_dir)) from None
     finally:
-        if run is not None and run.logger is not None:
-            run.logger.close()
-        distributed.destroy_distributed()
+        runtime.destroy_distributed()
 
 
-def prepare_run_folder(cfg: TrainConfig, dist: DistInfo, out: Path) -> None:
-    """Refuse to mix two runs in one folder; write the resolved config (rank 0)."""
-    problem = None
-    if dist.is_main:
-        previous = list_checkpoints(checkpoint_dir(out)) or (out / "metrics.jsonl").is_file()
-        if previous and not cfg.resume and not cfg.overwrite:
-            problem = (f"{out} holds an earlier run: pass --resume to continue it, --overwrite to start "
-                       f"afresh there, or --out for another folder")
-        elif previous and cfg.overwrite and not cfg.resume:
-            shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        if problem is None:
-            out.mkdir(parents=True, exist_ok=True)
-            cli.save_config(cfg, out / "config.json")
-    problem = distributed.broadcast_object(problem)  # every rank stops on rank 0's verdict
-    if problem:
-        raise cli.UsageError(problem)
+def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
+    """The run on this rank, top to bottom; see `main`."""
+    out = cfg.out_dir
+    require_mirrors(wandb_project=cfg.wandb_project if dist.is_main else "", tensorboard=cfg.tensorboard)
+    train_data, val_data = open_data(cfg, train_data, val_data)
+    identity = data_identity(train_data)
+    sae_cfg = sae_config(cfg, train_data)
+    checkpoint = read_run_folder(cfg, dist, out, identity)  # every check; nothing is written before it
+    share = RankShare(train_data, dist.rank, dist.world_size, cfg.seed)
+    total_steps = share.total_steps(cfg.epochs, cfg.max_steps)
+
+    torch.manual_seed(cfg.seed)  # the same initial SAE on every rank (DDP also broadcasts rank 0's)
+    trainer = build_trainer(cfg, sae_cfg, train_data, dist.device, total_steps)
+    state = TrainState(sae_cfg.d_sae).to(dist.device)
+    if checkpoint is not None:
+        restore(trainer, state, checkpoint)
+    prepare_run_folder(cfg, dist, out, resumed_step=state.step)
+    if dist.distributed:  # after the resume: DDP broadcasts rank 0's weights once more
+        trainer = replace(trainer, model=DistributedDataParallel(
+            trainer.objective, broadcast_buffers=False,
+            device_ids=[dist.device] if dist.device.type == "cuda" else None))
+
+    train_loop(trainer, state, cfg=cfg, dist=dist, out=out, share=share, val_data=val_data,
+               total_steps=total_steps, identity=identity)
+    return finish(trainer.sae, dist, out)
 
 
 def open_data(cfg: TrainConfig, train_data, val_data):
@@ -172,191 +152,317 @@ def open_data(cfg: TrainConfig, train_data, val_data):
     return train_data, (val_data if val_data is not None and len(val_data) > 0 else None)
 
 
-def build_sae(cfg: TrainConfig, train_data: Sequence[torch.Tensor], device: torch.device) -> SparseAutoencoder:
-    """A fresh SAE whose config carries the dataset's provenance, its normalisation fitted to the data
-    statistics and b_pre at the mean of the normalised data."""
+def sae_config(cfg: TrainConfig, train_data: Sequence[Tensor]) -> SAEConfig:
+    """The SAE's config: its shape from the flags and the data's width, its provenance from the data."""
     meta = getattr(train_data, "meta", None) or {}
     d_in = train_data[0].shape[-1]
-    sae_cfg = SAEConfig(d_in=d_in, d_sae=cfg.d_sae or cfg.expansion * d_in, k=cfg.k, activation=cfg.activation,
-                        normalization=cfg.normalization, l1_coeff=cfg.l1_coeff, k_aux=cfg.k_aux or None,
-                        aux_coeff=cfg.aux_coeff, hook_name=str(meta.get("hook", "")),
-                        model=str(meta.get("model", "")), prepend_bos=bool(meta.get("prepend_bos", False)),
-                        chat=bool(meta.get("chat", False)))
+    return cfg.sae_config(d_in, hook_name=str(meta.get("hook", "")), model=str(meta.get("model", "")),
+                          prepend_bos=bool(meta.get("prepend_bos", False)), chat=bool(meta.get("chat", False)))
+
+
+def read_run_folder(cfg: TrainConfig, dist: DistInfo, out: Path, identity: dict) -> dict | None:
+    """Check that the run folder may be used as asked, writing nothing; returns the checkpoint to resume
+    from (None: a fresh start). Rank 0 reads the folder; every rank takes its verdict."""
+    found = inspect_run_folder(cfg, out) if dist.is_main else None
+    problem, path, payload, skipped = distributed.broadcast_object(found)
+    if problem:
+        raise cli.UsageError(problem)
+    for reason in skipped:
+        log.warning("skipping %s", reason)
+    if payload is None:
+        if cfg.resume:
+            log.info("no checkpoint in %s: starting from scratch", checkpoint_dir(out))
+        return None
+    saved_cfg, world, now = flatten(payload["config"]), payload["world_size"], cfg.flat()
+    changed = [f"--{n.replace('_', '-')} {saved_cfg.get(n)} -> {now[n]}"
+               for n in RESUME_MUST_MATCH if saved_cfg.get(n) != now[n]]
+    if changed or world != dist.world_size:
+        what = ", ".join(changed) or f"{world} processes -> {dist.world_size}"
+        raise cli.UsageError(f"{path}: cannot resume with a different setup ({what}); "
+                             f"use the original settings or another --out")
+    other_data = identity_mismatch(payload.get("data", identity), identity)  # older checkpoints: unchecked
+    if other_data:
+        raise cli.UsageError(f"--data {cfg.data_dir}: {path} was trained on other data ({other_data}); "
+                             f"resume with the original --data and --batch-size, or start afresh with "
+                             f"--overwrite or another --out")
+    log.info("resuming from %s at step %d", path, payload["state"]["step"])
+    return payload
+
+
+def inspect_run_folder(cfg: TrainConfig, out: Path) -> tuple[str | None, Path | None, dict | None, list[str]]:
+    """(problem or None, checkpoint path, its payload, why newer ones were skipped), from rank 0's view."""
+    stored = list_checkpoints(checkpoint_dir(out))
+    previous = bool(stored) or (out / "metrics.jsonl").is_file()
+    if previous and not cfg.resume and not cfg.overwrite:
+        return (f"{out} holds an earlier run: pass --resume to continue it, --overwrite to start afresh "
+                f"there, or --out for another folder"), None, None, []
+    if not cfg.resume:
+        return None, None, None, []
+    path, payload, skipped = load_latest(checkpoint_dir(out))
+    if payload is None and stored:
+        names = ", ".join(p.name for _, p in stored)
+        return (f"--resume: no checkpoint in {checkpoint_dir(out)} can be read ({names}); pass --overwrite "
+                f"instead to start afresh there, deleting them"), None, None, skipped
+    return None, path, payload, skipped
+
+
+def build_trainer(cfg: TrainConfig, sae_cfg: SAEConfig, train_data: Sequence[Tensor], device: torch.device,
+                  total_steps: int) -> Trainer:
+    """A fresh SAE (normalisation fitted to the data statistics, b_pre at the mean of the normalised
+    data), its objective, AdamW, the learning-rate schedule and the loss scaler."""
     sae = SparseAutoencoder(sae_cfg, device=device)
     stats = data_stats(train_data)
     sae.set_normalization_stats(mean=stats["mean"].float().to(device), mean_sq_norm=stats["mean_sq_norm"])
     sae.init_from_data(normalized_mean(sae, train_data, stats))
-    return sae
+    # torch's sparse CSR products take float32/float64 only, so under autocast the SAE runs its eager path
+    sae.use_sparse_kernels = cfg.autocast == "none"
+    objective = SAEObjective(sae, aux_gate=cfg.aux_gate)
+    optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.autocast == "fp16")
+    return Trainer(sae, objective, objective, optimizer, scheduler, scaler)
 
 
-def resume(run: Run) -> None:
-    """Load the newest complete checkpoint (read by rank 0, sent to the others)."""
-    found = load_latest(checkpoint_dir(run.out)) if run.dist.is_main else None
-    path, payload, skipped = distributed.broadcast_object(found)
-    for reason in skipped:
-        log.warning("skipping %s", reason)
-    if payload is None:
-        log.info("no checkpoint in %s: starting from scratch", checkpoint_dir(run.out))
-        if run.dist.is_main:
-            truncate_metrics(run.out / "metrics.jsonl", 0)
+def restore(trainer: Trainer, state: TrainState, payload: dict) -> None:
+    """Load a checkpoint's states into a freshly built trainer and loop state."""
+    trainer.sae.load_state_dict(payload["sae"])  # the fitted normalisation included: it is state
+    trainer.optimizer.load_state_dict(payload["optimizer"])
+    trainer.scheduler.load_state_dict(payload["scheduler"])
+    if trainer.scaler.is_enabled() and payload.get("scaler"):
+        trainer.scaler.load_state_dict(payload["scaler"])
+    state.load_state_dict(payload["state"])
+
+
+def prepare_run_folder(cfg: TrainConfig, dist: DistInfo, out: Path, resumed_step: int) -> None:
+    """The first writes of the run (rank 0): --overwrite's deletions, config.json, and on resume the
+    metrics after the checkpoint dropped (they were written after it)."""
+    if not dist.is_main:
         return
-    saved_cfg, world = payload["config"], payload["world_size"]
-    changed = [f"--{n.replace('_', '-')} {saved_cfg.get(n)} -> {getattr(run.cfg, n)}"
-               for n in RESUME_MUST_MATCH if saved_cfg.get(n) != getattr(run.cfg, n)]
-    if changed or world != run.dist.world_size:
-        what = ", ".join(changed) or f"{world} processes -> {run.dist.world_size}"
-        raise cli.UsageError(f"{path}: cannot resume with a different setup ({what}); "
-                             f"use the original settings or another --out")
-    run.sae.load_state_dict(payload["sae"])
-    run.optimizer.load_state_dict(payload["optimizer"])
-    run.scheduler.load_state_dict(payload["scheduler"])
-    run.state.load_state_dict(payload["state"])
-    if run.dist.is_main:
-        truncate_metrics(run.out / "metrics.jsonl", run.state.step)
-    log.info("resumed from %s at step %d", path, run.state.step)
+    if cfg.overwrite:
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cli.save_config(cfg, out / "config.json")
+    if cfg.resume:
+        truncate_metrics(out / "metrics.jsonl", resumed_step)
 
 
-def save_checkpoint(run: Run) -> Path | None:
-    """Checkpoint the run (rank 0 writes; every rank holds the same state) and refresh the curves."""
-    if not run.dist.is_main:
-        return None
-    payload = {"sae": run.sae.state_dict(), "sae_config": run.sae.cfg.to_dict(),
-               "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-               "state": run.state.state_dict(), "config": run.cfg.to_dict(),
-               "world_size": run.dist.world_size}
-    path = write_checkpoint(checkpoint_dir(run.out), run.state.step, payload, run.cfg.keep_checkpoints)
-    write_curves(read_metrics(run.out / "metrics.jsonl"), run.out / "curves.html")
-    return path
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The --autocast region: matmuls in bf16/fp16, parameters and what the optimiser sees in float32."""
+    dtype = AUTOCAST[cfg.autocast]
+    return torch.autocast(device.type, dtype=getattr(torch, dtype or "bfloat16"), enabled=dtype is not None)
 
 
-def train_step(run: Run, x: torch.Tensor) -> tuple[StepOutput, torch.Tensor]:
-    """One optimiser step on this rank's batch x (batch, d_in) -> (its losses, the gradient norm before
-    clipping); raises NonFiniteLossError on NaN/Inf."""
-    out = run.model(x, run.state.dead_mask(run.dead_steps))
-    run.optimizer.zero_grad(set_to_none=True)
-    out.losses.loss.backward()  # under DDP the gradients are averaged over ranks here
-    run.sae.project_decoder_grads()  # after the all-reduce: every rank projects the same gradient
-    params = [p for p in run.sae.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip or math.inf)
-    if not math.isfinite(norm.item()):  # the norm is global: every rank takes the same decision
-        raise non_finite_error(run, x, out, norm)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.sae.set_decoder_norm_to_unit_norm()
-    run.state.record_fired(distributed.all_reduce_any(out.losses.fired))
-    run.state.step += 1
-    run.state.tokens += run.global_batch
-    return out, norm
+def train_step(trainer: Trainer, state: TrainState, x: Tensor, *, cfg: TrainConfig, dist: DistInfo,
+               batch_index: int) -> dict[str, Tensor]:
+    """One optimiser step on this rank's batch x (batch, d_in) -> its figures by name (0-dim tensors:
+    reading them would wait for the device); raises NonFiniteLossError on NaN/Inf."""
+    global_batch = x.shape[0] * dist.world_size
+    with autocast(cfg, dist.device):
+        out = trainer.model(x, state.dead_mask(cfg.dead_steps(global_batch)))
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(out.losses.loss).backward()  # under DDP the gradients are averaged over ranks here
+    trainer.scaler.unscale_(trainer.optimizer)
+    trainer.sae.project_decoder_grads()  # after the all-reduce: every rank projects the same gradient
+    params = [p for p in trainer.sae.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+    loss = out.losses.loss.item()
+    # The norm is global, so every rank takes the same decision. Under fp16 loss scaling an overflowing
+    # gradient with a finite loss is expected: the scaler skips that update and lowers its scale.
+    if not math.isfinite(norm.item()) and not (trainer.scaler.is_enabled() and math.isfinite(loss)):
+        raise NonFiniteLossError(non_finite_cause(state, x, loss, norm, dist.device, batch_index))
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    trainer.sae.set_decoder_norm_to_unit_norm()
+    state.record_fired(distributed.all_reduce_any(out.losses.fired))
+    state.step += 1
+    state.tokens += global_batch
+    losses = out.losses
+    return {"loss": losses.loss, "mse": losses.mse, "nmse": out.nmse, "aux_mse": losses.aux_mse,
+            "fvu": losses.fvu, "l0": losses.l0, "grad_norm": norm}
 
 
-def non_finite_error(run: Run, x: torch.Tensor, out: StepOutput, norm: torch.Tensor) -> NonFiniteLossError:
-    """The one-line error for a NaN/Inf step, naming the cause and the last good checkpoint. Every rank
-    calls it at the same step (the gradient norm is global), so the collective below is safe."""
-    step, index = run.state.step + 1, run.share.index(run.state.step)
-    local_bad = torch.tensor([not bool(torch.isfinite(x).all())], device=run.dist.device)
+def non_finite_cause(state: TrainState, x: Tensor, loss: float, norm: Tensor, device: torch.device,
+                     batch_index: int) -> str:
+    """What became NaN/Inf at this step, and why. Every rank calls it at the same step (the gradient
+    norm is global), so the collective below is safe."""
+    local_bad = torch.tensor([not bool(torch.isfinite(x).all())], device=device)
     any_bad = bool(distributed.all_reduce_any(local_bad).item())
     if local_bad.item():
-        cause = f"training batch {index} contains NaN or Inf values"
+        cause = f"training batch {batch_index} contains NaN or Inf values"
     elif any_bad:
         cause = "a training batch on another rank contains NaN or Inf values"
     else:
         cause = "the optimisation diverged; lower --lr"
-    loss = out.losses.loss.item()
     what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {norm.item()}"
-    kept = list_checkpoints(checkpoint_dir(run.out))
-    last = f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written yet"
-    return NonFiniteLossError(f"{what} at step {step}: {cause}; stopped without saving this step, {last}")
+    return f"{what} at step {state.step + 1}: {cause}"
+
+
+def last_good(out: Path) -> str:
+    """'the last good checkpoint is <path>', or that none was written, for messages that stop a run."""
+    good = [path for _, path in reversed(list_checkpoints(checkpoint_dir(out))) if loads(path)]
+    return f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
+
+
+def disk_full(err: BaseException | None) -> OSError | None:
+    """The ENOSPC error behind `err`, if any: torch.save reports a full disk as a RuntimeError of its zip
+    writer raised while handling the OSError, so the whole chain is searched."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_message(err: OSError, out: Path) -> str:
+    """One line for ENOSPC: what was being written, that nothing was lost, and how to go on."""
+    where = last_good(out)
+    then = "rerun with --resume to continue from it" if "no checkpoint" not in where else "rerun"
+    return (f"the disk is full (writing {err.filename or out}); nothing was lost: every file is written "
+            f"under a temporary name first, and {where}; free some space, then {then}")
+
+
+def rank_means(sums: dict[str, Tensor], steps: int) -> dict[str, float]:
+    """Per-step figures summed over `steps` steps -> their means over the steps and the ranks, by name."""
+    names = list(sums)  # the same names in the same order on every rank: one step's figures
+    means = distributed.all_reduce_mean(torch.stack([sums[n] for n in names]).float() / steps)
+    return dict(zip(names, means.tolist()))
+
+
+def sum_over_ranks(sums: dict[str, Tensor]) -> dict[str, float]:
+    """Sums by name, added over ranks (in one all-reduce)."""
+    names = list(sums)
+    totals = distributed.all_reduce_sum(torch.stack([sums[n] for n in names]).double())
+    return dict(zip(names, totals.tolist()))
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict:
-    """Validation MSE, normalised MSE, FVU and L0 over up to --val-batches batches, shared over ranks."""
-    n = len(run.val_data) if run.cfg.val_batches == 0 else min(run.cfg.val_batches, len(run.val_data))
-    sums = torch.zeros(5, dtype=torch.float64, device=run.dist.device)  # mse, nmse, fvu, l0, batches
-    for i in range(run.dist.rank, n, run.dist.world_size):
-        out = run.objective(run.val_data[i].to(run.dist.device))
-        sums += torch.stack([out.losses.mse, out.nmse, out.losses.fvu, out.losses.l0,
-                             torch.ones_like(out.nmse)]).double()
-    distributed.all_reduce_sum(sums)
-    mse, nmse, fvu, l0 = (sums[:4] / sums[4].clamp_min(1)).tolist()
-    return {"mse": mse, "nmse": nmse, "fvu": fvu, "l0": l0}
+def evaluate(objective: SAEObjective, val_data: Sequence[Tensor], *, cfg: TrainConfig,
+             dist: DistInfo) -> dict[str, float]:
+    """Validation MSE, normalised MSE, FVU and L0 over up to --val-batches batches, shared over ranks,
+    and `bad_batches`: how many held NaN or Inf."""
+    n = len(val_data) if cfg.val_batches == 0 else min(cfg.val_batches, len(val_data))
+    zero = torch.zeros((), dtype=torch.float64, device=dist.device)
+    sums = dict.fromkeys(("mse", "nmse", "fvu", "l0", "bad_batches", "batches"), zero)
+    for i in range(dist.rank, n, dist.world_size):
+        x = val_data[i].to(dist.device)
+        with autocast(cfg, dist.device):
+            out = objective(x)
+        batch = {"mse": out.losses.mse, "nmse": out.nmse, "fvu": out.losses.fvu, "l0": out.losses.l0,
+                 "bad_batches": (~torch.isfinite(x)).any(), "batches": 1}
+        sums = {name: sums[name] + batch[name] for name in sums}
+    totals = sum_over_ranks(sums)
+    batches = max(1.0, totals.pop("batches"))
+    return {name: (value if name == "bad_batches" else value / batches) for name, value in totals.items()}
 
 
-def train_record(run: Run) -> dict:
-    """The train metrics of the steps since the last record, averaged over them and over ranks."""
-    means = distributed.all_reduce_mean(run.window / run.window_steps).tolist()
-    record = dict(zip(WINDOW_KEYS, means))
-    record.update(step=run.state.step, split="train", epoch=run.state.step / run.share.steps_per_epoch,
-                  tokens=run.state.tokens, lr=get_lr(run.state.step - 1, run.cfg, run.total_steps),
-                  dead_fraction=float(run.state.dead_mask(run.dead_steps).float().mean()),
-                  tokens_per_s=run.global_batch * run.window_steps / max(run.window_seconds, 1e-9),
-                  decoder_cos=decoder_orthogonality(run.sae.W_dec, run.ortho_rows))
-    run.window, run.window_steps, run.window_seconds = torch.zeros_like(run.window), 0, 0.0
-    return record
-
-
-def validate(run: Run) -> bool:
-    """Evaluate, log, and update early stopping; True when patience has run out."""
-    metrics = evaluate(run)
-    improved = run.state.record_validation(metrics["mse"], run.cfg.min_delta)
-    if run.logger is not None:
-        run.logger.log({"step": run.state.step, "split": "val", **metrics})
-    log.info("step %d val: mse %.4g fvu %.4g l0 %.1f%s", run.state.step, metrics["mse"], metrics["fvu"],
+def validate(objective: SAEObjective, state: TrainState, val_data: Sequence[Tensor], *, cfg: TrainConfig,
+             dist: DistInfo, logger: MetricsLogger | None) -> bool:
+    """Evaluate, log, and update early stopping; True when patience has run out. NaN or Inf in a figure
+    stops the run like a NaN in training (NonFiniteLossError)."""
+    metrics = evaluate(objective, val_data, cfg=cfg, dist=dist)
+    bad = metrics.pop("bad_batches")
+    if not all(math.isfinite(v) for v in metrics.values()):
+        cause = (f"{bad:.0f} validation batch(es) contain NaN or Inf values" if bad else
+                 "the SAE's reconstruction of clean data is not finite")
+        raise NonFiniteLossError(f"validation at step {state.step} gave mse {metrics['mse']}: {cause}")
+    improved = state.record_validation(metrics["mse"], cfg.min_delta)
+    if logger is not None:
+        logger.log({"step": state.step, "split": "val", **metrics})
+    log.info("step %d val: mse %.4g fvu %.4g l0 %.1f%s", state.step, metrics["mse"], metrics["fvu"],
              metrics["l0"], " (best)" if improved else "")
-    return run.cfg.patience > 0 and run.state.evals_without_improvement >= run.cfg.patience
+    return cfg.patience > 0 and state.evals_without_improvement >= cfg.patience
 
 
-def train_loop(run: Run) -> None:
-    """Steps from the state's step to the end (or an early stop)."""
-    cfg = run.cfg
-    if run.dist.is_main:
-        run.logger = MetricsLogger(run.out / "metrics.jsonl", wandb_project=cfg.wandb_project,
-                                   tensorboard_dir=run.out / "tensorboard" if cfg.tensorboard else None,
-                                   config=cfg.to_dict(), run_name=run.out.name)
-    bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not run.dist.is_main,
-               desc="train", unit="step", dynamic_ncols=True)
+def save_checkpoint(trainer: Trainer, state: TrainState, *, cfg: TrainConfig, dist: DistInfo, out: Path,
+                    identity: dict) -> Path | None:
+    """Checkpoint the run (rank 0 writes; every rank holds the same state) and refresh the curves."""
+    if not dist.is_main:
+        return None
+    payload = {"sae": trainer.sae.state_dict(), "sae_config": trainer.sae.cfg.to_dict(),
+               "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+               "scaler": trainer.scaler.state_dict(), "state": state.state_dict(), "config": cfg.to_dict(),
+               "world_size": dist.world_size, "data": identity}
+    path = write_checkpoint(checkpoint_dir(out), state.step, payload, cfg.keep_checkpoints)
+    write_curves(read_metrics(out / "metrics.jsonl"), out / "curves.html")
+    return path
+
+
+def train_record(trainer: Trainer, state: TrainState, means: dict[str, float], *, cfg: TrainConfig,
+                 share: RankShare, total_steps: int, global_batch: int, seconds: float, steps: int) -> dict:
+    """The train record of the steps since the last one: their mean figures and where the run stands."""
+    rows = torch.randperm(trainer.sae.cfg.d_sae, generator=torch.Generator().manual_seed(cfg.seed))[:ORTHO_ROWS]
+    return {"step": state.step, "split": "train", **means, "epoch": state.step / share.steps_per_epoch,
+            "tokens": state.tokens, "lr": get_lr(state.step - 1, cfg, total_steps),
+            "dead_fraction": float(state.dead_mask(cfg.dead_steps(global_batch)).float().mean()),
+            "tokens_per_s": global_batch * steps / max(seconds, 1e-9),
+            "decoder_cos": decoder_orthogonality(trainer.sae.W_dec, rows.to(trainer.sae.W_dec.device))}
+
+
+def train_loop(trainer: Trainer, state: TrainState, *, cfg: TrainConfig, dist: DistInfo, out: Path,
+               share: RankShare, val_data: Sequence[Tensor] | None, total_steps: int, identity: dict) -> None:
+    """Steps from `state.step` to `total_steps` (or an early stop), logging, validating and checkpointing
+    as scheduled."""
+    logger = open_logger(cfg, dist, out)
+    bar = tqdm(total=total_steps, initial=state.step, disable=not dist.is_main, desc="train", unit="step",
+               dynamic_ncols=True)
+    sums, steps, seconds = {}, 0, 0.0  # per-step figures since the last train record, by name
     try:
         with logging_redirect_tqdm():
-            while run.state.step < run.total_steps:
-                start = time.perf_counter()
-                out, grad_norm = train_step(run, run.share.batch(run.state.step).to(run.dist.device,
-                                                                                    non_blocking=True))
-                losses = out.losses
-                run.window += torch.stack([losses.loss, losses.mse, out.nmse, losses.aux_mse, losses.fvu,
-                                           losses.l0, grad_norm]).detach()
-                run.window_steps += 1
-                run.window_seconds += time.perf_counter() - start
+            while state.step < total_steps:
+                start, index = time.perf_counter(), share.index(state.step)
+                x = share.batches[index].to(dist.device, non_blocking=True)
+                figures = train_step(trainer, state, x, cfg=cfg, dist=dist, batch_index=index)
+                sums = {name: sums.get(name, 0) + value.detach() for name, value in figures.items()}
+                steps, seconds = steps + 1, seconds + time.perf_counter() - start
                 bar.update()
-                if end_of_step(run, bar):
+                last = state.step == total_steps
+                if state.step % cfg.log_every == 0 or last:
+                    record = train_record(trainer, state, rank_means(sums, steps), cfg=cfg, share=share,
+                                          total_steps=total_steps, global_batch=x.shape[0] * dist.world_size,
+                                          seconds=seconds, steps=steps)
+                    sums, steps, seconds = {}, 0, 0.0
+                    report(record, logger, bar)
+                stop = (val_data is not None and cfg.val_every > 0 and (state.step % cfg.val_every == 0 or last)
+                        and validate(trainer.objective, state, val_data, cfg=cfg, dist=dist, logger=logger))
+                if stop or last or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                    save_checkpoint(trainer, state, cfg=cfg, dist=dist, out=out, identity=identity)
+                if stop:
+                    log.info("early stop at step %d: no improvement in %d validations", state.step, cfg.patience)
                     break
     finally:
         bar.close()  # ends the bar's line before any error message
+        if logger is not None:
+            logger.close()
 
 
-def end_of_step(run: Run, bar: tqdm) -> bool:
-    """Log, validate and checkpoint as scheduled; True when early stopping ends the run."""
-    cfg, step = run.cfg, run.state.step
-    last = step == run.total_steps
-    if step % cfg.log_every == 0 or last:
-        record = train_record(run)
-        if run.logger is not None:
-            run.logger.log(record)
-        bar.set_postfix(mse=f"{record['mse']:.4f}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
-                        dead=f"{record['dead_fraction']:.3f}")
-    stop = run.val_data is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last) and validate(run)
-    if stop:
-        log.info("early stop at step %d: no improvement in %d validations", step, cfg.patience)
-    if stop or last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-        save_checkpoint(run)
-    return stop
+def open_logger(cfg: TrainConfig, dist: DistInfo, out: Path) -> MetricsLogger | None:
+    """The metrics file and its mirrors (rank 0 only)."""
+    if not dist.is_main:
+        return None
+    return MetricsLogger(out / "metrics.jsonl", wandb_project=cfg.wandb_project,
+                         tensorboard_dir=out / "tensorboard" if cfg.tensorboard else None,
+                         config=cfg.to_dict(), run_name=out.name)
 
 
-def finish(run: Run) -> Path:
+def report(record: dict, logger: MetricsLogger | None, bar: tqdm) -> None:
+    """Write a train record and show its main figures on the progress bar."""
+    if logger is not None:
+        logger.log(record)
+    bar.set_postfix(mse=f"{record['mse']:.4f}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
+                    dead=f"{record['dead_fraction']:.3f}")
+
+
+def finish(sae: SparseAutoencoder, dist: DistInfo, out: Path) -> Path:
     """Save the SAE and the curves page (rank 0); returns the SAE folder."""
-    folder = run.out / "sae"
-    if run.dist.is_main:
-        save_sae(run.sae, folder)
-        page = write_curves(read_metrics(run.out / "metrics.jsonl"), run.out / "curves.html")
+    folder = out / "sae"
+    if dist.is_main:
+        save_sae(sae, folder)
+        page = write_curves(read_metrics(out / "metrics.jsonl"), out / "curves.html")
         log.info("saved the SAE to %s; curves in %s", folder, page)
     distributed.barrier()
     return folder

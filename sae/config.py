@@ -18,7 +18,8 @@ NORMALIZATIONS = tuple(normalization.NORMALIZATIONS)  # names; the modules are i
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
-    """A field whose help text a command line can show (train.py's flags are these fields)."""
+    """A field whose help text a command line can show: train.py's flags are these fields, so messages
+    name them as flags (in a config.json, the field of the same name)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -51,21 +52,22 @@ class SAEConfig:
             if value is None and name == "k_aux":  # format-1 configs wrote null for "derived"
                 value = self.k_aux = 0
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise ValueError(f"{name} (--{_flag(name)}) must be an integer >= {lowest}, got {value!r}")
+                raise ValueError(f"--{_flag(name)} must be an integer >= {lowest}, got {value!r}")
         for name, allowed in (("activation", ACTIVATIONS), ("normalization", NORMALIZATIONS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} (--{name}) must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("norm_eps", "l1_coeff", "aux_coeff"):
             value = getattr(self, name)
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} (--{_flag(name)}) must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"--{_flag(name)} must be a finite number >= 0, got {value!r}")
         if self.d_sae:
             if self.k > self.d_sae:
-                raise ValueError(f"k = {self.k} must not exceed d_sae = {self.d_sae} (--k, --d-sae)")
+                raise ValueError(f"--k {self.k} must not exceed --d-sae {self.d_sae}; lower --k or raise --d-sae")
             if self.k_aux == 0:
                 self.k_aux = max(1, min(2048, self.d_sae // 2))
             if self.k_aux > self.d_sae:
-                raise ValueError(f"k_aux = {self.k_aux} must not exceed d_sae = {self.d_sae} (--k-aux, --d-sae)")
+                raise ValueError(f"--k-aux {self.k_aux} must not exceed --d-sae {self.d_sae}; lower --k-aux or "
+                                 f"raise --d-sae")
 
     @property
     def is_complete(self) -> bool:

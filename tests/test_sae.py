@@ -71,7 +71,7 @@ def np_forward(x: np.ndarray, sae: SparseAutoencoder) -> tuple[np.ndarray, np.nd
                                         ({"normalization": "batch"}, "normalization"),
                                         ({"k_aux": 41}, "k_aux"), ({"aux_coeff": float("nan")}, "aux_coeff")])
 def test_config_rejects_bad_values_naming_the_field(bad, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match="--" + field.replace("_", "-")):  # named as train.py's flag
         SAEConfig(**{"d_in": D_IN, "d_sae": D_SAE, **bad})
 
 

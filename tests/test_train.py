@@ -3,6 +3,7 @@ and the command line. (Data parallelism: tests/test_train_ddp.py.)"""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -34,7 +35,7 @@ TRAIN_KEYS = {"step", "split", "grad_norm", "loss", "mse", "nmse", "aux_mse", "f
 def small_config(out: Path, **overrides) -> TrainConfig:
     values = dict(out=str(out), expansion=4, k=3, lr=3e-3, warmup_steps=2, grad_clip=0.5,
                   dead_after_tokens=128, log_every=2, val_every=4, checkpoint_every=4, device="cpu")
-    return TrainConfig(**{**values, **overrides})
+    return TrainConfig.of(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,10 @@ def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, data, monkeyp
 
     real_step = train.train_step
 
-    def crashing_step(run, x):
-        if run.state.step == crash_after:
+    def crashing_step(trainer, state, x, **kwargs):
+        if state.step == crash_after:
             raise RuntimeError("simulated crash")
-        return real_step(run, x)
+        return real_step(trainer, state, x, **kwargs)
 
     monkeypatch.setattr(train, "train_step", crashing_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -217,19 +218,22 @@ def test_every_field_has_a_flag_and_help(capsys):
         parse_train_config(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for name in TrainConfig.__dataclass_fields__:
-        assert "--" + name.replace("_", "-") in text, name
+    flags = [leaf.flag for leaf in cli.leaves(TrainConfig) if leaf.field.metadata.get("cli") is not False]
+    assert {"--k", "--d-sae", "--activation", "--normalization", "--lr"} <= set(flags)  # nested SAE fields, flat
+    for flag in flags:
+        assert flag in text, flag
 
 
 def test_preset_file_and_flags_layer_in_order(tmp_path):
     config_file = tmp_path / "c.json"
     config_file.write_text(json.dumps({"lr": 2e-4, "epochs": 2}))
     cfg = parse_train_config(["--preset", "reference", "--config", str(config_file), "--k", "16"])
-    assert cfg.k == 16 and cfg.lr == 2e-4 and cfg.epochs == 2  # flag and file beat the preset
+    assert cfg.sae.k == 16 and cfg.lr == 2e-4 and cfg.epochs == 2  # flag and file beat the preset
+    assert cfg.sae.normalization == "token_standardize"  # a nested field from the preset
     reference = PRESETS["reference"]
     assert cfg.betas == [0.85, 0.9999] and cfg.eps == 6.25e-10 and cfg.batch_size == 1024
     assert cfg.min_lr_ratio == reference["min_lr_ratio"] == 0.2 and cfg.schedule == "cosine"
-    assert parse_train_config([]).k == 32 and parse_train_config(["--betas", "0.8", "0.99"]).betas == [0.8, 0.99]
+    assert parse_train_config([]).sae.k == 32 and parse_train_config(["--betas", "0.8", "0.99"]).betas == [0.8, 0.99]
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
@@ -283,7 +287,7 @@ def test_script_trains_end_to_end_and_writes_its_run_folder(tmp_path, batches_fo
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads((out / "config.json").read_text())
-    assert saved["lr"] == 0.002 and saved["k"] == 3 and saved["max_steps"] == 8
+    assert saved["lr"] == 0.002 and saved["sae"]["k"] == 3 and saved["max_steps"] == 8  # the SAE's fields nested
     records = read_metrics(out / "metrics.jsonl")
     train_records = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train_records] == [2, 4, 6, 8] and TRAIN_KEYS <= set(train_records[0])
@@ -325,3 +329,159 @@ def test_refuses_to_mix_runs_and_reports_missing_optional_packages(tmp_path, bat
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were absent
     code, err = run_cli(argv + ["--overwrite", "--tensorboard"], capsys)
     assert code == 2 and "pip install tensorboard" in err and "\n" not in err
+
+
+# ---- nothing lost, nothing half-trusted ---------------------------------------------------------
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pruning_keeps_the_newest_checkpoints_that_load(tmp_path):
+    save_checkpoint(tmp_path, 4, {"x": torch.ones(2)}, keep=2)
+    (tmp_path / "step-00000099.pt").write_bytes(b"PK\x03\x04 truncated")  # damaged, newer than any good one
+    save_checkpoint(tmp_path, 8, {"x": torch.full((2,), 8.0)}, keep=1)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [8, 99]  # the good one kept, the older one pruned
+    path, payload, skipped = load_latest(tmp_path)
+    assert path.name == "step-00000008.pt" and payload["x"].tolist() == [8.0, 8.0] and len(skipped) == 1
+
+
+def test_resume_refuses_a_folder_whose_checkpoints_cannot_be_read(tmp_path, data):
+    train_data, val_data = data
+    train.main(small_config(tmp_path, max_steps=8), train_data=train_data, val_data=val_data)
+    for _, path in list_checkpoints(tmp_path / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:200])  # truncated, as by a full disk or a bad copy
+    before = folder_bytes(tmp_path)
+    with pytest.raises(cli.UsageError) as err:
+        train.main(small_config(tmp_path, max_steps=8, resume=True), train_data=train_data, val_data=val_data)
+    message = str(err.value)
+    assert "step-00000004.pt, step-00000008.pt" in message and "--overwrite" in message and "\n" not in message
+    assert folder_bytes(tmp_path) == before
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("k", "--k 3 -> 4"),
+    ("width", "width d_in 16 -> 8"),
+    ("batch size", "batch size 64 -> 32"),
+])
+def test_a_refused_resume_changes_nothing_in_the_run_folder(tmp_path, data, change, expected):
+    train_data, val_data = data
+    train.main(small_config(tmp_path, max_steps=4), train_data=train_data, val_data=val_data)
+    before = folder_bytes(tmp_path)
+    overrides, other = {}, train_data
+    if change == "k":
+        overrides = {"k": 4}
+    elif change == "width":
+        other = planted_batches(12, 64, d=8, seed=5)
+    else:
+        other = planted_batches(24, 32, seed=5)
+    with pytest.raises(cli.UsageError) as err:
+        train.main(small_config(tmp_path, max_steps=8, resume=True, **overrides), train_data=other,
+                   val_data=val_data)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert folder_bytes(tmp_path) == before
+
+
+def test_nan_in_validation_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    train_data, val_data = data
+    poisoned = Batches([b.clone() for b in val_data], stats=val_data.stats)
+    poisoned[1][5, 2] = float("inf")
+    with pytest.raises(train.NonFiniteLossError) as err:
+        train.main(small_config(tmp_path, max_steps=12, checkpoint_every=2), train_data=train_data,
+                   val_data=poisoned)
+    message = str(err.value)
+    assert "validation at step 4" in message and "1 validation batch(es) contain NaN or Inf" in message
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [s for s, _ in kept] == [2] and str(kept[-1][1]) in message and "\n" not in message
+    assert not (tmp_path / "sae").exists()
+
+
+def file_modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}
+
+
+def umask_mode() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def test_every_file_of_the_run_gets_the_same_permissions(tmp_path, data):
+    train_data, val_data = data
+    train.main(small_config(tmp_path, max_steps=4), train_data=train_data, val_data=val_data)
+    modes = {name: mode for name, mode in file_modes(tmp_path).items() if not name.startswith("sae/")}
+    assert {"config.json", "metrics.jsonl", "curves.html", "checkpoints/step-00000004.pt"} <= set(modes)
+    assert set(modes.values()) == {umask_mode()}, modes
+
+
+def test_the_saved_sae_gets_the_same_permissions(tmp_path, data):
+    train_data, val_data = data
+    folder = train.main(small_config(tmp_path, max_steps=2), train_data=train_data, val_data=val_data)
+    assert set(file_modes(folder).values()) == {umask_mode()}, file_modes(folder)
+
+
+class FullDisk:
+    """A file that accepts `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_while_checkpointing_says_so_in_one_line_and_loses_nothing(tmp_path, batches_folder,
+                                                                               capsys, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        return real_save(obj, FullDisk(f, 4096) if len(calls) == 2 else f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "run"
+    argv = ["--data", str(batches_folder), "--out", str(out), "--expansion", "2", "--max-steps", "6",
+            "--checkpoint-every", "2", "--device", "cpu"]
+    code, err = run_cli(argv, capsys)
+    line = err.splitlines()[-1]
+    assert code == 2 and "Traceback" not in err
+    assert line.startswith("error: the disk is full") and "nothing was lost" in line and "step-00000002.pt" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt"]  # no .tmp left
+    monkeypatch.setattr(torch, "save", real_save)
+    assert train.cli_main(argv + ["--resume"]) == 0
+    assert load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])["state"]["step"] == 6
+
+
+def test_k_beyond_the_width_names_the_flags(tmp_path, batches_folder, capsys):
+    code, err = run_cli(["--k", "32", "--d-sae", "16", "--out", str(tmp_path)], capsys)
+    assert code == 2 and err == "error: --k 32 must not exceed --d-sae 16; lower --k or raise --d-sae"
+    code, err = run_cli(["--data", str(batches_folder), "--out", str(tmp_path / "run"), "--k", "40",
+                         "--expansion", "2"], capsys)
+    assert code == 2 and "--k 40 must not exceed d_sae = --expansion 2 x d_in 16 = 32" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixed_precision_reaches_the_float32_fvu_with_float32_master_weights(tmp_path):
+    rows = planted_batches(16, 64, seed=5)  # validation from the same planted dictionary as training
+    train_data, val_data = Batches(rows[:12], stats=rows.stats), Batches(rows[12:])
+    fvu = {}
+    for precision in ("none", "bf16", "fp16"):
+        cfg = small_config(tmp_path / precision, max_steps=120, log_every=20, val_every=120, checkpoint_every=0,
+                           autocast=precision)
+        train.main(cfg, train_data=train_data, val_data=val_data)
+        fvu[precision] = [r for r in read_metrics(tmp_path / precision / "metrics.jsonl") if r["split"] == "val"][-1]["fvu"]
+        payload = load_checkpoint(list_checkpoints(tmp_path / precision / "checkpoints")[-1][1])
+        adam = payload["optimizer"]["state"][0]
+        assert payload["sae"]["W_enc"].dtype == adam["exp_avg"].dtype == adam["exp_avg_sq"].dtype == torch.float32
+    assert fvu["none"] < 0.5  # trained well past predicting the mean, so the comparison means something
+    for precision in ("bf16", "fp16"):
+        assert abs(fvu[precision] - fvu["none"]) <= 0.02 * fvu["none"], fvu
+    assert bool(load_checkpoint(list_checkpoints(tmp_path / "fp16" / "checkpoints")[-1][1])["scaler"])

@@ -28,7 +28,7 @@ def config(out: Path):
 
     # Aux-k active (latents dead after 2 steps), clipping on, warm-up then cosine: every part of the
     # step that depends on a global quantity is exercised.
-    return TrainConfig(out=str(out), expansion=4, k=3, max_steps=STEPS, warmup_steps=2, lr=3e-3,
+    return TrainConfig.of(out=str(out), expansion=4, k=3, max_steps=STEPS, warmup_steps=2, lr=3e-3,
                        grad_clip=0.05, dead_after_tokens=2 * 2 * BATCH, log_every=2, val_every=3,
                        checkpoint_every=0, device="cpu", seed=3)
 
@@ -38,14 +38,14 @@ def worker(out: Path, mode: str) -> None:
     import train
 
     rank = int(os.environ["RANK"])
-    original_finish = train.finish
+    original_loop = train.train_loop
 
-    def finish(run):
-        torch.save({"sae": run.sae.state_dict(), "dead": run.state.steps_since_fired.cpu()},
+    def train_loop(trainer, state, **kwargs):
+        original_loop(trainer, state, **kwargs)
+        torch.save({"sae": trainer.sae.state_dict(), "dead": state.steps_since_fired.cpu()},
                    out / f"rank{rank}.pt")
-        return original_finish(run)
 
-    train.finish = finish
+    train.train_loop = train_loop
     if mode == "bypass":  # the reference design's bug: train without the DDP wrapper's forward
         train.DistributedDataParallel = lambda module, **_: module
     data = planted_batches(N_BATCHES, BATCH, seed=1)
@@ -72,17 +72,17 @@ def single_process(out: Path) -> dict:
     data = merge_pairs(planted_batches(N_BATCHES, BATCH, seed=1), 2)
     val = merge_pairs(planted_batches(4, BATCH, seed=2), 2)
     captured = {}
-    original_finish = train.finish
+    original_loop = train.train_loop
 
-    def finish(run):
-        captured.update(sae=run.sae.state_dict(), dead=run.state.steps_since_fired.cpu())
-        return original_finish(run)
+    def train_loop(trainer, state, **kwargs):
+        original_loop(trainer, state, **kwargs)
+        captured.update(sae=trainer.sae.state_dict(), dead=state.steps_since_fired.cpu())
 
-    train.finish = finish
+    train.train_loop = train_loop
     try:
         train.main(config(out), train_data=data, val_data=val)
     finally:
-        train.finish = original_finish
+        train.train_loop = original_loop
     return captured
 
 

@@ -1,18 +1,20 @@
-"""Training checkpoints: one file per saved step, written atomically, the newest few kept.
+"""Training checkpoints: one file per saved step, written atomically, the newest few loadable ones kept.
 
 `<run>/checkpoints/step-00001200.pt` holds a dict of tensors and plain values (model, optimiser,
-scheduler, `TrainState`, configs) saved with `torch.save` and read back with `weights_only=True`.
-Each file is written under a temporary name, flushed to disk and renamed, so a file with a final name
-is complete; a damaged one (e.g. a disk that filled up) is skipped on resume in favour of the one before.
+scheduler, `TrainState`, configs, the data's identity) saved with `torch.save` and read back with
+`weights_only=True`. Each file goes through `atomic.open_atomic` (temporary name, fsync, rename), so a
+file with a final name was complete when written; one damaged later is skipped on resume in favour of
+the one before, and never counts as one of the checkpoints kept.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from atomic import open_atomic
 
 FORMAT = "llama-sae-train-checkpoint"
 VERSION = 1
@@ -34,23 +36,40 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(folder: Path, step: int, payload: dict, keep: int) -> Path:
-    """Write `payload` as the checkpoint of `step` atomically; delete all but the newest `keep`."""
+    """Write `payload` as the checkpoint of `step` atomically, then prune to the newest `keep` that load."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for _, old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
+    with open_atomic(path, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+    prune(folder, keep, known_good=path)
     return path
+
+
+def prune(folder: Path, keep: int, known_good: Path | None = None) -> list[Path]:
+    """Delete every checkpoint older than the `keep` newest loadable ones; returns what was deleted.
+
+    A damaged file never counts as kept (so pruning cannot leave only damaged files), and nothing
+    newer than the oldest kept checkpoint is touched.
+    """
+    kept, deleted = 0, []
+    for _, path in reversed(list_checkpoints(folder)):
+        if kept >= keep:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+        elif path == known_good or loads(path):
+            kept += 1
+    return deleted
+
+
+def loads(path: Path) -> bool:
+    """Whether `path` opens as a checkpoint. Memory-mapped: the tensors' bytes are not read, so a
+    multi-gigabyte checkpoint costs its zip directory and pickle."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # truncated zip, unpickling error, zeroed file
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT and payload.get("version") == VERSION
 
 
 def load_checkpoint(path: Path) -> dict:

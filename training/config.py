@@ -17,10 +17,11 @@ from typing import Any
 
 import cli
 import paths
-from sae.config import ACTIVATIONS, NORMALIZATIONS
+import runtime
+from sae.config import SAEConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+AUTOCAST = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --autocast -> torch dtype name
 
 # The reference design's settings (seeds/002: d 3072, 65536 latents, 8 GPUs, ~7B activations).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,16 +51,10 @@ class TrainConfig:
     out: str = _f("", "run folder for checkpoints, metrics, curves and the SAE; empty = runs/train")
     preset: str = _f("default", "named settings applied under the file and flags",
                      choices=sorted(PRESETS))
-    # The SAE.
+    # The SAE: SAEConfig's own fields are flags here (--d-sae, --k, --activation, --normalization, --norm-eps,
+    # --l1-coeff, --k-aux, --aux-coeff); d_in and the provenance come from the data.
+    sae: SAEConfig = field(default_factory=SAEConfig, metadata={"help": "the SAE's shape and activation"})
     expansion: int = _f(16, "d_sae = expansion x d_in (ignored when --d-sae is given)")
-    d_sae: int = _f(0, "number of latents; 0 = expansion x d_in")
-    k: int = _f(32, "active latents per activation (TopK)")
-    activation: str = _f("topk", "latent activation", choices=list(ACTIVATIONS))
-    normalization: str = _f("dataset_scale", "input normalisation saved with the SAE",
-                            choices=list(NORMALIZATIONS))
-    l1_coeff: float = _f(1e-3, "L1 penalty weight (relu activation only)")
-    k_aux: int = _f(0, "dead latents used by the aux-k loss; 0 = min(2048, d_sae / 2)")
-    aux_coeff: float = _f(1 / 32, "aux-k loss weight (OpenAI TopK paper, appendix A.2)")
     aux_gate: bool = _f(False, "apply the aux-k loss only when at least k_aux latents are dead "
                                "(the reference's rule, which leaves a floor of dead latents)")
     dead_after_tokens: int = _f(200_000, "a latent that has not fired for this many activations is dead")
@@ -88,20 +83,23 @@ class TrainConfig:
     overwrite: bool = _f(False, "start afresh in a run folder that holds an earlier run, deleting its "
                                 "checkpoints and metrics")
     seed: int = _f(0, "seed for the initialisation and the batch order")
-    device: str = _f("auto", "device; under torchrun each rank takes its local GPU", choices=list(DEVICES))
+    device: str = runtime.device_field()
+    autocast: str = _f("none", "mixed precision: run the SAE's matmuls in bf16 or fp16 under torch.autocast "
+                               "while weights, Adam states and the decoder upkeep stay float32 (fp16 adds "
+                               "loss scaling)", choices=list(AUTOCAST))
     wandb_project: str = _f("", "mirror metrics to this Weights & Biases project (needs wandb)")
     tensorboard: bool = _f(False, "mirror metrics to TensorBoard in <out>/tensorboard (needs tensorboard)")
 
     def __post_init__(self) -> None:
-        positive = ("expansion", "k", "log_every", "keep_checkpoints")
-        at_least_zero = ("d_sae", "k_aux", "dead_after_tokens", "batch_size", "warmup_steps", "max_steps",
+        positive = ("expansion", "log_every", "keep_checkpoints")
+        at_least_zero = ("dead_after_tokens", "batch_size", "warmup_steps", "max_steps",
                          "val_every", "val_batches", "patience", "checkpoint_every")
         for name in positive + at_least_zero:
             value = getattr(self, name)
             lowest = 1 if name in positive else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise cli.UsageError(f"--{_flag(name)} must be an integer >= {lowest}, got {value!r}")
-        for name in ("lr", "eps", "l1_coeff", "aux_coeff", "weight_decay", "grad_clip", "min_delta",
+        for name in ("lr", "eps", "weight_decay", "grad_clip", "min_delta",
                      "epochs", "min_lr_ratio"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -116,11 +114,36 @@ class TrainConfig:
             raise cli.UsageError("--resume continues the run in --out, --overwrite deletes it: give one")
         if self.epochs == 0 and self.max_steps == 0:
             raise cli.UsageError("give --epochs or --max-steps greater than 0")
-        for name, allowed in (("preset", PRESETS), ("activation", ACTIVATIONS),
-                              ("normalization", NORMALIZATIONS), ("schedule", SCHEDULES), ("device", DEVICES)):
+        for name, allowed in (("preset", PRESETS), ("schedule", SCHEDULES), ("autocast", AUTOCAST)):
             if getattr(self, name) not in allowed:
                 raise cli.UsageError(f"--{_flag(name)} must be one of {', '.join(allowed)}, "
                                      f"got {getattr(self, name)!r}")
+
+    def sae_config(self, d_in: int, **provenance: Any) -> SAEConfig:
+        """The SAE's config for inputs of width `d_in` (d_sae: --d-sae, else --expansion x d_in), with the
+        data's provenance; UsageError naming the flags when --k or --k-aux exceeds d_sae."""
+        sae = self.sae
+        width = sae.d_sae or self.expansion * d_in
+        source = f"--d-sae {sae.d_sae}" if sae.d_sae else f"d_sae = --expansion {self.expansion} x d_in {d_in}"
+        for name in ("k", "k_aux"):
+            if getattr(sae, name) > width:
+                raise cli.UsageError(f"--{_flag(name)} {getattr(sae, name)} must not exceed {source}"
+                                     f"{'' if sae.d_sae else f' = {width}'}; lower --{_flag(name)} or "
+                                     f"raise {'--d-sae' if sae.d_sae else '--expansion'}")
+        return sae.complete(d_in=d_in, expansion=self.expansion, **provenance)
+
+    @classmethod
+    def of(cls, **values: Any) -> "TrainConfig":
+        """A TrainConfig from flat field names, as on the command line (`TrainConfig.of(k=8, lr=1e-3)`)."""
+        return cli.build(cls, values)
+
+    def flat(self) -> dict[str, Any]:
+        """{flag field name: value}, the SAE's fields beside the others (as `of` takes them)."""
+        return flatten(self.to_dict())
+
+    def dead_steps(self, global_batch: int) -> int:
+        """Steps without firing after which a latent counts as dead (--dead-after-tokens in steps)."""
+        return max(1, math.ceil(self.dead_after_tokens / global_batch))
 
     @property
     def data_dir(self) -> Path:
@@ -138,16 +161,18 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig dict (nested "sae", or flat as checkpoints before the nesting wrote it) -> flat."""
+    return {**{k: v for k, v in config.items() if k != "sae"}, **config.get("sae", {})}
+
+
 def apply_preset(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     """Fill the fields the user did not set (`explicit`) from `cfg.preset`."""
     values = {name: value for name, value in PRESETS[cfg.preset].items() if name not in explicit}
-    return dataclasses.replace(cfg, **values)
+    return cli.build(TrainConfig, values, base=cfg)
 
 
 def parse_train_config(argv: list[str] | None = None, description: str = "") -> TrainConfig:
     """Command line -> TrainConfig: defaults, then --preset, then --config file, then flags."""
     cfg, namespace = cli.parse_config(TrainConfig, description, argv)
-    explicit = {f.name for f in dataclasses.fields(TrainConfig) if getattr(namespace, f.name, None) is not None}
-    if namespace.config:  # already read and checked by parse_config
-        explicit |= set(json.loads(Path(namespace.config).read_text()))
-    return apply_preset(cfg, explicit)
+    return apply_preset(cfg, cli.explicit_fields(namespace))

@@ -10,7 +10,10 @@ no iterator state, and one process reading the concatenated groups sees the same
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -24,7 +27,7 @@ class Rebatched:
             raise ValueError(f"--batch-size {batch_size} must divide or be a multiple of the prebatched "
                              f"batch size {stored}; choose e.g. {stored // 2} or {stored * 2}")
         self.batches, self.batch_size, self.stored = batches, batch_size, stored
-        for name in ("meta", "stats"):
+        for name in ("meta", "stats", "folder"):
             if hasattr(batches, name):
                 setattr(self, name, getattr(batches, name))
 
@@ -89,3 +92,25 @@ def normalized_mean(sae: torch.nn.Module, batches: Sequence[torch.Tensor], stats
     if sae.normalization.linear:
         return sae.normalized_mean([stats["mean"][None].float()])  # normalize(E[x]) = E[normalize(x)]
     return sae.normalized_mean(batches[i] for i in range(min(sample_batches, len(batches))))
+
+
+def data_identity(batches: Sequence[torch.Tensor]) -> dict:
+    """What a checkpoint records of the data it trains on: a fingerprint of the batches folder (its
+    batches.json and stats.json; of the statistics for data held in memory), the width d_in, the batch
+    size the trainer reads and the number of such batches."""
+    folder = getattr(batches, "folder", None)
+    if folder is not None:
+        parts = [(Path(folder) / name).read_bytes() for name in ("batches.json", "stats.json")]
+    else:
+        parts = [json.dumps(getattr(batches, "stats", None) or {}, sort_keys=True).encode()]
+    first = batches[0]
+    return {"fingerprint": hashlib.sha256(b"\0".join(parts)).hexdigest()[:16], "d_in": int(first.shape[-1]),
+            "batch_size": int(first.shape[0]), "batches": len(batches)}
+
+
+def identity_mismatch(saved: dict, current: dict) -> str:
+    """What differs between two `data_identity` records, in words ("" when nothing does)."""
+    names = {"d_in": "width d_in", "batch_size": "batch size", "batches": "batch count",
+             "fingerprint": "folder fingerprint"}
+    return ", ".join(f"{label} {saved.get(key)} -> {current[key]}" for key, label in names.items()
+                     if saved.get(key) != current[key])

@@ -94,6 +94,14 @@ class MetricsLogger:
         self._wandb = self._tensorboard = None
 
 
+def require_mirrors(*, wandb_project: str, tensorboard: bool) -> None:
+    """Give the install hint of an asked-for mirror that is missing now, before a run folder changes."""
+    if wandb_project:
+        _import_optional("wandb", "--wandb-project")
+    if tensorboard:
+        _import_optional("torch.utils.tensorboard", "--tensorboard", package="tensorboard")
+
+
 def _import_optional(module: str, flag: str, package: str | None = None):
     import importlib
 
