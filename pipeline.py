@@ -75,6 +75,9 @@ class PipelineConfig:
 
 def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
     """Each stage's own config, built (and so validated) before the first stage starts."""
+    runtime.resolve_device(cfg.device)  # a device this machine lacks is refused now, not after a capture
+    if cfg.data and not Path(cfg.data).exists():
+        raise FileNotFoundError(f"--data {cfg.data}: no such file or folder")
     sae_dir = folders["train"] / "sae"
     model = {"model": cfg.model, "model_dtype": cfg.model_dtype, "device": cfg.device}
     return {

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ("torch", "numpy", "cli", "paths", "runtime", "capture", "train", "interpret", "generate", "serve",
-           "pipeline", "data.prebatch", "sae.convert", "llama", "sae.io", "latents.explanations")
+           "pipeline", "data.prebatch", "convert", "llama", "sae.io", "latents.explanations")
 
 
 def run_case(argv: list[str]) -> int:

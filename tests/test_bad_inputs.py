@@ -76,7 +76,7 @@ def serve(*extra: str) -> list[str]:
 
 
 def conv(*extra: str) -> list[str]:
-    return ["-m", "sae.convert", *extra]
+    return ["convert.py", *extra]
 
 
 def pipe(*extra: str) -> list[str]:
@@ -149,9 +149,8 @@ CASES = [
                                   "--file-mb", "1"), "the disk is full", tmpfs=True),
     # train.py
     Case("train-k-0", tr("--k", "0"), "--k must be an integer >= 1"),
-    Case("train-k-over-d-sae", tr("--k", "64", "--d-sae", "32"), "--k", forbid=("SAEConfig",),
-         xfail="train.py / sae.config (training owner, lead): the message speaks of SAEConfig.k and d_sae, "
-               "not the flags"),
+    Case("train-k-over-d-sae", tr("--k", "64", "--d-sae", "32"), "--k 64 must not exceed --d-sae 32",
+         forbid=("SAEConfig",)),
     Case("train-data-missing", tr("--data", "{case}/none"), "none"),
     Case("train-data-is-capture", tr("--data", "{capture}"), "prebatch the captured activations first"),
     Case("train-lr", tr("--lr", "-1"), "--lr"),
@@ -221,7 +220,7 @@ CASES = [
     Case("serve-config-type", serve("--config", C), "field 'port' (--port) must be a whole number",
          files=config('{"port": "80"}')),
     Case("serve-port-taken", serve("--device", "cpu", "--port", "{busy}"), "cannot listen there"),
-    # python -m sae.convert
+    # convert.py
     Case("convert-no-format", conv("{sae}", "{case}/dst"), "--from"),
     Case("convert-src-missing", conv("--from", "ours", "--to", "saelens", "{case}/none", "{case}/dst"), "none"),
     Case("convert-dst-not-empty", conv("--from", "ours", "--to", "saelens", "{sae}", "{case}/out"), "--overwrite"),
@@ -231,14 +230,12 @@ CASES = [
          files={"junk/config.json": "not json", "junk/sae.safetensors": b"\x00" * 64}),
     Case("convert-to-read-only-format", conv("--from", "ours", "--to", "llamascope", "{sae}", "{case}/dst"), "--to"),
     # pipeline.py: every stage's settings are checked before the first stage runs
-    Case("pipeline-k-0", pipe("--k", "0"), "--k", no_new="runs", timeout=15, xfail=PIPELINE),
-    Case("pipeline-expansion-0", pipe("--expansion", "0"), "--expansion", no_new="runs", timeout=15, xfail=PIPELINE),
+    Case("pipeline-k-0", pipe("--k", "0"), "--k", no_new="runs", timeout=15),
+    Case("pipeline-expansion-0", pipe("--expansion", "0"), "--expansion", no_new="runs", timeout=15),
     Case("pipeline-sample-fraction", pipe("--sample-fraction", "2"), "--sample-fraction", no_new="runs", timeout=15,
          xfail=PIPELINE),
-    Case("pipeline-device", pipe("--device", "tpu9"), "--device", no_new="runs", timeout=15,
-         xfail=PIPELINE + "; capture.py's traceback for the device"),
-    Case("pipeline-data-missing", pipe("--data", "{case}/none.txt"), "none.txt", no_new="runs", timeout=15,
-         xfail=PIPELINE),
+    Case("pipeline-device", pipe("--device", "tpu9"), "--device", no_new="runs", timeout=15),
+    Case("pipeline-data-missing", pipe("--data", "{case}/none.txt"), "none.txt", no_new="runs", timeout=15),
     Case("pipeline-config-type", pipe("--config", C), "field 'k' (--k) must be a whole number",
          files=config('{"k": "8"}'), no_new="runs"),
 ]
@@ -371,4 +368,4 @@ def test_the_shared_inputs_are_untouched(results):
 def test_the_table_is_wide_enough():
     scripts = {c.argv[1] if c.argv[0] == "-m" else c.argv[0] for c in CASES}
     assert len(CASES) >= 60 and scripts == {"capture.py", "data.prebatch", "train.py", "interpret.py",
-                                            "generate.py", "serve.py", "sae.convert", "pipeline.py"}
+                                            "generate.py", "serve.py", "convert.py", "pipeline.py"}
