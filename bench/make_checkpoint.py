@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import mmap
 import os
@@ -88,16 +89,36 @@ def tensor_shapes(args: ModelArgs, *, with_output: bool) -> dict[str, tuple[int,
 
 def random_tensor(name: str, shape: tuple[int, ...], *, seed: int, dtype: torch.dtype) -> torch.Tensor:
     """The weight `name` of the random model `seed`: norms near 1, the embedding N(0, 1), linear
-    weights N(0, 1/fan_in). The tied head (output.weight) is the embedding's own stream."""
+    weights N(0, 1/fan_in). The tied head (output.weight) is the embedding's own stream.
+
+    Drawing 8 billion normal numbers takes this CPU minutes, so a matrix is cut into blocks of 64K
+    values, each a copy of a window of a shared pool of 4M normal numbers at an offset drawn from the
+    tensor's own seed: memory-copy speed, distinct rows, the same statistics."""
     stream = "tok_embeddings.weight" if name == "output.weight" else name
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(stream.encode()))
     if len(shape) == 1:
         return (1 + 0.1 * torch.randn(shape, generator=gen)).to(dtype)
     scale = 1.0 if stream == "tok_embeddings.weight" else shape[1] ** -0.5
+    pool = _pool(seed, scale, dtype)
     out = torch.empty(shape, dtype=dtype)
-    for rows in out.split(max(1, (1 << 24) // shape[1])):  # float32 scratch of at most 64 MB
-        rows.copy_(torch.randn(rows.shape, generator=gen).mul_(scale))
+    blocks = out.view(-1).split(_BLOCK)
+    offsets = torch.randint(0, len(pool) - _BLOCK, (len(blocks),), generator=gen).tolist()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of small copies: thread start-up would cost 100x the copying
+    try:
+        for block, offset in zip(blocks, offsets):
+            block.copy_(pool[offset:offset + len(block)])
+    finally:
+        torch.set_num_threads(threads)
     return out
+
+
+_BLOCK, _POOL = 1 << 16, 1 << 22
+
+
+@functools.lru_cache(maxsize=8)
+def _pool(seed: int, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    return (torch.randn(_POOL, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
 
 
 def permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -68,9 +68,17 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def owned(tensor: torch.Tensor, dtype: torch.dtype | None, *, borrowed: bool) -> torch.Tensor:
-    """`tensor` in `dtype` (None: its own) in memory of its own: a copy when it is `borrowed` (a view of
-    a memory-mapped file), a conversion only when it is already a fresh tensor."""
-    return tensor.to(dtype or tensor.dtype, copy=borrowed)
+    """`tensor` in `dtype` (None: its own) in memory of its own. A `borrowed` tensor (a contiguous view
+    of a read-only file mapping) is copied out 64 MB at a time, each piece's file pages released once
+    copied, so that not even one whole tensor is resident twice; a fresh one is only converted."""
+    if not borrowed:
+        return tensor.to(dtype or tensor.dtype)
+    out = torch.empty(tensor.shape, dtype=dtype or tensor.dtype)
+    step = max(1, (64 << 20) // tensor.element_size())
+    for source, target in zip(tensor.reshape(-1).split(step), out.view(-1).split(step)):
+        target.copy_(source)
+        release_pages(source)
+    return out
 
 
 def release_pages(tensor: torch.Tensor) -> None:

@@ -125,9 +125,11 @@ def iter_tensors(folder: Path, args: ModelArgs,
                 source = f.get_tensor(name)
                 check_readable(source.dtype, file, name)
                 key = target.split(".")[-2]
-                tensor = unpermute(source, heads[key]) if key in heads else source
-                tensor = owned(tensor, dtype, borrowed=tensor is source)
-                release_pages(source)
+                if key in heads:  # a fresh tensor: the file's pages can go
+                    tensor = owned(unpermute(source, heads[key]), dtype, borrowed=False)
+                    release_pages(source)
+                else:
+                    tensor = owned(source, dtype, borrowed=True)
                 yield target, tensor
 
 

@@ -87,7 +87,7 @@ def iter_tensors(folder: Path, dtype: torch.dtype | None = None) -> Iterator[tup
             tensor = owned(parts[0], dtype, borrowed=True)
         else:
             tensor = owned(torch.cat(parts, dim=_split_dim(name, folder)), dtype, borrowed=False)
-        for part in parts:
+        for part in parts:  # (again for a part `owned` released already: harmless)
             release_pages(part)
         yield name, tensor
 
