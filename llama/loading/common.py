@@ -69,12 +69,12 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 def owned(tensor: torch.Tensor, dtype: torch.dtype | None, *, borrowed: bool) -> torch.Tensor:
     """`tensor` in `dtype` (None: its own) in memory of its own. A `borrowed` tensor (a contiguous view
-    of a read-only file mapping) is copied out 64 MB at a time, each piece's file pages released once
+    of a read-only file mapping) is copied out 16 MB at a time, each piece's file pages released once
     copied, so that not even one whole tensor is resident twice; a fresh one is only converted."""
     if not borrowed:
         return tensor.to(dtype or tensor.dtype)
     out = torch.empty(tensor.shape, dtype=dtype or tensor.dtype)
-    step = max(1, (64 << 20) // tensor.element_size())
+    step = max(1, (16 << 20) // tensor.element_size())
     for source, target in zip(tensor.reshape(-1).split(step), out.view(-1).split(step)):
         target.copy_(source)
         release_pages(source)
