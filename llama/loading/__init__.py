@@ -3,21 +3,27 @@
     a .gguf file (magic bytes "GGUF")                    -> loading/gguf.py
     a folder with params.json + consolidated.*.pth       -> loading/meta.py
     a folder with config.json + *.safetensors            -> loading/hf.py
+
+Loading streams: `open_checkpoint(path)` reads the hyperparameters and headers only (so that a model
+that cannot fit is refused before anything is read), `Checkpoint.tensors(dtype)` yields (Meta name,
+tensor) pairs one at a time, and `build_model` assigns them to a model built on the meta device.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
 from llama.loading import hf, meta
-from llama.loading.common import build_model, fingerprint
+from llama.loading.common import Transform, build_model, count_params, fingerprint
 from llama.loading.precision import resolve as resolve_precision
 from llama.model import ModelArgs, Transformer
 
-__all__ = ["LoadedModel", "load_model", "detect_format"]
+__all__ = ["Checkpoint", "LoadedModel", "build_model", "detect_format", "iter_checkpoint", "load_model",
+           "open_checkpoint"]
 
 
 class LoadedModel(NamedTuple):
@@ -53,36 +59,90 @@ def detect_format(path: Path) -> str:
                      f"one (config.json + *.safetensors)")
 
 
+@dataclass
+class Checkpoint:
+    """An opened checkpoint: what it holds, read from its headers; the weights stay on disk until
+    `tensors()` streams them."""
+
+    path: Path
+    format: str  # "gguf", "meta" or "hf"
+    args: ModelArgs
+    stored_dtype: torch.dtype | None  # the float type of the weights on disk; None: GGUF block-quantized
+    files: list[Path]
+    gguf: Any = None  # the parsed GGUF file (its metadata holds the tokenizer), for format "gguf"
+
+    @property
+    def n_params(self) -> int:
+        return count_params(self.args)
+
+    @property
+    def source(self) -> str:
+        """An identity for manifests: name, format and a fingerprint of the files."""
+        return f"{self.path.name} ({self.format}, {fingerprint(self.files)})"
+
+    def tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Meta name, tensor) pairs, lazily, each a CPU tensor the caller owns, in `dtype` (None: as
+        stored; float32 for GGUF quantized types), q/k in Meta's layout, model-parallel shards merged.
+        Safetensors and .pth files are memory-mapped, each tensor copied out then its pages released,
+        so at most one tensor is in flight. GGUF tensors are views of one buffer allocated up front."""
+        if self.format == "hf":
+            return hf.iter_tensors(self.path, self.args, dtype)
+        if self.format == "meta":
+            return meta.iter_tensors(self.path, dtype)
+        from llama.loading.gguf import load_gguf
+        _, state, _ = load_gguf(self.path, dtype or self.stored_dtype or torch.float32)
+        return iter(state.items())
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Detect the format and read hyperparameters and stored dtype, not the weights."""
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "gguf":
+        from llama.loading.gguf import model_args
+        from llama.loading.gguf_reader import read_gguf
+        gguf = read_gguf(path)
+        return Checkpoint(path, kind, model_args(gguf), _gguf_dtype(gguf), [path], gguf)
+    if kind == "meta":
+        return Checkpoint(path, kind, meta.model_args(path), meta.stored_dtype(path),
+                          [path / "params.json", *sorted(path.glob("consolidated.*.pth"))])
+    return Checkpoint(path, kind, hf.model_args(path), hf.stored_dtype(path),
+                      [path / "config.json", *hf.shard_files(path)])
+
+
+def iter_checkpoint(path: str | Path, dtype: torch.dtype | None = None
+                    ) -> tuple[ModelArgs, str, Iterator[tuple[str, torch.Tensor]]]:
+    """(args, format, stream of (Meta name, tensor)): `open_checkpoint(path)` then its `tensors(dtype)`."""
+    ckpt = open_checkpoint(path)
+    return ckpt.args, ckpt.format, ckpt.tensors(dtype)
+
+
+def _gguf_dtype(gguf) -> torch.dtype | None:
+    """float32 / float16 / bfloat16 when every matrix is stored so, else None (block-quantized)."""
+    names = {info.qtype.name for info in gguf.tensors.values() if len(info.shape) > 1}
+    plain = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    return plain[names.pop()] if len(names) == 1 and next(iter(names)) in plain else None
+
+
 def load_model(path: str | Path, *, device: torch.device | str = "cpu",
-               dtype: torch.dtype | str = torch.float32, tokenizer: bool = True) -> LoadedModel:
+               dtype: torch.dtype | str = torch.float32, tokenizer: bool = True,
+               transform: Transform | None = None) -> LoadedModel:
     """Load a checkpoint and its tokenizer.
 
     dtype: a torch dtype, or a --model-dtype name ("auto", "float32", "bfloat16", "float16", "int8",
-    "int4"; see llama.loading.precision). tokenizer=False skips the tokenizer (LoadedModel.tokenizer is
-    then None).
+    "int4"; see llama.loading.precision). A model that cannot fit in memory in that dtype is refused
+    before any weight is read. tokenizer=False skips the tokenizer (LoadedModel.tokenizer is then None).
+    transform: see `build_model`.
     """
     from llama.tokenizers import load_tokenizer  # imported here: the tokenizer is optional
 
-    path = Path(path)
-    precision = resolve_precision(dtype, device)
+    ckpt = open_checkpoint(path)
+    precision = resolve_precision(dtype, device, checkpoint_dtype=ckpt.stored_dtype, weight_count=ckpt.n_params)
     if precision.quant is not None:
         raise ValueError(f"--model-dtype {precision.quant}: quantized weights are not supported yet")
-    dtype = precision.dtype
-    kind = detect_format(path)
-    if kind == "gguf":
-        from llama.loading.gguf import load_gguf
-        args, state, gguf = load_gguf(path, dtype)
-        tok = load_tokenizer(path, gguf_metadata=gguf.metadata) if tokenizer else None
-        files = [path]
-    elif kind == "meta":
-        args = meta.model_args(path)
-        state = meta.load_state_dict(path)
-        tok = load_tokenizer(path) if tokenizer else None
-        files = [path / "params.json", *path.glob("consolidated.*.pth")]
-    else:
-        args = hf.model_args(path)
-        state = hf.load_state_dict(path, args)
-        tok = load_tokenizer(path) if tokenizer else None
-        files = [path / "config.json", *path.glob("*.safetensors")]
-    model = build_model(args, state, device=device, dtype=dtype)
-    return LoadedModel(model, tok, args, f"{path.name} ({kind}, {fingerprint(files)})", precision.note)
+    tok = None
+    if tokenizer:  # before the weights: a missing tokenizer should not cost a long load first
+        tok = load_tokenizer(ckpt.path, gguf_metadata=ckpt.gguf.metadata if ckpt.gguf is not None else None)
+    model = build_model(ckpt.args, ckpt.tensors(precision.dtype), device=device, dtype=precision.dtype,
+                        transform=transform)
+    return LoadedModel(model, tok, ckpt.args, ckpt.source, precision.note)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
+from llama.loading.common import check_readable, owned, release_pages
 from llama.model import ModelArgs
 
 # Hugging Face name -> Meta name; {i} is the layer.
@@ -33,6 +34,7 @@ _NAMES = {
     "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.feed_forward.w3.weight",
 }
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 def is_hf_folder(folder: Path) -> bool:
@@ -76,25 +78,71 @@ def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, dim).transpose(1, 2).reshape(rows, dim)
 
 
-def load_state_dict(folder: Path, args: ModelArgs) -> dict[str, torch.Tensor]:
-    """Every *.safetensors file in the folder, renamed to Meta keys, q/k unpermuted."""
-    state = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        try:
-            tensors = load_file(file)
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
-        for name, tensor in tensors.items():
-            if not name.endswith("rotary_emb.inv_freq"):  # a buffer some old exports saved
-                state[_meta_name(name, file)] = tensor
-    for i in range(args.n_layers):
-        for key, n_heads in (("wq", args.n_heads), ("wk", args.n_kv_heads)):
-            name = f"layers.{i}.attention.{key}.weight"
-            if name in state:
-                state[name] = unpermute(state[name], n_heads)
-    if args.tie_word_embeddings:
-        state.pop("output.weight", None)  # some exports store the tied head twice
-    return state
+def shard_files(folder: Path) -> list[Path]:
+    """The safetensors files, in the order of model.safetensors.index.json when there is one."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return sorted(folder.glob("*.safetensors"))
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError):
+        raise ValueError(f"{index}: not a valid index (a JSON object with a weight_map)") from None
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder / missing[0]}: listed in {index.name} but missing; download every shard")
+    return [folder / name for name in names]
+
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The float type the weights are stored in (read from the file headers only; the widest if mixed)."""
+    found = set()
+    for file in shard_files(folder):
+        with _open(file) as f:
+            for name in f.keys():
+                code = f.get_slice(name).get_dtype()
+                dtype = _DTYPES.get(code)
+                if dtype is None:
+                    raise ValueError(f"{file}: tensor {name} is stored as {code}, which this loader cannot "
+                                     f"read; store the weights as BF16, F16 or F32")
+                found.add(dtype)
+    return max(found, key=lambda d: d.itemsize) if found else torch.float32
+
+
+def iter_tensors(folder: Path, args: ModelArgs,
+                 dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Meta name, tensor) one at a time, q/k unpermuted, each a fresh tensor in `dtype` (None: as
+    stored). Files are memory-mapped and each tensor's pages are released once copied, so the file
+    is never resident next to its copy."""
+    heads = {"wq": args.n_heads, "wk": args.n_kv_heads}
+    for file in shard_files(folder):
+        with _open(file) as f:
+            for name in f.keys():
+                if name.endswith("rotary_emb.inv_freq"):  # a buffer some old exports saved
+                    continue
+                target = _meta_name(name, file)
+                if args.tie_word_embeddings and target == "output.weight":
+                    continue  # some exports store the tied head twice
+                source = f.get_tensor(name)
+                check_readable(source.dtype, file, name)
+                key = target.split(".")[-2]
+                if key in heads:  # a fresh tensor: the file's pages can go
+                    tensor = owned(unpermute(source, heads[key]), dtype, borrowed=False)
+                    release_pages(source)
+                else:
+                    tensor = owned(source, dtype, borrowed=True)
+                yield target, tensor
+
+
+def load_state_dict(folder: Path, args: ModelArgs, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder (`iter_tensors`) in one dict."""
+    return dict(iter_tensors(folder, args, dtype))
+
+
+def _open(file: Path):
+    try:
+        return safe_open(file, framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
 
 
 def _meta_name(name: str, file: Path) -> str:

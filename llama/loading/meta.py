@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
+from llama.loading.common import check_readable, owned, release_pages
 from llama.model import ModelArgs
 
 # module name (the key's second-to-last part) -> the dimension its shards are concatenated along
@@ -47,35 +49,57 @@ def model_args(folder: Path) -> ModelArgs:
         raise ValueError(f"{path}: {err}") from None
 
 
-def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All shards, memory-mapped (weights_only: no pickled code runs), merged into full tensors."""
-    shards = sorted(folder.glob("consolidated.*.pth"))
-    if not shards:
+def load_shards(folder: Path) -> tuple[list[dict[str, torch.Tensor]], list[Path]]:
+    """Every shard, memory-mapped (weights_only: no pickled code runs; nothing is read yet)."""
+    paths = sorted(folder.glob("consolidated.*.pth"))
+    if not paths:
         raise FileNotFoundError(f"{folder}: no consolidated.*.pth shard next to params.json")
-    loaded = []
-    for shard in shards:
+    shards = []
+    for path in paths:
         try:
-            loaded.append(torch.load(shard, map_location="cpu", mmap=True, weights_only=True))
+            shards.append(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
         except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{shard}: not a readable PyTorch checkpoint ({message})") from None
-    state = loaded[0] if len(loaded) == 1 else merge_shards(loaded, shards)
-    state.pop("rope.freqs", None)  # Llama 2 shards carry a rotary table; we compute ours
-    return state
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({message})") from None
+    for path, shard in zip(paths, shards):
+        for name, tensor in shard.items():
+            check_readable(tensor.dtype, path, name)
+    return shards, paths
 
 
-def merge_shards(shards: list[dict[str, torch.Tensor]], paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Concatenate model-parallel slices into full tensors (see the module docstring)."""
-    merged = {}
-    for name in shards[0]:
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The float type the weights are stored in (the widest if mixed)."""
+    shards, _ = load_shards(folder)
+    return max({t.dtype for t in shards[0].values()}, key=lambda d: d.itemsize, default=torch.float32)
+
+
+def iter_tensors(folder: Path, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) one at a time, shards merged, each a fresh tensor in `dtype` (None: as stored).
+    The slices' pages are released once copied: neither the files nor two copies are ever resident."""
+    shards, paths = load_shards(folder)
+    for name in list(shards[0]):
         if any(name not in shard for shard in shards):
-            raise ValueError(f"{paths[0].parent}: tensor {name} is missing from some shards")
-        parts = [shard[name] for shard in shards]
-        if parts[0].dim() < 2:  # norms: replicated
-            merged[name] = parts[0]
+            raise ValueError(f"{folder}: tensor {name} is missing from some shards")
+        parts = [shard.pop(name) for shard in shards]
+        if name == "rope.freqs":  # Llama 2 shards carry a rotary table; we compute ours
             continue
-        module = name.split(".")[-2]
-        if module not in _SPLIT_DIM:
-            raise ValueError(f"{paths[0].parent}: do not know how tensor {name} is split across shards")
-        merged[name] = torch.cat(parts, dim=_SPLIT_DIM[module])
-    return merged
+        if len(parts) == 1 or parts[0].dim() < 2:  # one shard, or a norm replicated in every shard
+            tensor = owned(parts[0], dtype, borrowed=True)
+        else:
+            tensor = owned(torch.cat(parts, dim=_split_dim(name, folder)), dtype, borrowed=False)
+        for part in parts:  # (again for a part `owned` released already: harmless)
+            release_pages(part)
+        yield name, tensor
+
+
+def load_state_dict(folder: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder (`iter_tensors`) in one dict."""
+    return dict(iter_tensors(folder, dtype))
+
+
+def _split_dim(name: str, folder: Path) -> int:
+    """The dimension model-parallel slices of `name` are concatenated along (see the module docstring)."""
+    module = name.split(".")[-2]
+    if module not in _SPLIT_DIM:
+        raise ValueError(f"{folder}: do not know how tensor {name} is split across shards")
+    return _SPLIT_DIM[module]
