@@ -28,7 +28,7 @@ log = logging.getLogger("convert")
 def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
     """Refuse an SAE whose d_in or hook does not fit the model at `model` ("default", "none" or a
     path); returns the model's identity, or None when nothing was checked."""
-    from llama.loading.info import checkpoint_info
+    from llama.loading import open_checkpoint
 
     if model == "none":
         return None
@@ -39,7 +39,7 @@ def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
             raise
         log.info("the default model is not installed; d_in and hook are not checked")
         return None
-    info = checkpoint_info(path)
+    info = open_checkpoint(path)  # headers only
     check_fits_model(conv, info.args.dim, info.args.n_layers, path.name)
     return info.source
 

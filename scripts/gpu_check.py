@@ -221,7 +221,7 @@ def time_sae_step(device: torch.device, shapes) -> dict:
     torch.manual_seed(0)
     x = synthetic_activations(d_in, batch).to(device)
     sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_sae, k=k), device=device)
-    objective = SAEObjective(sae, aux_coeff=1 / 32, k_aux=sae.cfg.k_aux or min(2048, d_sae // 2), aux_gate=False)
+    objective = SAEObjective(sae, aux_gate=False)  # aux-k weights from the SAE's config
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def ours():

@@ -426,8 +426,8 @@ def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, sm
               str(src / "sae_weights.safetensors"))
     assert convert.main(["--from", "saelens", "--to", "ours", "--model", str(gguf_path), str(src),
                          str(tmp_path / "ours")]) == 0
-    from llama.loading.info import checkpoint_info
-    info = checkpoint_info(gguf_path)
+    from llama.loading import open_checkpoint
+    info = open_checkpoint(gguf_path)
     assert (info.args.dim, info.args.n_layers) == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
     assert info.source == smol.source
     assert load_config(tmp_path / "ours").model == smol.source  # what llama.load_model reports
