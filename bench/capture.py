@@ -147,7 +147,10 @@ def compare_model_dtypes(corpus: Path, tmp: Path, repeats: int) -> dict:
     runs = {"bfloat16": [], "float32": []}
     for i in range(repeats):
         for dtype in runs:
-            runs[dtype].append(side("ours", corpus, tmp / f"dtype-{dtype}-{i}", model_dtype=dtype))
+            run = side("ours", corpus, tmp / f"dtype-{dtype}-{i}", model_dtype=dtype)
+            runs[dtype].append(run)
+            print(f"  model {dtype:8s} {run['tokens'] / run['seconds']:8.0f} tokens/s  ({run['seconds']:.1f} s, "
+                  f"peak RSS {run['peak_rss_mb']:.0f} MB)", flush=True)
     rate = {d: max(r["tokens"] / r["seconds"] for r in rs) for d, rs in runs.items()}
     print(f"capture with the model in bfloat16 vs float32 (float32 storage, best of {repeats}): "
           f"{rate['bfloat16']:.0f} vs {rate['float32']:.0f} tokens/s = {rate['bfloat16'] / rate['float32']:.2f}x")
@@ -175,7 +178,7 @@ def main() -> None:
         figures = {"ours": ours}
         print(f"capture, {ours['tokens']} tokens of {args.docs} documents, {HOOK}")
         print(f"  ours   {ours['tokens'] / ours['seconds']:8.0f} tokens/s  ({ours['seconds']:.1f} s, "
-              f"peak RSS {ours['peak_rss_mb']:.0f} MB)")
+              f"peak RSS {ours['peak_rss_mb']:.0f} MB)", flush=True)
         if not args.skip_plain:
             figures.update(compare_plain(tmp, ours))
         if args.repeats:

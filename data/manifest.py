@@ -93,7 +93,8 @@ class CaptureBook:
         for hook, folder in self.folders.items():
             found = {}
             if (folder / "manifest.json").is_file():
-                found.update({e["shard"]: e for e in read_json(folder / "manifest.json", "rerun the capture")["shards"]})
+                shards = read_json(folder / "manifest.json", "rerun the capture")["shards"]
+                found.update({e["shard"]: e for e in shards})
             for progress in sorted(folder.glob("progress-rank*.json")):
                 found.update({e["shard"]: e for e in read_json(progress, "delete it and rerun")})
             found = {k: _lift(e, hook) for k, e in found.items()}
