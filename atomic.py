@@ -1,35 +1,68 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-Write to a temporary name beside the target, then `os.replace` it over the target (atomic on POSIX
-and Windows within one filesystem); on any failure the temporary file is removed.
+Write to a temporary name beside the target, flush it to disk, then `os.replace` it over the target
+(atomic on POSIX and Windows within one filesystem); on any failure the temporary file is removed.
+Every file gets the permissions a plain `open()` would give it (0644 under the usual umask), whatever
+created the temporary file (safetensors, for one, creates its files 0600).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import, while no other thread creates files
+FILE_MODE = 0o666 & ~_UMASK
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def temporary_name(path: str | Path) -> Path:
+    """Where `path` is written before it is renamed into place."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
 
 
-FILE_MODE = _file_mode()  # what open() gives a new file under this process's umask (0644 for umask 022)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (a no-op where folders cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Give `tmp` the usual permissions, flush it to disk and rename it over `path`."""
+    os.chmod(tmp, FILE_MODE)
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync_folder(path.parent)
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     try:
         yield tmp
-        os.chmod(tmp, FILE_MODE)  # one mode for every file written (some writers create theirs 0600)
-        os.replace(tmp, path)
+        commit(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, Exception):  # named in the one-line error cli.run_main prints (a full disk...)
@@ -37,17 +70,58 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 text to `path` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 @contextmanager
 def open_atomic(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file to write; on success it is flushed to disk (fsync) and renamed over `path`."""
+    """Open a temporary file to write; on success it is flushed to disk and renamed over `path`."""
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 text to `path` atomically."""
+    with open_atomic(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int = 1, **options: Any) -> None:
+    """Write `data` as JSON (UTF-8, a final newline) to `path` atomically; `options` go to json.dumps."""
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False, **options) + "\n")
+
+
+class AtomicFile:
+    """A file written over many calls (`.file`), that appears under its name only at `commit()`.
+
+    `abort()` (or an exception inside a `with` block) removes what was written.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "wb"):
+        self.path = Path(path)
+        self.tmp = temporary_name(self.path)
+        self.file: IO = open(self.tmp, mode)
+
+    def commit(self) -> Path:
+        try:
+            self.file.close()
+            commit(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.file.close()  # may fail again flushing what is buffered (a full disk): nothing to keep
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()

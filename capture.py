@@ -8,37 +8,41 @@
 Pipeline: corpus -> Punkt sentences -> tokens (capped, no BOS stored) -> sentences.jsonl; then the
 records are cut into fixed chunks, each chunk is run in length-sorted padded batches, and its
 activations become one shard per hook, written on a background thread. Rerunning the same command
-resumes after the last committed shard and produces byte-identical files.
+first checks every committed shard against the manifest (sizes and sampled checksums), captures again
+what is missing or damaged, resumes after that, and produces byte-identical files.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+import torch.distributed
 from tqdm import tqdm
 
 import cli
 import paths
 import runtime
+from atomic import atomic_path
 from data.chunks import capture_chunk, chunk_arrays, iter_chunks
-from data.fileio import check_writable_folder
+from data.fileio import check_no_folders_in_the_way, check_writable_folder, disk_full_error, file_check
 from data.manifest import CaptureBook
 from data.prepare import (SentenceOptions, context_prefix, iter_records, read_sentences,
                           write_sentences)
 from data.sentences import SentenceSplitter
 from data.shards import DTYPES, ShardData, ShardWriter, read_manifest
 from data.text import TextSource, corpus_identity, iter_documents
+from runtime import DistInfo
 
 log = logging.getLogger("capture")
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SHARD_BYTES = 128 << 20  # automatic shard size: activations per hook per shard
+RESUME = "the shards committed so far are kept: rerun the same command to resume"
 
 
 @dataclass
@@ -86,32 +90,19 @@ class CaptureConfig:
 
 def main() -> None:
     cfg, _ = cli.parse_config(CaptureConfig, description=__doc__.split("\n\n")[0])
-    rank, world, device = setup_distributed(cfg.device)
-    if rank == 0:
+    info = runtime.init_distributed(cfg.device)
+    if info.is_main:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        capture(cfg, rank, world, device)
+        capture(cfg, info)
+    except KeyboardInterrupt:
+        print(f"interrupted: {RESUME}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as err:
+        raise disk_full_error(err, Path(cfg.out), "--out", f"nothing committed was lost: free space and rerun "
+                              f"the same command to resume") from None
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def setup_distributed(requested: str) -> tuple[int, int, torch.device]:
-    """Rank, world size and device; a process group when launched by torchrun (nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cpu":  # share the cores instead of oversubscribing them
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    return rank, world, device
+        runtime.destroy_distributed()
 
 
 def resolve_source(cfg: CaptureConfig) -> TextSource:
@@ -120,43 +111,33 @@ def resolve_source(cfg: CaptureConfig) -> TextSource:
     return TextSource(paths.default_corpus_path(), cfg.text_field, cfg.label_field or "sentiment")
 
 
-def capture(cfg: CaptureConfig, rank: int = 0, world: int = 1, device: torch.device | None = None,
-            loaded=None) -> dict[str, Path]:
-    """Capture every hook of `cfg`; returns hook -> capture folder. `loaded` reuses a loaded model."""
-    from llama import load_model
+def capture(cfg: CaptureConfig, dist: DistInfo | None = None, loaded=None) -> dict[str, Path]:
+    """Capture every hook of `cfg`; returns hook -> capture folder. `loaded` reuses a loaded model
+    (which then decides the device); `dist` is this process's place (default: a single process)."""
     from llama.hooks import parse_hook_name
 
-    source, options = check_inputs(cfg)
-    check_writable_folder(Path(cfg.out), "--out")
+    source, options = check_inputs(cfg, loaded)
+    if dist is None:
+        device = next(loaded.model.parameters()).device if loaded else runtime.resolve_device(cfg.device)
+        dist = DistInfo(0, 1, 0, device, None)
     if loaded is None:
-        loaded = load_model(Path(cfg.model) if cfg.model else paths.default_model_path(),
-                            device=device or "cpu")
+        loaded = runtime.load_model(cfg.model, device=dist.device, model_dtype=cfg.model_dtype)
     for hook in cfg.hooks:
         parse_hook_name(hook, loaded.args.n_layers)
     folders = {h: check_writable_folder(Path(cfg.out) / h, "--out") for h in cfg.hooks}
+    for folder in folders.values():
+        check_no_folders_in_the_way(folder, "--out")
     prefix = context_prefix(loaded.tokenizer, options)
-    settings = capture_settings(cfg, source, loaded.source, prefix)
+    settings = capture_settings(cfg, source, loaded, prefix)
     for folder in folders.values():
         check_resumable(folder, settings)
 
-    summary = prepare_sentences(folders, source, loaded.tokenizer, options, rank, world)
-    base = {"model": settings["model"], "dtype": cfg.dtype, "prepend_bos": cfg.bos, "chat": cfg.chat,
-            "context_prefix": prefix, "max_tokens": cfg.max_tokens, "corpus": settings["corpus"],
-            "label_field": source.label_field, "labels": summary["labels"], "sentences": summary,
-            "settings": settings}
-    book = CaptureBook(folders, base, rank)
-    d_models = {h: loaded.args.dim for h in cfg.hooks}
-    if rank == 0:
-        book.start(d_models)
-        for folder in folders.values():
-            cli.save_config(cfg, folder / "capture_config.json")
-    barrier(world)
-    if rank != 0:
-        book.start(d_models)
-    device = next(loaded.model.parameters()).device
-    run_capture(cfg, loaded.model, loaded.args.dim, prefix, folders, book, summary, rank, world, device)
-    barrier(world)
-    if rank == 0:
+    summary = prepare_sentences(folders, source, loaded.tokenizer, options, dist)
+    book = open_book(cfg, folders, settings, summary, loaded.args.dim, dist)
+    run_capture(cfg, loaded.model, folders=folders, book=book, prefix=prefix, total_tokens=summary["tokens"],
+                dist=dist)
+    barrier(dist)
+    if dist.is_main:
         total = book.finalize()
         log.info("captured %d activations per hook into %s", total, ", ".join(map(str, folders.values())))
         if cfg.prebatch:
@@ -164,17 +145,17 @@ def capture(cfg: CaptureConfig, rank: int = 0, world: int = 1, device: torch.dev
     return folders
 
 
-def check_inputs(cfg: CaptureConfig) -> tuple[TextSource, SentenceOptions]:
-    """Fail fast, before loading the model: hook name forms, limits, and a readable corpus."""
-    from llama.hooks import parse_hook_name
-
+def check_inputs(cfg: CaptureConfig, loaded=None) -> tuple[TextSource, SentenceOptions]:
+    """Fail fast, before loading the model: hook names, limits, output folders and a readable corpus."""
     if not cfg.hooks or len(set(cfg.hooks)) != len(cfg.hooks):
         raise cli.UsageError(f"--hooks {' '.join(cfg.hooks)}: give one or more distinct hook names")
-    for hook in cfg.hooks:
-        parse_hook_name(hook, 1 << 30)  # the form only; the layer range is checked once loaded
+    check_hook_forms(cfg.hooks, cfg.model, loaded)
     options = SentenceOptions(max_tokens=cfg.max_tokens, bos=cfg.bos, chat=cfg.chat,
                               max_documents=cfg.max_documents, sample_fraction=cfg.sample_fraction,
                               max_total_tokens=cfg.max_total_tokens, punkt_chars=cfg.punkt_chars)
+    check_writable_folder(Path(cfg.out), "--out")
+    if cfg.prebatch:
+        check_writable_folder(Path(cfg.batches_out), "--batches-out")
     source = resolve_source(cfg)
     if next(iter_documents(source), None) is None:  # also checks the named columns/fields
         raise ValueError(f"{source.path}: the corpus holds no text (field/column {source.text_field!r}); "
@@ -182,19 +163,53 @@ def check_inputs(cfg: CaptureConfig) -> tuple[TextSource, SentenceOptions]:
     return source, options
 
 
-def capture_settings(cfg: CaptureConfig, source: TextSource, model: str, prefix: list[int]) -> dict:
+def check_hook_forms(hooks: list[str], model_flag: str, loaded=None) -> None:
+    """Hook names of a valid form; the layer range is checked once the model is loaded. A wrong name's
+    message lists the model's own layers, read from its header when it is not loaded yet."""
+    from llama.hooks import parse_hook_name
+
+    for hook in hooks:
+        try:
+            parse_hook_name(hook, loaded.args.n_layers if loaded else 1 << 30)
+        except ValueError:
+            n_layers = loaded.args.n_layers if loaded else header_layers(model_flag)
+            if n_layers:
+                parse_hook_name(hook, n_layers)  # raises, naming the model's layer range
+            raise cli.UsageError(f"--hooks {hook}: not a hook name; valid forms: hook_embed, "
+                                 f"ln_final.hook_normalized, blocks.<layer>.<site>") from None
+
+
+def header_layers(model_flag: str) -> int | None:
+    """The model's number of layers from its header alone (config.json, params.json, GGUF metadata),
+    for a message before the model loads; None when it cannot be read (loading will say why)."""
+    from llama.loading import detect_format, hf, meta
+
+    try:
+        path = Path(model_flag) if model_flag else paths.default_model_path()
+        kind = detect_format(path)
+        if kind == "gguf":
+            from llama.loading.gguf import model_args
+            from llama.loading.gguf_reader import read_gguf
+            return model_args(read_gguf(path)).n_layers
+        return (meta if kind == "meta" else hf).model_args(path).n_layers
+    except Exception:  # any unreadable header: the message falls back to the forms alone
+        return None
+
+
+def capture_settings(cfg: CaptureConfig, source: TextSource, loaded, prefix: list[int]) -> dict:
     """Everything that determines the stored bytes; a resume must match it exactly."""
     keys = ("dtype", "bos", "chat", "max_tokens", "max_documents", "sample_fraction", "max_total_tokens", "batch_tokens",
             "shard_tokens", "punkt_chars")
-    return {"model": model, "corpus": corpus_identity(source), "context_prefix": prefix,
-            **{k: getattr(cfg, k) for k in keys}}
+    model_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")  # as resolved, not "auto"
+    return {"model": loaded.source, "model_dtype": model_dtype, "corpus": corpus_identity(source),
+            "context_prefix": prefix, **{k: getattr(cfg, k) for k in keys}}
 
 
 def check_resumable(folder: Path, settings: dict) -> None:
     """Refuse to continue a capture made with other settings (mixing them would corrupt it)."""
     if not (folder / "manifest.json").is_file():
         return
-    previous = read_manifest(folder).get("settings", {})
+    previous = {"model_dtype": "float32", **read_manifest(folder).get("settings", {})}  # older ones: float32
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     if changed:
         raise cli.UsageError(f"{folder} holds a capture made with different {', '.join(changed)}; "
@@ -202,11 +217,11 @@ def check_resumable(folder: Path, settings: dict) -> None:
 
 
 def prepare_sentences(folders: dict[str, Path], source: TextSource, tokenizer, options: SentenceOptions,
-                      rank: int, world: int) -> dict:
+                      dist: DistInfo) -> dict:
     """Write sentences.jsonl into every hook folder (rank 0), unless an earlier run already did."""
     first = next(iter(folders.values()))
     summary = None
-    if rank == 0:
+    if dist.is_main:
         summary = _existing_summary(folders)
         if summary is None:
             started = time.time()
@@ -218,52 +233,81 @@ def prepare_sentences(folders: dict[str, Path], source: TextSource, tokenizer, o
             if summary["sentences"] == 0:
                 raise ValueError(f"{source.path}: no text found (field/column {source.text_field!r}); "
                                  f"check --data and --text-field")
+            summary["file"] = file_check(first / "sentences.jsonl")
             for folder in list(folders.values())[1:]:
-                shutil.copyfile(first / "sentences.jsonl", folder / "sentences.jsonl.tmp")
-                os.replace(folder / "sentences.jsonl.tmp", folder / "sentences.jsonl")
+                with atomic_path(folder / "sentences.jsonl") as tmp:
+                    shutil.copyfile(first / "sentences.jsonl", tmp)
             log.info("%d sentences, %d tokens from %d documents (%.1f s, Punkt %s)", summary["sentences"],
                      summary["tokens"], summary["documents"], time.time() - started,
                      "trained on the corpus" if splitter.trained else "untrained")
-    if world > 1:
+    if dist.distributed:
         box = [summary]
-        dist.broadcast_object_list(box, src=0)
+        torch.distributed.broadcast_object_list(box, src=0)
         summary = box[0]
     return summary
 
 
 def _existing_summary(folders: dict[str, Path]) -> dict | None:
-    """The sentence summary of an earlier run with the same settings, if its files are all there."""
+    """The sentence summary of an earlier run with the same settings, if its files are all there and
+    intact (a damaged sentences.jsonl is written again, with the same bytes)."""
     summaries = []
     for folder in folders.values():
-        if not (folder / "manifest.json").is_file() or not (folder / "sentences.jsonl").is_file():
+        path = folder / "sentences.jsonl"
+        if not (folder / "manifest.json").is_file() or not path.is_file():
             return None
-        summaries.append(read_manifest(folder).get("sentences"))
+        summary = read_manifest(folder).get("sentences")
+        if summary and "file" in summary and file_check(path) != summary["file"]:
+            log.warning("%s is damaged: writing it again", path)
+            return None
+        summaries.append(summary)
     return summaries[0] if summaries[0] and all(s == summaries[0] for s in summaries) else None
 
 
-def run_capture(cfg: CaptureConfig, model, d_model: int, prefix: list[int], folders: dict[str, Path],
-                book: CaptureBook, summary: dict, rank: int, world: int, device: torch.device) -> None:
-    """This rank's chunks (every world-th one), skipping those already committed."""
+def open_book(cfg: CaptureConfig, folders: dict[str, Path], settings: dict, summary: dict, d_model: int,
+              dist: DistInfo) -> CaptureBook:
+    """The capture's manifests. Rank 0 first verifies what earlier runs committed (one line per damaged
+    shard, which is then captured again); the other ranks read the result."""
+    base = {"model": settings["model"], "dtype": cfg.dtype, "prepend_bos": cfg.bos, "chat": cfg.chat,
+            "context_prefix": settings["context_prefix"], "max_tokens": cfg.max_tokens,
+            "corpus": settings["corpus"], "label_field": settings["corpus"]["label_field"],
+            "labels": summary["labels"], "sentences": summary, "settings": settings}
+    book = CaptureBook(folders, base, dist.rank)
+    d_models = {h: d_model for h in cfg.hooks}
+    if dist.is_main:
+        for line in book.start(d_models):
+            log.warning(line)
+        for folder in folders.values():
+            cli.save_config(cfg, folder / "capture_config.json")
+    barrier(dist)
+    if not dist.is_main:
+        book.start(d_models)
+    return book
+
+
+def run_capture(cfg: CaptureConfig, model, *, folders: dict[str, Path], book: CaptureBook, prefix: list[int],
+                total_tokens: int, dist: DistInfo) -> None:
+    """This rank's chunks (every world_size-th one), skipping those already committed."""
     storage = DTYPES[cfg.dtype][0]
+    d_model = next(iter(book.d_models.values()))
     shard_tokens = cfg.shard_tokens or max(1, SHARD_BYTES // (d_model * storage.itemsize))
-    done = book.done()
+    done, world = book.done(), dist.world_size
     records = read_sentences(next(iter(folders.values())) / "sentences.jsonl")
     writer = ShardWriter(max_pending=2)
-    bar = tqdm(total=summary["tokens"], unit="tok", unit_scale=True, disable=rank != 0,
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not dist.is_main,
                desc="capture", smoothing=0.1)
     try:
         for chunk in iter_chunks(records, shard_tokens):
             if chunk.index in done:
                 bar.update(chunk.rows)  # committed by an earlier run
-            if chunk.index % world != rank or chunk.index in done:
+            if chunk.index % world != dist.rank or chunk.index in done:
                 continue
-            acts = capture_chunk(model, chunk, prefix, cfg.hooks, cfg.batch_tokens, storage, device,
-                                 on_batch=lambda n: bar.update(n * world))
+            acts = capture_chunk(model, chunk, prefix=prefix, hooks=cfg.hooks, batch_tokens=cfg.batch_tokens,
+                                 storage=storage, device=dist.device, on_batch=lambda n: bar.update(n * world))
             tokens, index = chunk_arrays(chunk)
             parts = [ShardData(folders[h], acts[h], tokens, index) for h in cfg.hooks]
             entry = {"shard": chunk.index, "name": f"{chunk.index:05d}", "rows": chunk.rows,
-                     "first_sentence": chunk.first_sentence, "sentences": len(chunk.records), "rank": rank}
-            writer.submit(chunk.index, parts, lambda _, e=entry: book.commit(e))
+                     "first_sentence": chunk.first_sentence, "sentences": len(chunk.records), "rank": dist.rank}
+            writer.submit(chunk.index, parts, lambda _, checks, e=entry: book.commit(e, checks))
     finally:
         bar.close()
         writer.close()
@@ -274,15 +318,20 @@ def run_prebatch(cfg: CaptureConfig, folders: dict[str, Path]) -> None:
 
     for hook, folder in folders.items():
         target = Path(cfg.batches_out) / hook
-        with tqdm(unit="B", unit_scale=True, desc=f"prebatch {hook}") as bar:
-            result = prebatch(folder, target, PrebatchConfig(), on_progress=bar.update)
+        try:
+            with tqdm(unit="B", unit_scale=True, desc=f"prebatch {hook}") as bar:
+                result = prebatch(folder, target, PrebatchConfig(), on_progress=bar.update,
+                                  out_flag="--batches-out")
+        except OSError as err:
+            raise disk_full_error(err, target, "--batches-out", "the capture is complete and kept: free "
+                                  "space and rerun the same command to prebatch it") from None
         log.info("prebatched %s: %d train + %d val batches into %s", hook, result["n_train"],
                  result["n_val"], target)
 
 
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
+def barrier(dist: DistInfo) -> None:
+    if dist.distributed:
+        torch.distributed.barrier()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/capture.py                 # a ~400-document slice of the default corpus
     python bench/capture.py --docs 1000 --json runs/bench/capture.json
+    python bench/capture.py --skip-memory --skip-plain --repeats 2   # the model-dtype comparison alone
 
 Sides, each in its own subprocess (so peak RSS is the side's own), on the same sentences:
 - ours: `capture.capture` end to end after the model is loaded: Punkt, tokenization, length-sorted
@@ -10,7 +11,9 @@ Sides, each in its own subprocess (so peak RSS is the side's own), on the same s
   on the layer, batches of 32 sentences in corpus order (right padding), full forward, and
   `torch.save` of each batch's hidden states;
 - prebatching: `data.prebatch` on our capture (windows of 2 shards), in MB/s of activations read;
-- memory: peak RSS of capture and of prebatching for the slice and for the slice repeated 4 times.
+- memory: peak RSS of capture and of prebatching for the slice and for the slice repeated 4 times;
+- model dtype: ours with the model in bfloat16 against float32 (float32 storage both), alternating
+  `--repeats` times, capture tokens/s (end to end: the sentences are prepared in both).
 """
 
 from __future__ import annotations
@@ -54,12 +57,14 @@ def make_slice(path: Path, docs: int, repeat: int = 1) -> Path:
     return path
 
 
-def run_ours(corpus: Path, out: Path) -> dict:
+def run_ours(corpus: Path, out: Path, model_dtype: str = "float32") -> dict:
+    import torch
+
     import capture
     import cli
-    from llama import load_model
+    import runtime
 
-    loaded = load_model(paths.default_model_path())
+    loaded = runtime.load_model("", device=torch.device("cpu"), model_dtype=model_dtype)
     cfg, _ = cli.parse_config(capture.CaptureConfig, "bench", ["--data", str(corpus), "--out", str(out),
                                                                "--label-field", "sentiment",
                                                                "--shard-tokens", str(SHARD_TOKENS)])
@@ -108,7 +113,7 @@ def run_prebatch(capture_folder: Path, out: Path) -> dict:
 
 def worker(args: argparse.Namespace) -> None:
     if args.worker == "ours":
-        result = run_ours(Path(args.corpus), Path(args.out))
+        result = run_ours(Path(args.corpus), Path(args.out), args.model_dtype)
     elif args.worker == "plain":
         result = run_plain(Path(args.corpus), Path(args.out))
     else:
@@ -116,13 +121,40 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def side(kind: str, source: Path, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--corpus", str(source), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+def side(kind: str, source: Path, out: Path, model_dtype: str = "float32") -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--corpus", str(source), "--out", str(out),
+                           "--model-dtype", model_dtype], capture_output=True, text=True, cwd=ROOT)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"{kind} side failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def compare_plain(tmp: Path, ours: dict) -> dict:
+    plain = side("plain", tmp / "ours" / HOOK / "sentences.jsonl", tmp / "plain")
+    pre = side("prebatch", tmp / "ours" / HOOK, tmp / "batches")
+    print(f"  plain  {plain['tokens'] / plain['seconds']:8.0f} tokens/s  ({plain['seconds']:.1f} s, "
+          f"peak RSS {plain['peak_rss_mb']:.0f} MB)")
+    speedup = (ours["tokens"] / ours["seconds"]) / (plain["tokens"] / plain["seconds"])
+    print(f"  ours / plain: {speedup:.2f}x")
+    print(f"prebatch: {pre['mb_per_s']:.0f} MB/s ({pre['mb']:.0f} MB in {pre['seconds']:.1f} s, "
+          f"peak RSS {pre['peak_rss_mb']:.0f} MB)")
+    return {"plain": plain, "prebatch": pre}
+
+
+def compare_model_dtypes(corpus: Path, tmp: Path, repeats: int) -> dict:
+    """Capture with the model in bfloat16 and in float32, alternating; the best run of each."""
+    runs = {"bfloat16": [], "float32": []}
+    for i in range(repeats):
+        for dtype in runs:
+            run = side("ours", corpus, tmp / f"dtype-{dtype}-{i}", model_dtype=dtype)
+            runs[dtype].append(run)
+            print(f"  model {dtype:8s} {run['tokens'] / run['seconds']:8.0f} tokens/s  ({run['seconds']:.1f} s, "
+                  f"peak RSS {run['peak_rss_mb']:.0f} MB)", flush=True)
+    rate = {d: max(r["tokens"] / r["seconds"] for r in rs) for d, rs in runs.items()}
+    print(f"capture with the model in bfloat16 vs float32 (float32 storage, best of {repeats}): "
+          f"{rate['bfloat16']:.0f} vs {rate['float32']:.0f} tokens/s = {rate['bfloat16'] / rate['float32']:.2f}x")
+    return {"tokens_per_s": rate, "ratio": rate["bfloat16"] / rate["float32"], "runs": runs}
 
 
 def main() -> None:
@@ -130,6 +162,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=400, help="documents in the slice")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 4x corpus memory runs")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--skip-plain", action="store_true", help="skip transformers' side and prebatching")
+    parser.add_argument("--repeats", type=int, default=1, help="bfloat16 / float32 model pairs (0: skip)")
+    parser.add_argument("--model-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["ours", "plain", "prebatch"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -140,18 +175,16 @@ def main() -> None:
         tmp = Path(tmp)
         corpus = make_slice(tmp / "slice.csv", args.docs)
         ours = side("ours", corpus, tmp / "ours")
-        plain = side("plain", tmp / "ours" / HOOK / "sentences.jsonl", tmp / "plain")
-        pre = side("prebatch", tmp / "ours" / HOOK, tmp / "batches")
-        figures = {"ours": ours, "plain": plain, "prebatch": pre}
+        figures = {"ours": ours}
         print(f"capture, {ours['tokens']} tokens of {args.docs} documents, {HOOK}")
-        for name, r in (("ours", ours), ("plain", plain)):
-            print(f"  {name:6s} {r['tokens'] / r['seconds']:8.0f} tokens/s  ({r['seconds']:.1f} s, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB)")
-        speedup = (ours["tokens"] / ours["seconds"]) / (plain["tokens"] / plain["seconds"])
-        print(f"  ours / plain: {speedup:.2f}x")
-        print(f"prebatch: {pre['mb_per_s']:.0f} MB/s ({pre['mb']:.0f} MB in {pre['seconds']:.1f} s, "
-              f"peak RSS {pre['peak_rss_mb']:.0f} MB)")
+        print(f"  ours   {ours['tokens'] / ours['seconds']:8.0f} tokens/s  ({ours['seconds']:.1f} s, "
+              f"peak RSS {ours['peak_rss_mb']:.0f} MB)", flush=True)
+        if not args.skip_plain:
+            figures.update(compare_plain(tmp, ours))
+        if args.repeats:
+            figures["model_dtype"] = compare_model_dtypes(corpus, tmp, args.repeats)
         if not args.skip_memory:
+            pre = figures.get("prebatch") or side("prebatch", tmp / "ours" / HOOK, tmp / "batches")
             big = make_slice(tmp / "slice4.csv", args.docs, repeat=4)
             ours4 = side("ours", big, tmp / "ours4")
             pre4 = side("prebatch", tmp / "ours4" / HOOK, tmp / "batches4")

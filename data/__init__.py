@@ -7,7 +7,9 @@ Reading order:
 - `data.chunks`: fixed chunks of records, length-sorted padded batches, running a chunk through the model.
 - `data.shards`: the captured-activation format: background writer and `CapturedDataset` reader.
 - `data.manifest`: committed shards across hook folders and ranks (resuming).
-- `data.prebatch` + `data.stats`: shuffled fixed-size batches and Welford statistics in one pass.
+- `data.prebatch` + `data.stats`: shuffled fixed-size batches and Welford statistics in one pass
+  (its command line is the top-level `prebatch.py`).
 - `data.batches`: the prebatched format and its reader, `BatchDataset`.
-- `data.fileio`: atomic JSON, raw appends, cleanup.
+- `data.fileio`: JSON reads, raw appends, sampled checksums, one-line folder and disk-full errors
+  (every write goes through the atomic writer, `atomic.py`).
 """

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.fileio import append_array, read_json, remove_quietly, write_json_atomic
+from atomic import AtomicFile, write_json_atomic
+from data.fileio import append_array, read_json
 
 FORMAT = "llama-sae-batches"
 VERSION = 1
@@ -107,7 +108,7 @@ class BatchDataset(torch.utils.data.Dataset):
 def read_meta(folder: Path) -> dict:
     """Load and check `batches.json`."""
     meta = read_json(Path(folder) / "batches.json",
-                     "prebatch the captured activations first (python -m data.prebatch)")
+                     "prebatch the captured activations first (prebatch.py, or capture.py --prebatch)")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{folder}/batches.json: not a version-{VERSION} {FORMAT} file; "
                          f"rerun the prebatching step")
@@ -120,7 +121,7 @@ class ChunkWriter:
 
     Each chunk is written under a `.tmp` name and renamed once full (or at `close`), so a finished
     name always holds whole batches. `prefix` lets parallel workers write side by side; the final
-    names are assigned by `finalize_folder`.
+    names are assigned once every window is done.
     """
 
     folder: Path
@@ -137,9 +138,9 @@ class ChunkWriter:
         """Append one batch, shape (batch_size, d_model)."""
         assert batch.shape == (self.batch_size, self.d_model), batch.shape
         if self._handle is None:
-            self._handle = open(self._tmp_path(), "wb")
+            self._handle = AtomicFile(Path(self.folder) / self._name())
         try:
-            append_array(self._handle, batch, DTYPE)
+            append_array(self._handle.file, batch, DTYPE)
         except BaseException:
             self.abort()
             raise
@@ -156,21 +157,15 @@ class ChunkWriter:
     def abort(self) -> None:
         """Drop the unfinished chunk (after an error)."""
         if self._handle is not None:
-            self._handle.close()
+            self._handle.abort()
             self._handle = None
-            remove_quietly(self._tmp_path())
 
     def _name(self) -> str:
         return f"{self.prefix}{chunk_name(self.split, len(self.files))}"
 
-    def _tmp_path(self) -> Path:
-        return Path(self.folder) / (self._name() + ".tmp")
-
     def _finish_chunk(self) -> None:
-        self._handle.close()
-        self._handle = None
-        final = Path(self.folder) / self._name()
-        self._tmp_path().replace(final)
+        handle, self._handle = self._handle, None
+        final = handle.commit()
         self.files.append({"name": final.name, "batches": self._in_chunk})
         self._in_chunk = 0
 
@@ -178,14 +173,8 @@ class ChunkWriter:
 def write_remainder(folder: Path, split: str, rows: np.ndarray) -> dict:
     """Store the split's leftover rows (fewer than a batch); returns {"name", "rows"}."""
     path = Path(folder) / remainder_name(split)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            append_array(f, rows, DTYPE)
-        tmp.replace(path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    with AtomicFile(path) as out:
+        append_array(out.file, rows, DTYPE)
     return {"name": path.name, "rows": int(rows.shape[0])}
 
 

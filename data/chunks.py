@@ -77,14 +77,15 @@ def plan_batches(lengths: list[int], batch_tokens: int, max_batch: int = 512,
 
 
 @torch.inference_mode()
-def capture_chunk(model, chunk: Chunk, prefix: list[int], hooks: list[str], batch_tokens: int,
+def capture_chunk(model, chunk: Chunk, *, prefix: list[int], hooks: list[str], batch_tokens: int,
                   storage: torch.dtype, device: torch.device,
                   on_batch: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
     """Run a chunk's sentences through `model`; returns hook -> (rows, d) CPU tensor in `storage` dtype.
 
     Each sequence is `prefix + tokens`, left-padded within its batch; only the sentence's own token
-    positions are kept, and rows come back in corpus order (record by record). `on_batch(n)` is told
-    how many tokens each batch stored (for progress bars).
+    positions are kept, and rows come back in corpus order (record by record). The storage dtype is the
+    capture's own, whatever the model computes in (a bfloat16 model's taps may be stored as float32,
+    a float32 model's as bfloat16). `on_batch(n)` is told how many tokens each batch stored.
     """
     lengths = [len(prefix) + len(r["tokens"]) for r in chunk.records]
     offsets = chunk.row_offsets()

@@ -1,7 +1,7 @@
 """Captured shards to shuffled fixed-size training batches, with Welford statistics, in one pass.
 
-    python -m data.prebatch                                  # default capture -> runs/batches/<hook>/
-    python -m data.prebatch --capture runs/capture/blocks.20.hook_resid_post --workers 2
+The command line is `prebatch.py` at the top level (or `capture.py --prebatch`); this module is the
+library: `prebatch(capture, out, PrebatchConfig(...))`.
 
 How rows are mixed, with memory bounded by a few shards:
 1. the shards are visited in a seeded random order, in windows of `window_shards` consecutive ones;
@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from data.batches import SPLITS, ChunkWriter, chunk_name, write_meta, write_remainder
-from data.fileio import check_writable_folder, remove_quietly
+from data.fileio import check_no_folders_in_the_way, check_writable_folder, remove_quietly
 from data.shards import CapturedDataset
 from data.stats import RunningStats
 from data.text import uniform_hash
@@ -46,6 +46,9 @@ class PrebatchConfig:
             raise ValueError("--batch-size, --window-shards and --file-mb must be positive, --workers >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+
+
+DEFAULTS = PrebatchConfig()  # what a folder prebatched with the default settings used (e.g. its split)
 
 
 def is_validation(docs: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -100,21 +103,33 @@ def _window_task(args: tuple) -> WindowResult:
 
 
 def prebatch(capture: str | Path, out: str | Path, cfg: PrebatchConfig,
-             on_progress: Callable[[int], None] | None = None) -> dict:
-    """Prebatch a capture folder into `out`; returns the batches.json content."""
+             on_progress: Callable[[int], None] | None = None, out_flag: str = "--out") -> dict:
+    """Prebatch a capture folder into `out`; returns the batches.json content. On failure `out` is left
+    without batches (an unfinished folder is useless) and the capture is untouched."""
     capture, out = Path(capture), Path(out)
     ds = CapturedDataset(capture)
     if out.resolve() == capture.resolve():
-        raise ValueError(f"--out {out}: must differ from the capture folder")
-    check_writable_folder(out, "--out")
+        raise ValueError(f"{out_flag} {out}: must differ from the capture folder")
+    check_writable_folder(out, out_flag)
+    check_no_folders_in_the_way(out, out_flag)
     _clear(out)
+    try:
+        return _run(capture, out, ds, cfg, on_progress)
+    except BaseException:
+        _clear(out)  # an unfinished folder is useless: give its space back (the capture is untouched)
+        raise
+
+
+def _run(capture: Path, out: Path, ds: CapturedDataset, cfg: PrebatchConfig,
+         on_progress: Callable[[int], None] | None) -> dict:
     order = np.random.default_rng(cfg.seed).permutation(len(ds)).tolist()
     tasks = [(capture, out, w, order[s:s + cfg.window_shards], cfg)
              for w, s in enumerate(range(0, len(order), cfg.window_shards))]
     merger = _Merger(out, cfg, ds.d_model)
     if cfg.workers:
         with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
-            for result in pool.imap(_window_task, tasks):  # in window order: deterministic
+            results = pool.imap(_window_task, tasks)  # in window order: deterministic
+            for result in results:
                 merger.add(result)
                 if on_progress:
                     on_progress(result.bytes_read)
@@ -187,36 +202,3 @@ def _clear(out: Path) -> None:
     for pattern in ("*.bin", "*.bin.tmp", "stats.json", "*.json.tmp"):
         for path in out.glob(pattern):
             remove_quietly(path)
-
-
-@dataclass
-class PrebatchCommand(PrebatchConfig):
-    capture: str = field(default="", metadata={"help": "capture folder (default: runs/capture/<default hook>)"})
-    out: str = field(default="", metadata={"help": "output folder (default: runs/batches/<hook>)"})
-
-
-def main() -> None:
-    import sys
-
-    import cli
-    import paths
-    from tqdm import tqdm
-
-    args, _ = cli.parse_config(PrebatchCommand, description="Prebatch captured activations.")
-    capture = Path(args.capture) if args.capture else paths.DEFAULT_CAPTURE_DIR / paths.DEFAULT_HOOK
-    hook = CapturedDataset(capture).hook
-    out = Path(args.out) if args.out else paths.DEFAULT_BATCHES_DIR / hook
-    cfg = PrebatchConfig(**{f: getattr(args, f) for f in PrebatchConfig.__dataclass_fields__})
-    if out.resolve() == capture.resolve():
-        raise ValueError(f"--out {out}: must differ from the capture folder")
-    with tqdm(unit="B", unit_scale=True, desc="prebatch") as bar:
-        meta = prebatch(capture, out, cfg, on_progress=bar.update)
-    print(f"{meta['n_train']} train + {meta['n_val']} val batches of {cfg.batch_size} "
-          f"(+ {meta['remainders']['train']['rows']} / {meta['remainders']['val']['rows']} remainder rows) "
-          f"in {out}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    import cli
-
-    cli.run_main(main)

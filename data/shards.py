@@ -8,14 +8,15 @@ A capture folder (one per hook, e.g. `runs/capture/blocks.20.hook_resid_post/`) 
 
 plus `sentences.jsonl` (see data.prepare) and `manifest.json`. Shard files are written under `.tmp`
 names and renamed when complete; a shard counts only once the manifest lists it, and the manifest is
-itself replaced atomically after the shard's files are in place.
+itself replaced atomically after the shard's files are in place. The manifest records each file's
+size and a sampled checksum, so that a rerun can verify what it did not write itself.
 """
 
 from __future__ import annotations
 
-import errno
 import queue
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,7 +24,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from data.fileio import append_array, read_json, remove_quietly
+from atomic import AtomicFile
+from data.fileio import append_array, array_check, file_check, raw_bytes, read_json
 from data.prepare import read_sentences
 
 FORMAT = "llama-sae-activations"
@@ -56,28 +58,33 @@ class ShardData:
     index: np.ndarray
 
 
-def write_shard(shard: int, data: ShardData) -> None:
-    """Write the three files of a shard atomically; on failure no partial file is left behind."""
-    arrays = {"acts": (to_raw(data.acts), DTYPES[str(data.acts.dtype).removeprefix("torch.")][1]),
-              "tokens": (data.tokens, "<i4"), "index": (data.index, "<i4")}
-    written = []
-    try:
-        for part, (array, dtype) in arrays.items():
-            final = shard_file(data.folder, part, shard)
-            tmp = final.with_name(final.name + ".tmp")
-            written.append(tmp)
-            with open(tmp, "wb") as f:
-                append_array(f, array, dtype)
-        for tmp in written:
-            tmp.replace(tmp.with_name(tmp.name.removesuffix(".tmp")))
-    except OSError as err:
-        for tmp in written:
-            remove_quietly(tmp)
-        if err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, "disk full while writing a shard (partial shard removed, "
-                          "manifest intact); free space and rerun the same command to resume",
-                          str(data.folder)) from None
-        raise
+def write_shard(shard: int, data: ShardData) -> dict:
+    """Write the three files of a shard atomically; on failure none of them is left behind.
+
+    Returns {part: {"bytes", "crc32_sampled"}}, what the manifest records to verify the files later.
+    """
+    arrays = {"acts": raw_bytes(to_raw(data.acts), DTYPES[str(data.acts.dtype).removeprefix("torch.")][1]),
+              "tokens": raw_bytes(data.tokens, "<i4"), "index": raw_bytes(data.index, "<i4")}
+    with ExitStack() as files:  # every file complete before any is renamed into place
+        for part, raw in arrays.items():
+            append_array(files.enter_context(AtomicFile(shard_file(data.folder, part, shard))).file, raw, raw.dtype)
+    return {part: array_check(raw) for part, raw in arrays.items()}
+
+
+def check_shard(folder: Path, entry: dict, d_model: int, dtype: str, recorded: dict | None) -> str | None:
+    """What is wrong with a committed shard's files (sizes, and checksums when `recorded`), or None."""
+    rows = entry["rows"]
+    sizes = {"acts": rows * d_model * np.dtype(DTYPES[dtype][1]).itemsize, "tokens": rows * 4, "index": rows * 12}
+    for part in PARTS:
+        path = shard_file(folder, part, entry["shard"])
+        if not path.is_file():
+            return f"{path.name} is missing"
+        size = path.stat().st_size
+        if size != sizes[part]:
+            return f"{path.name} is {size} bytes, the manifest says {sizes[part]}"
+        if recorded and part in recorded and file_check(path) != recorded[part]:
+            return f"{path.name} does not match its checksum"
+    return None
 
 
 class ShardWriter:
@@ -85,7 +92,8 @@ class ShardWriter:
 
     `submit(shard, [ShardData, ...], commit)` queues a shard (one ShardData per hook folder) and
     returns at once unless `max_pending` shards are already waiting (which bounds memory). After the
-    files are in place the thread calls `commit(shard)`, e.g. to update the manifests. An error on
+    files are in place the thread calls `commit(shard, checks)`, checks = [write_shard's result per
+    ShardData], e.g. to update the manifests. An error on
     the thread is raised again in the caller at the next `submit` or at `close`.
     """
 
@@ -95,7 +103,7 @@ class ShardWriter:
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, shard: int, parts: list[ShardData], commit: Callable[[int], None]) -> None:
+    def submit(self, shard: int, parts: list[ShardData], commit: Callable[[int, list[dict]], None]) -> None:
         self._raise_if_failed()
         self._queue.put((shard, parts, commit))
         self._raise_if_failed()
@@ -112,9 +120,7 @@ class ShardWriter:
                 continue  # drain without writing after a failure
             shard, parts, commit = item
             try:
-                for data in parts:
-                    write_shard(shard, data)
-                commit(shard)
+                commit(shard, [write_shard(shard, data) for data in parts])
             except BaseException as err:  # handed to the main thread
                 self._error = err
 

@@ -26,6 +26,9 @@ PARQUET_SUFFIXES = (".parquet",)
 KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + CSV_SUFFIXES + PARQUET_SUFFIXES
 ENCODING = dict(encoding="utf-8-sig", errors="replace")  # robust decoding, BOM dropped
 HASH_LIMIT = 1 << 30  # files up to 1 GiB are identified by SHA-256, larger ones by size and mtime
+SNIFF_BYTES = 8192  # the start of a file that tells text from binary (as git and grep decide)
+BINARY_MAGIC = {b"%PDF-": "a PDF", b"PK\x03\x04": "a ZIP archive", b"\x1f\x8b": "gzip-compressed",
+                b"\x28\xb5\x2f\xfd": "zstd-compressed"}
 
 
 @dataclass
@@ -52,17 +55,35 @@ class TextSource:
 
 
 def corpus_files(path: Path) -> list[Path]:
-    """The files a source reads: the file itself, or a folder's known files in sorted order."""
+    """The files a source reads: the file itself, or a folder's known files in sorted order. Each is
+    checked to hold text (or to be Parquet): a binary file is refused, naming it."""
     path = Path(path)
     if path.is_file():
-        return [path]
-    if path.is_dir():
+        files = [path]
+    elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES)
         if not files:
             raise ValueError(f"{path}: folder holds no {', '.join(KNOWN_SUFFIXES)} files; "
                              f"point --data at a corpus")
-        return files
-    raise FileNotFoundError(f"{path}: no such file or folder; point --data at a corpus")
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder; point --data at a corpus")
+    for file in files:
+        check_text_file(file)
+    return files
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse a file whose first bytes show it is not text (a PDF, an archive, NUL bytes), naming it."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    kind = next((name for magic, name in BINARY_MAGIC.items() if head.startswith(magic)), None)
+    if kind is None and b"\0" in head:
+        kind = "binary data or UTF-16 text: NUL bytes"
+    if kind:
+        raise ValueError(f"{path}: not a text corpus ({kind}); --data reads UTF-8 text, JSONL, CSV/TSV or "
+                         f"Parquet: extract or convert it first")
 
 
 def iter_documents(source: TextSource) -> Iterator[Document]:

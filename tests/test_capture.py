@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+import atomic
 import capture
 import cli
 import paths
@@ -200,18 +203,26 @@ def test_unknown_hook_out_of_range_layer(tmp_path, corpus, smol):
     assert not (tmp_path / "blocks.99.hook_resid_post").exists()
 
 
-@pytest.mark.parametrize("case", ["hook", "column", "empty", "folder", "dtype"])
-def test_user_errors_are_one_line_with_exit_code_2(tmp_path, corpus, case, monkeypatch, capsys):
+@pytest.mark.parametrize("case", ["hook", "column", "empty", "folder", "dtype", "binary", "is-dir", "out-file",
+                                  "batches-out"])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, corpus, case, monkeypatch, capsys, smol):
     empty = tmp_path / "empty.csv"
     empty.write_text("sentiment,confidence,text\n")
     blocker = tmp_path / "file"
     blocker.write_text("")
+    (tmp_path / "binary.txt").write_bytes(b"%not quite text\0\0\1\2")
+    (tmp_path / "out" / HOOK / "manifest.json").mkdir(parents=True)
     args = {"hook": ["--data", str(corpus), "--hooks", "blocks.1.hook_nothing"],
             "column": ["--data", str(corpus), "--text-field", "body"],
             "empty": ["--data", str(empty)],
             "folder": ["--data", str(corpus), "--out", str(blocker / "sub")],
-            "dtype": ["--dtype", "fp8"]}[case]
-    # every one of these is caught before the model loads
+            "dtype": ["--dtype", "fp8"],
+            "binary": ["--data", str(tmp_path / "binary.txt")],
+            "is-dir": ["--data", str(corpus)],
+            "out-file": ["--data", str(corpus), "--out", str(blocker)],
+            "batches-out": ["--data", str(corpus), "--prebatch", "--batches-out", str(blocker)]}[case]
+    # every one of these but is-dir is caught before the model loads (is-dir: the session's model)
+    monkeypatch.setattr(capture.runtime, "load_model", lambda *a, **k: smol)
     monkeypatch.setattr(sys, "argv", ["capture.py", "--out", str(tmp_path / "out"), *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.run_main(capture.main)
@@ -219,8 +230,13 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, corpus, case, monke
     lines = capsys.readouterr().err.strip().splitlines()
     if case != "dtype":  # argparse's own errors come after its usage line
         assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    expected = {"hook": "unknown hook name 'blocks.1.hook_nothing'", "column": "no column 'body'",
-                "empty": "holds no text", "folder": "--out", "dtype": "invalid choice: 'fp8'"}[case]
+    expected = {"hook": "unknown hook name 'blocks.1.hook_nothing'; valid forms: hook_embed, ln_final.hook_normalized, "
+                        "blocks.{0..29}.{",  # the model's own layers, read from its header
+                "column": "no column 'body'", "empty": "holds no text", "folder": "--out",
+                "dtype": "invalid choice: 'fp8'", "binary": "binary.txt: not a text corpus (binary data or UTF-16",
+                "is-dir": f"--out {tmp_path / 'out' / HOOK}: manifest.json is a folder where a file goes",
+                "out-file": f"--out {blocker}: a file is there, not a folder",
+                "batches-out": f"--batches-out {blocker}: a file is there, not a folder"}[case]
     assert expected in lines[-1]
 
 
@@ -239,7 +255,11 @@ def test_torchrun_two_processes_build_the_same_dataset(tmp_path, corpus, gguf_pa
         output = log.read_text()
         pytest.fail("\n".join([line for line in output.splitlines() if line.startswith("error:")] + [output[-1500:]]))
     folder = tmp_path / HOOK
-    assert read_manifest(folder)["shards"] == read_manifest(reference)["shards"]
+
+    def shards(manifest: dict) -> list[dict]:  # all but the acts' checksums (float rounding may differ)
+        return [{**e, "files": {k: v for k, v in e["files"].items() if k != "acts"}} for e in manifest["shards"]]
+
+    assert shards(read_manifest(folder)) == shards(read_manifest(reference))
     assert not list(folder.glob("progress-rank*.json"))
     ours, ref = CapturedDataset(folder), CapturedDataset(reference)
     for a, b in zip(ours, ref):
@@ -267,3 +287,105 @@ def test_several_hooks_one_pass_and_prebatch(tmp_path, corpus, smol, hf_smol):
         train = BatchDataset(tmp_path / "batches" / hook)
         rows = sum(train.meta["rows"].values())
         assert rows == early.total_rows and train.meta["hook"] == hook
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    """capture.py's main in this process (the session's model): exit code and stderr's error lines."""
+    monkeypatch.setattr(sys, "argv", ["capture.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(capture.main)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return exit_info.value.code, [line for line in err.splitlines() if line.startswith(("error:", "interrupted"))]
+
+
+def assert_same_files(folder: Path, reference: Path) -> None:
+    names = sorted(p.name for p in reference.iterdir() if p.suffix in (".bin", ".jsonl"))
+    assert names == sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".jsonl"))
+    for name in names:
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+    assert read_manifest(folder)["shards"] == read_manifest(reference)["shards"]
+
+
+def test_rerun_recaptures_a_truncated_or_altered_shard(tmp_path, corpus, smol, reference, caplog):
+    shutil.copytree(reference, tmp_path / HOOK)
+    with open(tmp_path / HOOK / "acts-00001.bin", "r+b") as f:
+        f.truncate(1000)
+    tokens = bytearray((tmp_path / HOOK / "tokens-00003.bin").read_bytes())
+    tokens[0] ^= 1
+    (tmp_path / HOOK / "tokens-00003.bin").write_bytes(bytes(tokens))
+    kept = os.stat(tmp_path / HOOK / "acts-00000.bin").st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="capture"):
+        capture.capture(config(tmp_path, corpus), loaded=smol)  # the same command again
+    damaged = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert damaged == [f"shard 00001 is damaged (acts-00001.bin is 1000 bytes, the manifest says "
+                       f"{read_manifest(reference)['shards'][1]['rows'] * 576 * 4}): capturing it again",
+                       "shard 00003 is damaged (tokens-00003.bin does not match its checksum): capturing it again"]
+    assert_same_files(tmp_path / HOOK, reference)
+    assert read_manifest(tmp_path / HOOK)["complete"]
+    assert os.stat(tmp_path / HOOK / "acts-00000.bin").st_mtime_ns == kept  # intact shards are not redone
+    usual = oct(0o666 & ~atomic._UMASK)
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / HOOK).iterdir()} == {usual}
+
+
+def test_disk_full_is_one_line_and_the_same_command_resumes(tmp_path, corpus, smol, reference, monkeypatch, capsys):
+    monkeypatch.setattr(capture.runtime, "load_model", lambda *a, **k: smol)
+    args = ["--data", str(corpus), "--label-field", "sentiment", "--out", str(tmp_path), *SMALL]
+    (tmp_path / HOOK).mkdir()
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    (tmp_path / HOOK / "acts-00002.bin.tmp").symlink_to("/dev/full")  # ENOSPC from the kernel, for shard 2
+    code, lines = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and lines == [f"error: disk full while writing into --out {tmp_path}; nothing committed was "
+                                   f"lost: free space and rerun the same command to resume"]
+    assert [e["shard"] for e in read_manifest(tmp_path / HOOK)["shards"]] == [0, 1]
+    assert not list((tmp_path / HOOK).glob("*00002*"))
+    code, lines = run_main(monkeypatch, capsys, *args)
+    assert code == 0 and lines == []
+    assert_same_files(tmp_path / HOOK, reference)
+
+
+def test_interrupted_capture_says_a_rerun_resumes(tmp_path, corpus, smol, monkeypatch, capsys):
+    monkeypatch.setattr(capture.runtime, "load_model", lambda *a, **k: smol)
+    real, calls = capture.capture_chunk, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the third chunk runs
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capture, "capture_chunk", interrupted)
+    code, lines = run_main(monkeypatch, capsys, "--data", str(corpus), "--label-field", "sentiment", "--out",
+                           str(tmp_path), *SMALL)
+    assert code == 130 and lines == ["interrupted: the shards committed so far are kept: rerun the same command "
+                                     "to resume"]
+    assert [e["shard"] for e in read_manifest(tmp_path / HOOK)["shards"]] == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def smol_bf16(gguf_path):
+    from llama import load_model
+
+    return load_model(gguf_path, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("model_dtype, storage", [("bfloat16", "float32"), ("float32", "bfloat16")])
+def test_stored_dtype_is_the_captures_not_the_models(tmp_path, corpus, smol, smol_bf16, model_dtype, storage):
+    loaded = smol_bf16 if model_dtype == "bfloat16" else smol
+    assert next(loaded.model.parameters()).dtype == getattr(torch, model_dtype)
+    capture.capture(config(tmp_path, corpus, "--dtype", storage, "--max-documents", "4"), loaded=loaded)
+    folder = tmp_path / HOOK
+    ds = CapturedDataset(folder)
+    assert ds.dtype == getattr(torch, storage) and read_manifest(folder)["settings"]["model_dtype"] == model_dtype
+    record = sentences(folder)[0]
+    n = len(record["tokens"])
+    taps = loaded.model(torch.tensor([record["tokens"]]), taps=(HOOK,), return_logits=False).taps[HOOK][0]
+    stored = ds[0].acts[:n]
+    # the model's own activation converted once to the storage dtype: within one bfloat16 rounding (2^-8
+    # relative, at most twice that for a bfloat16 model batched differently) of the unbatched forward
+    assert_rows_close(stored.float(), taps.float(), tol=8e-3)
+    if model_dtype == "bfloat16":  # float32 storage holds the bfloat16 values themselves, not a recomputation
+        assert torch.equal(stored.to(torch.bfloat16).float(), stored)
+    bytes_per_value = {"float32": 4, "bfloat16": 2}[storage]
+    assert (folder / "acts-00000.bin").stat().st_size == ds.shards[0]["rows"] * 576 * bytes_per_value

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import atomic
 import data.fileio
 from data.batches import BatchDataset
 from data.chunks import iter_chunks, plan_batches
@@ -24,7 +25,7 @@ from data.prebatch import PrebatchConfig, is_validation, prebatch
 from data.prepare import SentenceOptions, chat_prefix, context_prefix, iter_records, write_sentences
 from data.sentences import SentenceSplitter
 from data.shards import CapturedDataset, ShardData, ShardWriter, read_manifest
-from data.text import TextSource, corpus_identity, iter_documents
+from data.text import TextSource, corpus_identity, corpus_files, iter_documents
 
 
 # ---------------------------------------------------------------- corpus readers
@@ -82,6 +83,25 @@ def test_corpus_identity_hashes_the_bytes(tmp_path):
     path.write_bytes(b"abc")
     identity = corpus_identity(TextSource(path))
     assert identity["files"][0]["sha256"] == hashlib.sha256(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["nul", "pdf", "gzip", "utf16", "folder"])
+def test_binary_corpus_is_refused_naming_the_file(tmp_path, kind):
+    import gzip
+
+    content = {"nul": b"text,label\nfine,a\n\0\0\0\n", "pdf": b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n",
+               "gzip": gzip.compress(b'{"text": "hi"}\n'), "utf16": "Hello there.\n".encode("utf-16"),
+               "folder": b"\0" * 10}[kind]
+    name = {"nul": "c.csv", "pdf": "paper.txt", "gzip": "d.jsonl", "utf16": "t.txt", "folder": "b.txt"}[kind]
+    path = tmp_path / name
+    path.write_bytes(content)
+    if kind == "folder":
+        (tmp_path / "a.txt").write_text("Readable text.\n")
+    source = TextSource(tmp_path if kind == "folder" else path)
+    with pytest.raises(ValueError, match=rf"{name}: not a text corpus \(.*\); --data reads"):
+        list(iter_documents(source))
+    with pytest.raises(ValueError, match="not a text corpus"):
+        corpus_files(source.path)
 
 
 # ---------------------------------------------------------------- sentences
@@ -201,7 +221,7 @@ def make_capture(folder: Path, rows_per_shard: list[int], d: int = 8, dtype=torc
         index = np.stack([docs, np.zeros(rows), np.arange(rows) % 3], 1).astype(np.int32)
         tokens = rng.integers(0, 1000, size=rows).astype(np.int32)
         writer.submit(shard, [ShardData(folder, acts, tokens, index)],
-                      lambda s, r=rows: book.commit({"shard": s, "name": f"{s:05d}", "rows": r}))
+                      lambda s, checks, r=rows: book.commit({"shard": s, "name": f"{s:05d}", "rows": r}, checks))
         all_rows.append((acts.float().double().numpy(), tokens, index))
     writer.close()
     book.finalize()
@@ -226,24 +246,22 @@ def test_shards_round_trip_as_raw_little_endian(tmp_path, dtype):
     assert read_manifest(tmp_path)["total_rows"] == 12 and not list(tmp_path.glob("*.tmp"))
 
 
-def test_disk_full_removes_the_partial_shard_and_keeps_the_manifest(tmp_path, monkeypatch):
+def full_disk_at(path: Path) -> None:
+    """Make writes to `path` fail as on a full disk: a link to /dev/full (ENOSPC from the kernel)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    path.symlink_to("/dev/full")
+
+
+def test_disk_full_removes_the_partial_shard_and_keeps_the_manifest(tmp_path):
     make_capture(tmp_path, [4], d=4)
     before = (tmp_path / "manifest.json").read_bytes()
-    calls = {"n": 0}
-    real = data.fileio.append_array
-
-    def full_disk(f, array, dtype):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the tokens file of the next shard
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(f, array, dtype)
-
-    monkeypatch.setattr(data.shards, "append_array", full_disk)
+    full_disk_at(tmp_path / "tokens-00001.bin.tmp")  # the shard's second file
     book = CaptureBook({"h": tmp_path}, {})
     writer = ShardWriter()
-    writer.submit(1, [ShardData(tmp_path, torch.ones(2, 4), np.zeros(2, np.int32), np.zeros((2, 3), np.int32))],
-                  book.commit)
-    with pytest.raises(OSError, match="disk full.*partial shard removed.*rerun") as err:
+    writer.submit(1, [ShardData(tmp_path, torch.ones(40000, 4), np.zeros(40000, np.int32),
+                                np.zeros((40000, 3), np.int32))], book.commit)
+    with pytest.raises(OSError) as err:  # numpy's tofile said "160000 requested and 0 written", no errno
         writer.close()
     assert err.value.errno == errno.ENOSPC
     assert sorted(p.name for p in tmp_path.iterdir() if "00001" in p.name) == []
@@ -261,6 +279,132 @@ def test_writable_check_is_safe_when_processes_check_one_folder_together(tmp_pat
     blocker.write_text("")
     with pytest.raises(PermissionError, match="--out .*cannot write there"):
         data.fileio.check_writable_folder(blocker / "sub", "--out")
+
+
+def test_sampled_checksum_of_the_file_equals_that_of_the_array(tmp_path):
+    rng = np.random.default_rng(0)
+    for rows in (0, 3, 100_000):  # empty, whole-file, sampled (2.4 MB > 32 blocks of 64 KiB)
+        raw = data.fileio.raw_bytes(rng.normal(size=(rows, 6)), "<f4")
+        path = tmp_path / f"{rows}.bin"
+        with atomic.AtomicFile(path) as out:
+            data.fileio.append_array(out.file, raw, "<f4")
+        assert path.read_bytes() == raw.tobytes()  # the bytes numpy would write, independently
+        check = data.fileio.array_check(raw)
+        assert data.fileio.file_check(path) == check and check["bytes"] == raw.nbytes
+        if rows:
+            damaged = bytearray(path.read_bytes())
+            damaged[0] ^= 1  # the first block is always sampled
+            path.write_bytes(bytes(damaged))
+            assert data.fileio.file_check(path) != check
+
+
+def test_rerun_forgets_damaged_shards_and_says_so(tmp_path):
+    make_capture(tmp_path, [5, 7, 6, 4], d=8)
+    with open(tmp_path / "acts-00001.bin", "r+b") as f:
+        f.truncate(100)  # truncated
+    tokens = bytearray((tmp_path / "tokens-00002.bin").read_bytes())
+    tokens[5] ^= 0xFF  # same size, other bytes
+    (tmp_path / "tokens-00002.bin").write_bytes(bytes(tokens))
+    (tmp_path / "index-00003.bin").unlink()  # missing
+    base = {k: v for k, v in read_manifest(tmp_path).items() if k not in ("shards", "total_rows", "complete")}
+    book = CaptureBook({"h": tmp_path}, base)
+    lines = book.start({"h": 8})
+    assert lines == ["shard 00001 is damaged (acts-00001.bin is 100 bytes, the manifest says 224): capturing it again",
+                     "shard 00002 is damaged (tokens-00002.bin does not match its checksum): capturing it again",
+                     "shard 00003 is damaged (index-00003.bin is missing): capturing it again"]
+    assert book.done() == {0}
+    assert [e["shard"] for e in read_manifest(tmp_path)["shards"]] == [0]
+    assert CaptureBook({"h": tmp_path}, base).start({"h": 8}) == []  # shard 0 is intact
+
+
+def test_a_manifest_without_checksums_is_verified_by_size(tmp_path):
+    make_capture(tmp_path, [5, 7], d=8)
+    manifest = read_manifest(tmp_path)
+    for entry in manifest["shards"]:
+        del entry["files"]  # as written before checksums were recorded
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    acts = bytearray((tmp_path / "acts-00000.bin").read_bytes())
+    acts[0] ^= 1  # not detectable without a checksum
+    (tmp_path / "acts-00000.bin").write_bytes(bytes(acts))
+    with open(tmp_path / "acts-00001.bin", "r+b") as f:
+        f.truncate(8)
+    base = {k: v for k, v in manifest.items() if k not in ("shards", "total_rows", "complete")}
+    book = CaptureBook({"h": tmp_path}, base)
+    assert [line[:11] for line in book.start({"h": 8})] == ["shard 00001"]
+    assert book.done() == {0}
+
+
+def test_every_written_file_has_the_usual_permissions(tmp_path):
+    from safetensors.torch import save_file
+
+    usual = 0o666 & ~atomic._UMASK
+    with atomic.atomic_path(tmp_path / "w.safetensors") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))  # safetensors creates its files 0600
+    atomic.write_json_atomic(tmp_path / "x.json", {"a": 1})
+    make_capture(tmp_path / "capture", [20, 30], d=4)
+    prebatch(tmp_path / "capture", tmp_path / "batches", PrebatchConfig(batch_size=8, val_fraction=0.3))
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 12
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(usual) for p in files}
+
+
+def test_prebatch_on_a_full_disk_cleans_up_and_says_so(tmp_path, monkeypatch, capsys):
+    import prebatch as prebatch_script
+    import cli
+
+    make_capture(tmp_path / "capture", [50, 30], d=4)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "capture").iterdir()}
+    out = tmp_path / "batches"
+    full_disk_at(tmp_path / "full")  # prebatch clears its folder's *.tmp first: the link lives elsewhere
+    real = atomic.temporary_name
+    monkeypatch.setattr(atomic, "temporary_name",
+                        lambda p: tmp_path / "full" if Path(p).name == "w00000-train-00000.bin" else real(p))
+    monkeypatch.setattr("sys.argv", ["prebatch.py", "--capture", str(tmp_path / "capture"), "--out", str(out),
+                                     "--batch-size", "8"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(prebatch_script.main)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]  # (after the progress bar's)
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: disk full while writing into --out {out}; the capture is untouched")
+    assert "rerun the same command" in lines[0]
+    assert list(out.iterdir()) == []  # nothing half-written is left to take space
+    assert {p.name: p.read_bytes() for p in (tmp_path / "capture").iterdir()} == before
+    monkeypatch.setattr("sys.argv", ["prebatch.py", "--capture", str(tmp_path / "capture"), "--out", str(out),
+                                     "--batch-size", "8"])
+    with pytest.raises(SystemExit) as exit_info:  # the same command, once there is space
+        cli.run_main(prebatch_script.main)
+    assert exit_info.value.code == 0 and BatchDataset(out).meta["batch_size"] == 8
+
+
+@pytest.mark.parametrize("case", ["out-file", "capture-file", "is-dir", "same", "missing", "val-fraction"])
+def test_prebatch_command_errors_are_one_line(tmp_path, case, monkeypatch, capsys):
+    import prebatch as prebatch_script
+    import cli
+
+    make_capture(tmp_path / "capture", [10], d=4)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    (tmp_path / "batches" / "batches.json").mkdir(parents=True)
+    capture, out = str(tmp_path / "capture"), str(tmp_path / "out")
+    args, expected = {
+        "out-file": (["--capture", capture, "--out", str(blocker)], f"--out {blocker}: a file is there, not a folder"),
+        "capture-file": (["--capture", str(blocker), "--out", out], f"--capture {blocker}: a file, not a capture"),
+        "is-dir": (["--capture", capture, "--out", str(tmp_path / "batches")],
+                   "batches.json is a folder where a file goes; remove it or choose another --out"),
+        "same": (["--capture", capture, "--out", capture], "must differ from the capture folder"),
+        "missing": (["--capture", str(tmp_path / "nothing"), "--out", out], "capture activations there first"),
+        "val-fraction": (["--capture", capture, "--out", out, "--val-fraction", "1.5"], "--val-fraction 1.5"),
+    }[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr("sys.argv", ["prebatch.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(prebatch_script.main)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert expected in lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 # ---------------------------------------------------------------- prebatching and statistics
