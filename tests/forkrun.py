@@ -2,7 +2,7 @@
 
     python tests/forkrun.py CASES.json RESULTS.json [--parallel 4]
 
-CASES.json: a list of {"id", "argv": ["capture.py", ...] or ["-m", "data.prebatch", ...], "cwd",
+CASES.json: a list of {"id", "argv": ["capture.py", ...] or ["-m", "module", ...], "cwd",
 "timeout"}. RESULTS.json: a list of {"id", "code", "stdout", "stderr", "seconds"}; code is -9 for a
 case killed at its timeout.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ("torch", "numpy", "cli", "paths", "runtime", "capture", "train", "interpret", "generate", "serve",
-           "pipeline", "data.prebatch", "convert", "llama", "sae.io", "latents.explanations")
+           "pipeline", "prebatch", "convert", "llama", "sae.io", "latents.explanations")
 
 
 def run_case(argv: list[str]) -> int:

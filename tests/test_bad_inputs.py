@@ -56,7 +56,7 @@ def cap(*extra: str, out: str = "{case}/out") -> list[str]:
 
 
 def pb(*extra: str) -> list[str]:
-    return ["-m", "data.prebatch", *extra]
+    return ["prebatch.py", *extra]
 
 
 def tr(*extra: str) -> list[str]:
@@ -134,7 +134,7 @@ CASES = [
          "different max_tokens;",
          copy={"capture": "{captures}"}),
     Case("capture-disk-full", cap("--batch-tokens", "256", out="{full}/capture"), "the disk is full", tmpfs=True),
-    # python -m data.prebatch
+    # prebatch.py
     Case("prebatch-capture-missing", pb("--capture", "{case}/none", "--out", "{case}/b"), "none"),
     Case("prebatch-not-a-capture", pb("--capture", "{case}/out", "--out", "{case}/b"), "out"),
     Case("prebatch-batch-size-0", pb("--capture", "{capture}", "--out", "{case}/b", "--batch-size", "0"),
@@ -367,5 +367,5 @@ def test_the_shared_inputs_are_untouched(results):
 
 def test_the_table_is_wide_enough():
     scripts = {c.argv[1] if c.argv[0] == "-m" else c.argv[0] for c in CASES}
-    assert len(CASES) >= 60 and scripts == {"capture.py", "data.prebatch", "train.py", "interpret.py",
+    assert len(CASES) >= 60 and scripts == {"capture.py", "prebatch.py", "train.py", "interpret.py",
                                             "generate.py", "serve.py", "convert.py", "pipeline.py"}
