@@ -25,6 +25,7 @@ from pathlib import Path
 import cli
 import paths
 import runtime
+from latents.text import pieces, shorten, token_bytes_of
 
 DEFAULT_PROMPT = "Today I went to the park and"
 
@@ -244,8 +245,9 @@ def print_features(loaded, steering, prompt: list[int], new: list[int], n: int, 
         values, indices = top_latents(steering.last, n)
     finally:
         steering.record = False
+    shown = pieces([token_bytes_of(loaded.tokenizer)(int(t)) for t in tokens[0].tolist()])
     for pos in range(len(prompt), len(prompt) + len(new)):
-        token = loaded.tokenizer.token_str(int(tokens[0, pos]))
+        token = shown[pos] or "\u2026"  # "": the first bytes of a character the next token completes
         parts = [f"{int(j)}:{float(v):.1f}" + (f" ({explanations[int(j)]})" if int(j) in explanations else "")
                  for v, j in zip(values[0, pos].tolist(), indices[0, pos].tolist()) if v > 0]
         print(f"{token!r:>16}  " + "  ".join(parts))
@@ -257,7 +259,7 @@ def read_explanations(path: Path) -> dict[int, str]:
         return {}
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
-        return {int(k): str(v.get("common_semantic", ""))[:40] for k, v in table.items()
+        return {int(k): shorten(str(v.get("common_semantic", "")), 40) for k, v in table.items()
                 if isinstance(v, dict) and v.get("common_semantic")}
     except (json.JSONDecodeError, ValueError, AttributeError):
         raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None

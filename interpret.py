@@ -39,6 +39,7 @@ from latents.report import assemble, summaries, write_json, write_records
 from latents.scoring import score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
+from latents.text import token_bytes_of
 from sae.io import load_sae
 from training.distributed import pick_device
 
@@ -171,12 +172,12 @@ def chosen_latents(stats: LatentStats, limit: int) -> list[int]:
 def explain(cfg: InterpretConfig, data: CapturedData, stats: LatentStats, sae, loaded, latents: list[int],
             out: Path) -> list[dict]:
     """Evidence and explanations (offline, then LLM and detection when asked) of `latents`."""
-    token_text = loaded.tokenizer.token_str
+    token_bytes = token_bytes_of(loaded.tokenizer)
     gain, unembed = model_head(loaded.model)
     lens = logit_lens(sae_directions(sae, torch.tensor(latents, dtype=torch.long)), gain, unembed, top=cfg.lens_top)
-    evidence = build_evidence(stats, data, latents, token_text, lens)
+    evidence = build_evidence(stats, data, latents, loaded.tokenizer.token_str, token_bytes, lens)
     rates = BaseRates.from_stats(stats)
-    offline = {j: explain_offline(ev, rates, loaded.tokenizer.decode) for j, ev in evidence.items()}
+    offline = {j: explain_offline(ev, rates, token_bytes) for j, ev in evidence.items()}
     llm, detection = {}, {}
     if cfg.llm_provider:
         llm, detection = llm_stage(cfg, data, stats, evidence, out / "llm")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cli
 import paths
+from latents.text import shorten
 
 log = logging.getLogger("pipeline")
 ROOT = Path(__file__).resolve().parent
@@ -148,7 +149,7 @@ def summary(folders: dict[str, Path], latents: list[dict], label: str) -> dict:
                                            for k, v in shown.items()))
     print(f"latents most associated with {label!r} (AUROC of sentence-level activation):")
     for row in latents:
-        print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {row['explanation'][:70]}")
+        print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {shorten(row['explanation'], 70)}")
     return {"evaluation": evaluation, "label": label, "latents": latents}
 
 

@@ -59,12 +59,24 @@ def token_html(token: str) -> str:
     return escape(token.replace("\n", "↵").replace("\t", "⇥"))
 
 
+def _groups(context: dict) -> list[tuple[str, float, bool]]:
+    """(text, largest value, holds the centre) per shown piece: a token shown as "" (the first bytes
+    of a character that the next token completes) joins the next one."""
+    out, value, center = [], 0.0, False
+    for i, (token, v) in enumerate(zip(context["tokens"], context["values"])):
+        value, center = max(value, v), center or i == context["center"]
+        if token or i == len(context["tokens"]) - 1:
+            out.append((token, value, center))
+            value, center = 0.0, False
+    return out
+
+
 def context_html(context: dict, scale: float) -> str:
     """Tokens of one context; each active one shaded by activation / scale, the centre outlined."""
     parts = []
-    for i, (token, value) in enumerate(zip(context["tokens"], context["values"])):
+    for token, value, center in _groups(context):
         alpha = min(1.0, max(0.0, value / scale)) if scale > 0 else 0.0
-        cls = " class='c'" if i == context["center"] else ""
+        cls = " class='c'" if center else ""
         if alpha > 0 or cls:
             parts.append(f"<i{cls} style='--a:{alpha:.2f}' title='{value:.3g}'>{token_html(token)}</i>")
         else:
@@ -147,11 +159,14 @@ def latent_page(record: dict, *, n_contexts: int = 20, n_sentences: int = 20) ->
 
 
 def _best_label(labels: list[dict]) -> tuple[str, float | None]:
+    """("more in 'x'" or "less in 'x'", AUROC) for the label whose AUROC is furthest from 0.5: below
+    0.5 the latent is less active on that label's text than on the others'."""
     known = [lab for lab in labels if lab.get("auroc") is not None]
     if not known:
         return "", None
     best = max(known, key=lambda lab: abs(lab["auroc"] - 0.5))
-    return str(best["label"]), best["auroc"]
+    direction = "more" if best["auroc"] >= 0.5 else "less"
+    return f"{direction} in '{best['label']}'", best["auroc"]
 
 
 def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str | None, title: str) -> str:
