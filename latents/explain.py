@@ -107,10 +107,11 @@ def explain_offline(evidence: dict, rates: BaseRates, token_bytes: TokenBytes) -
     label = strongest_label(evidence.get("labels", []))
     parts = []
     tokens, ngrams, words = found["token"], found["ngram"], found["context"]
+    named = tokens[:1] if tokens and tokens[0]["share"] >= 0.5 else tokens[:3]
     if tokens and tokens[0]["share"] >= 0.5:
         parts.append(f"the token {_quoted(tokens[0]['text'])}")
     elif tokens:
-        parts.append("tokens such as " + ", ".join(_quoted(t["text"]) for t in tokens[:3]))
+        parts.append("tokens such as " + ", ".join(_quoted(t["text"]) for t in named))
     if ngrams and ngrams[0]["share"] >= 0.3:
         parts.append(f"often in {_quoted(ngrams[0]['text'])}")
     if words and words[0]["share"] >= 0.3:
@@ -123,5 +124,6 @@ def explain_offline(evidence: dict, rates: BaseRates, token_bytes: TokenBytes) -
                    [label["strength"] if label else 0.0])
     certainty = round(min(1.0, coverage * min(1.0, len(contexts) / MIN_CONTEXTS)), 3)
     return {"common_semantic": text, "certainty": certainty, "source": "offline",
+            "predicts": [t["ids"][0] for t in named],  # the tokens it names: what it predicts the latent fires on
             "evidence": {"tokens": tokens, "ngrams": ngrams, "context_words": words, "label": label,
                          "n_contexts": len(contexts)}}

@@ -22,10 +22,12 @@ th{cursor:pointer;background:#f4f4f4;user-select:none}td.n{text-align:right;font
 .ctx i{font-style:normal;background:rgba(255,120,0,var(--a))}.ctx i.c{outline:1px solid #c40}
 .muted{color:#777}h1 small{font-weight:normal;color:#777}"""
 
-SORT_JS = """const t=document.getElementById('latents'),q=document.getElementById('q'),m=document.getElementById('minc');
-function filter(){const s=q.value.toLowerCase(),c=parseFloat(m.value)||0;for(const r of t.tBodies[0].rows){
-r.hidden=!(r.textContent.toLowerCase().includes(s)&&parseFloat(r.dataset.certainty||0)>=c);}}
-q.addEventListener('input',filter);m.addEventListener('input',filter);
+SORT_JS = """const t=document.getElementById('latents'),q=document.getElementById('q'),m=document.getElementById('minc'),
+md=document.getElementById('mind');
+function filter(){const s=q.value.toLowerCase(),c=parseFloat(m.value)||0,d=parseFloat(md.value)||0;
+for(const r of t.tBodies[0].rows){r.hidden=!(r.textContent.toLowerCase().includes(s)&&
+parseFloat(r.dataset.certainty||0)>=c&&parseFloat(r.dataset.detection||0)>=d);}}
+q.addEventListener('input',filter);m.addEventListener('input',filter);md.addEventListener('input',filter);
 for(const [i,h] of [...t.tHead.rows[0].cells].entries()){h.addEventListener('click',()=>{
 const up=h.dataset.dir!=='asc';h.dataset.dir=up?'asc':'desc';const rows=[...t.tBodies[0].rows];
 const key=r=>{const v=r.cells[i].dataset.v;return v===undefined?r.cells[i].textContent:parseFloat(v);};
@@ -109,6 +111,11 @@ def _explanations_html(record: dict) -> str:
         if ex:
             rows.append(f"<tr><th>{name}</th><td>{escape(ex['common_semantic'])}</td>"
                         f"<td class='n'>certainty {_num(ex.get('certainty'), 3)}</td></tr>")
+    offline = (record.get("explanations", {}).get("offline") or {}).get("score")
+    if offline:
+        rows.append(f"<tr><th>offline score</th><td>as a classifier (fires exactly on the tokens it names), on "
+                    f"{offline.get('tokens', 0)} held-out tokens: precision {_num(offline['precision'], 3)}, "
+                    f"recall {_num(offline['recall'], 3)}</td><td class='n'>F1 {_num(offline['f1'], 3)}</td></tr>")
     score = record.get("detection")
     if score is not None:
         rows.append(f"<tr><th>detection</th><td>balanced accuracy of the LLM explanation</td>"
@@ -169,16 +176,19 @@ def _best_label(labels: list[dict]) -> tuple[str, float | None]:
     return f"{direction} in '{best['label']}'", best["auroc"]
 
 
-def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str | None, title: str) -> str:
+def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str | None, title: str,
+               probes: dict | None = None) -> str:
     """The index: evaluation, curves link, sortable / filterable latent table. summaries: one dict per
     latent with latent, explanation, certainty, density, mean_active, max, labels, detection, page."""
     rows = []
     for s in summaries:
         label, auroc = _best_label(s.get("labels", []))
-        rows.append(f"<tr data-certainty='{s.get('certainty') or 0}'><td data-v='{s['latent']}'>"
-                    f"<a href='{escape(s['page'])}'>{s['latent']}</a></td><td>{escape(s.get('explanation', ''))}</td>"
+        rows.append(f"<tr data-certainty='{s.get('certainty') or 0}' data-detection='{s.get('detection') or 0}'>"
+                    f"<td data-v='{s['latent']}'><a href='{escape(s['page'])}'>{s['latent']}</a></td>"
+                    f"<td>{escape(s.get('explanation', ''))}</td>"
                     f"{_cell(s.get('certainty'), 3)}{_cell(s['density'], 3)}{_cell(s['mean_active'], 3)}"
-                    f"{_cell(s['max'], 3)}<td>{escape(label)}</td>{_cell(auroc, 3)}{_cell(s.get('detection'), 3)}</tr>")
+                    f"{_cell(s['max'], 3)}<td>{escape(label)}</td>{_cell(auroc, 3)}{_cell(s.get('precision'), 3)}"
+                    f"{_cell(s.get('recall'), 3)}{_cell(s.get('detection'), 3)}</tr>")
     evaluation_html = "<p class='muted'>no evaluation</p>"
     if evaluation:
         evaluation_html = "<table>" + "".join(f"<tr><th>{escape(k)}</th><td class='n'>{escape(_num(v, 5))}</td></tr>"
@@ -186,23 +196,44 @@ def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str 
     curves = (f"<a href='{escape(curves_href)}'>training curves</a>" if curves_href
               else "<span class='muted'>no training curves found</span>")
     body = (f"<h1>{escape(title)}</h1><p>{curves}</p><h2>Evaluation on held-out text</h2>{evaluation_html}"
+            f"<h2>Label probes</h2>{probes_html(probes)}"
             f"<h2>Latents ({len(summaries)})</h2><p><input id='q' placeholder='filter text' size='40'> "
-            f"minimum certainty <input id='minc' type='number' min='0' max='1' step='0.05' value='0'></p>"
-            f"<table id='latents'><thead><tr><th>latent</th><th>explanation</th><th>certainty</th>"
+            f"minimum certainty <input id='minc' type='number' min='0' max='1' step='0.05' value='0'> "
+            f"minimum detection <input id='mind' type='number' min='0' max='1' step='0.05' value='0'></p>"
+            f"<p class='muted'>precision, recall: the offline explanation as a classifier (the latent fires "
+            f"exactly on the tokens it names) on tokens of documents the SAE's training held out; detection: "
+            f"the LLM explanation's balanced accuracy where one was scored, else that F1. Click a column to "
+            f"sort.</p><table id='latents'><thead><tr><th>latent</th><th>explanation</th><th>certainty</th>"
             f"<th>density</th><th>mean active</th><th>max</th><th>label</th><th>label AUROC</th>"
-            f"<th>detection</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<th>precision</th><th>recall</th><th>detection</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     return _page(title, body, SORT_JS)
 
 
+def probes_html(probes: dict | None) -> str:
+    """The label probes: full probes on the raw activation beside k-sparse probes on SAE latents."""
+    labels = (probes or {}).get("labels", {})
+    if not labels:
+        return "<p class='muted'>no label probes (the corpus has no labels)</p>"
+    ks = list(next(iter(labels.values()))["sparse"])
+    head = "".join(f"<th>k={escape(k)} latents</th>" for k in ks)
+    rows = "".join(f"<tr><td>{escape(name)}</td>{_cell(e['full_mean'], 3)}{_cell(e['full_last'], 3)}"
+                   + "".join(_cell(e["sparse"][k]["auroc"], 3) for k in ks) + "</tr>" for name, e in labels.items())
+    return (f"<p class='muted'>test AUROC of each label against the others on {probes['test_sentences']} sentences "
+            f"of held-out documents (probes trained on {probes['train_sentences']}): logistic regression on the "
+            f"raw activation (sentence mean, last token) and on the k latents whose sentence-mean activation "
+            f"differs most between the label and the rest on the training documents.</p><table><tr><th>label"
+            f"</th><th>full probe, mean</th><th>full probe, last token</th>{head}</tr>{rows}</table>")
+
+
 def write_site(folder: Path, records: list[dict], summaries: list[dict], evaluation: dict | None,
-               curves: Path | None, title: str = "SAE latents") -> Path:
+               curves: Path | None, title: str = "SAE latents", probes: dict | None = None) -> Path:
     """Write index.html and pages/<latent>.html into `folder`; returns the index path."""
     folder = Path(folder)
     (folder / "pages").mkdir(parents=True, exist_ok=True)
     for record in records:
         _write(folder / "pages" / page_name(record["latent"]), latent_page(record))
     href = os.path.relpath(curves, folder) if curves is not None and Path(curves).is_file() else None
-    _write(folder / "index.html", index_page(summaries, evaluation, href, title))
+    _write(folder / "index.html", index_page(summaries, evaluation, href, title, probes))
     return folder / "index.html"
 
 

@@ -68,8 +68,13 @@ def summaries(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         m = meaning(r)
+        score = r["explanations"].get("offline", {}).get("score") or {}
+        llm = r.get("detection")
         rows.append({"latent": r["latent"], "explanation": m["common_semantic"], "certainty": m["certainty"],
                      "density": r["density"], "mean_active": r["mean_active"], "max": r["max"],
-                     "labels": r["labels"], "detection": r.get("detection"),
+                     "labels": r["labels"], "precision": score.get("precision"), "recall": score.get("recall"),
+                     # the LLM's balanced accuracy where it was scored, else the offline explanation's F1
+                     "detection": llm if llm is not None else score.get("f1"),
+                     "detection_source": "llm" if llm is not None else "offline" if score else None,
                      "page": f"pages/{page_name(r['latent'])}"})
     return rows

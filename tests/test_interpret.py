@@ -133,6 +133,10 @@ def test_planted_latent_is_found_with_its_contexts(run):
         assert ctx["values"][ctx["center"]] == pytest.approx(ctx["activation"], rel=1e-2)
     offline = record["explanations"]["offline"]
     assert f"\u201c {EMOJI}\u201d" in offline["common_semantic"] and offline["certainty"] >= 0.9
+    score = offline["score"]  # it fires exactly on the token its explanation names: a perfect classifier
+    assert score["precision"] == score["recall"] == 1.0 and score["fired"] > 0
+    probes = json.loads((out / "probes.json").read_text())["labels"]["positive"]
+    assert probes["sparse"]["1"]["latents"] == [PLANTED_LATENT] and probes["sparse"]["1"]["auroc"] == 1.0
     positive = next(lab for lab in record["labels"] if lab["label"] == "positive")
     assert positive["auroc"] == pytest.approx(1.0) and positive["mean_diff"] > 0
     index = json.loads((out / "latent_index_meaning.json").read_text())
