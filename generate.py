@@ -5,6 +5,7 @@
     python generate.py --steer 896:20 "Today I went to the park and"   # steer latent 896 by +20
     python generate.py --steer 896:20 --compare --show-features  # unsteered vs steered, latents per token
     python generate.py --prompt-file prompts.txt                 # one prompt per line, as a batch ("-": stdin)
+    python generate.py --sweep 896:0:20:5 --label negative       # steer at 0, 5, ..., 20 and measure each
 
 The SAE (default: the one the pipeline trained, runs/train/sae) decides how prompts are tokenized (BOS,
 chat format), so it sees the distribution it was trained on. Steering modes are described in
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import sys
@@ -57,6 +59,18 @@ class GenerateConfig:
     top_features: int = field(default=4, metadata={"help": "latents listed per token with --show-features"})
     explanations: str = field(default=str(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json"),
                               metadata={"help": "latent explanations written by interpret.py"})
+    sweep: str = field(default="", metadata={"help": "IDX:LO:HI[:STEPS]: complete the same prompts (default: five "
+                                                      "neutral ones) with latent IDX pushed to each of STEPS "
+                                                      "(default 5) values from LO to HI, and print the latent's "
+                                                      "activation, the judge's shift toward --label, perplexity "
+                                                      "and repetition per value"})
+    label: str = field(default="negative", metadata={"help": "--sweep: the label the judge's shift is measured toward"})
+    judge_corpus: str = field(default="", metadata={"help": "--sweep: labelled corpus the judge is trained on "
+                                                            "(default: the embedded sentiment corpus)"})
+    max_ppl_ratio: float = field(default=3.0, metadata={"help": "--sweep: a value is in range while the steered "
+                                                                "text's perplexity is at most this multiple of "
+                                                                "the unsteered text's"})
+    sweep_json: str = field(default="", metadata={"help": "--sweep: also write the table as JSON to this file"})
     device: str = runtime.device_field()
     model_dtype: str = runtime.model_dtype_field()
 
@@ -82,6 +96,8 @@ def main(cfg: GenerateConfig) -> int:
 
     steers = [parse_steer(s) for s in cfg.steer]
     check_numbers(cfg)
+    if cfg.sweep:
+        return sweep_main(cfg)
     sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
     sae_cfg = check_sae_config(sae_dir, steers) if sae_dir else None
     prompts = read_prompts(cfg)
@@ -98,6 +114,56 @@ def main(cfg: GenerateConfig) -> int:
                                      echo="" if chat else prompts[0])
                for label, steering in runs.items()}
     print_results(cfg, loaded, prompts, token_prompts, runs, results, streamed=stream)
+    return 0
+
+
+def parse_sweep(text: str) -> tuple[int, list[float]]:
+    """"IDX:LO:HI[:STEPS]" -> (latent, STEPS values evenly spaced from LO to HI)."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) not in (3, 4):
+            raise ValueError
+        latent, lo, hi = int(parts[0]), float(parts[1]), float(parts[2])
+        steps = int(parts[3]) if len(parts) == 4 else 5
+    except ValueError:
+        raise cli.UsageError(f"--sweep {text}: expected IDX:LO:HI[:STEPS], e.g. --sweep 896:0:20:5") from None
+    if latent < 0 or steps < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise cli.UsageError(f"--sweep {text}: IDX >= 0, finite LO and HI, STEPS >= 1")
+    return latent, [lo + (hi - lo) * i / max(steps - 1, 1) for i in range(steps)]
+
+
+def sweep_main(cfg: GenerateConfig) -> int:
+    """--sweep: the sweep's table (latents/sweep.py) on the prompts, the range marked."""
+    from latents.judge import cached_judge
+    from latents.sweep import NEUTRAL_PROMPTS, SweepSettings, best_row, rows_json, sweep_latent, sweep_table
+    from sae.steering import Steer
+
+    latent, values = parse_sweep(cfg.sweep)
+    if cfg.max_ppl_ratio <= 0:
+        raise cli.UsageError(f"--max-ppl-ratio {cfg.max_ppl_ratio}: must be > 0")
+    sae_dir = resolve_sae(cfg, needed=True)
+    check_sae_config(sae_dir, [Steer(latent, 0.0)])
+    prompts = read_prompts(cfg) if cfg.prompts or cfg.prompt_file else list(NEUTRAL_PROMPTS)
+    judge = cached_judge(cfg.judge_corpus or paths.default_corpus_path(), paths.RUNS / "judge")
+    judge.index(cfg.label)
+    print(f"judge: bag-of-words classifier, held-out accuracy {judge.accuracy:.3f} "
+          f"(always guessing the commonest label: {judge.majority:.3f})")
+    device = runtime.resolve_device(cfg.device)
+    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = runtime.load_sae_for(sae_dir, loaded, device=device)
+    bos = sae.cfg.prepend_bos
+    chat = cfg.chat or sae.cfg.chat
+    token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
+    settings = SweepSettings(mode=cfg.mode, max_new_tokens=cfg.max_new_tokens, max_ppl_ratio=cfg.max_ppl_ratio)
+    rows = sweep_latent(loaded, sae, token_prompts, latent, values, judge, cfg.label, settings)
+    print(sweep_table(rows, latent, cfg.label))
+    best = best_row(rows)
+    print(f"in range (* : judge moved >= {settings.min_shift} toward {cfg.label!r}, perplexity <= "
+          f"{cfg.max_ppl_ratio:g}x): " + (f"try --steer {latent}:{best.value:.3g}" if best else "no value"))
+    if cfg.sweep_json:
+        from atomic import write_text_atomic
+        write_text_atomic(Path(cfg.sweep_json), json.dumps({"latent": latent, "label": cfg.label, "prompts": prompts,
+                                                            "rows": rows_json(rows)}, indent=1) + "\n")
     return 0
 
 

@@ -46,11 +46,16 @@ class PipelineConfig:
     max_latents: int = field(default=1024, metadata={"help": "latents explained and paged by interpret.py "
                                                              "(the densest live ones; 0 = all)"})
     eval_sentences: int = field(default=200, metadata={"help": "held-out sentences for the SAE evaluation"})
-    label: str = field(default="negative", metadata={"help": "steer the latent most associated with this label"})
-    prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
-    steer_scale: float = field(default=2.0, metadata={"help": "steering value as a multiple of the latent's "
+    label: str = field(default="negative", metadata={"help": "steer toward this label: the latent and value are "
+                                                             "chosen by a sweep (generate.py --sweep) among the "
+                                                             "latents most associated with it"})
+    candidates: int = field(default=3, metadata={"help": "latents swept (the most associated with --label by AUROC)"})
+    steer_scale: float = field(default=4.0, metadata={"help": "largest swept value as a multiple of the latent's "
                                                               "largest activation in the data"})
+    sweep_steps: int = field(default=4, metadata={"help": "swept values per latent, from 1/STEPS to 1 of the largest"})
+    prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated in the demo"})
+    seed: int = field(default=0, metadata={"help": "seed of the SAE's training (initialisation, batch order)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
 
 
@@ -58,7 +63,8 @@ def main(cfg: PipelineConfig) -> int:
     runs = Path(cfg.runs)
     folders = {name: runs / name for name in ("capture", "batches", "train", "interpret")}
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
-    timings = previous_timings(runs / "pipeline.json")  # skipped stages keep their earlier times
+    earlier = previous_timings(runs / "pipeline.json")
+    timings: dict[str, float] = {}  # this invocation's stages only: skipped ones are listed apart
     start = time.perf_counter()
     common = [*(["--model", cfg.model] if cfg.model else []), "--device", cfg.device]
     stage("capture + prebatch", timings, env, folders["batches"] / cfg.hook / "batches.json", [
@@ -72,30 +78,56 @@ def main(cfg: PipelineConfig) -> int:
     sae_dir = folders["train"] / "sae"
     stage("train", timings, env, sae_dir / "config.json", [
         "train.py", "--data", str(folders["batches"] / cfg.hook), "--out", str(folders["train"]),
-        "--expansion", str(cfg.expansion), "--k", str(cfg.k), "--epochs", str(cfg.epochs), "--resume",
+        "--expansion", str(cfg.expansion), "--k", str(cfg.k), "--epochs", str(cfg.epochs), "--resume", "--seed", str(cfg.seed),
         "--device", cfg.device if cfg.device in ("auto", "cpu", "cuda", "mps") else "auto"])
     stage("interpret", timings, env, folders["interpret"] / "latent_index_meaning.json", [
         "interpret.py", *common, "--sae", str(sae_dir), "--capture-dir", str(folders["capture"] / cfg.hook),
         "--out", str(folders["interpret"]), "--max-latents", str(cfg.max_latents),
         "--eval-sentences", str(cfg.eval_sentences), "--batches-dir", str(folders["batches"])])
-    latents = sentiment_latents(folders["interpret"], cfg.label)
-    report = summary(folders, latents, cfg.label)
+    latents = sentiment_latents(folders["interpret"], cfg.label, n=max(cfg.candidates, 5))
+    report = summary(folders, latents, cfg.label, runs / "train")
     if latents:
-        chosen = latents[0]
-        value = round(cfg.steer_scale * chosen["max"], 1)
-        generation = stage("steered generation", timings, env, None, [
-            "generate.py", *common, "--sae", str(sae_dir), "--steer", f"{chosen['latent']}:{value}", "--compare",
-            "--max-new-tokens", str(cfg.max_new_tokens),
-            "--explanations", str(folders["interpret"] / "latent_index_meaning.json"), cfg.prompt], capture=True)
-        report["steering"] = {"latent": chosen["latent"], "value": value, "prompt": cfg.prompt, "output": generation}
+        report["steering"] = steering_demo(cfg, folders, common, env, timings, latents[:cfg.candidates])
     else:
         log.info("no latent carries label statistics for %r: skipping the steering demo", cfg.label)
     timings["total"] = round(time.perf_counter() - start, 1)  # this invocation
-    report.update(config=asdict(cfg), seconds=timings)
+    report.update(config=asdict(cfg), seconds=timings, earlier_seconds=earlier)
     write_json(runs / "pipeline.json", report)
-    log.info("stage times (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    log.info("stage times this run (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     log.info("summary: %s; pages: %s", runs / "pipeline.json", folders["interpret"] / "index.html")
     return 0
+
+
+def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], common: list[str], env: dict, timings: dict,
+                  candidates: list[dict]) -> dict:
+    """Sweep each candidate latent (generate.py --sweep), choose the latent and value that moved the
+    judge toward --label on the most prompts within the fluency bound, and show it on --prompt."""
+    from latents.sweep import choose
+
+    sae_dir, sweeps = folders["train"] / "sae", []
+    for row in candidates:
+        top = round(cfg.steer_scale * row["max"], 2)
+        out = folders["interpret"] / f"sweep-{row['latent']}.json"
+        stage(f"sweep {row['latent']}", timings, env, None, [
+            "generate.py", *common, "--sae", str(sae_dir), "--sweep",
+            f"{row['latent']}:{top / cfg.sweep_steps:.4g}:{top:.4g}:{cfg.sweep_steps}", "--label", cfg.label,
+            "--max-new-tokens", str(cfg.max_new_tokens), "--sweep-json", str(out)])
+        sweeps.append(json.loads(out.read_text()))
+    chosen = choose(sweeps)
+    if chosen is None:
+        print(f"no swept value moved the judge toward {cfg.label!r} within the fluency bound; see the tables above")
+        return {"sweeps": sweeps, "chosen": None}
+    latent, row = chosen
+    steer = f"{latent}:{row['value']:.3g}"
+    command = ["generate.py", "--sae", str(sae_dir), "--steer", steer, "--compare", "--max-new-tokens",
+               str(cfg.max_new_tokens), "--explanations", str(folders["interpret"] / "latent_index_meaning.json")]
+    print(f"\nchosen by the sweep: latent {latent} at {row['value']:.3g} (judge {row['shift']:+.3f} toward "
+          f"{cfg.label!r} on average, higher on {row['moved']} of {len(row['texts'])} prompts, perplexity "
+          f"{row['ppl_ratio']:.2f}x the unsteered)\n    python {' '.join(command)} {json.dumps(cfg.prompt)}")
+    output = stage("steered generation", timings, env, None, [*command[:1], *common, *command[1:], cfg.prompt],
+                   capture=True)
+    return {"sweeps": sweeps, "chosen": {"latent": latent, **row}, "command": "python " + " ".join(command),
+            "prompt": cfg.prompt, "output": output}
 
 
 def stage(name: str, timings: dict, env: dict, done: Path | None, argv: list[str], capture: bool = False) -> str:
@@ -139,18 +171,51 @@ def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]
     return sorted(rows, key=lambda r: -r["auroc"])[:n]
 
 
-def summary(folders: dict[str, Path], latents: list[dict], label: str) -> dict:
-    """Print and return the SAE's evaluation and the latents most associated with `label`."""
-    evaluation_path = folders["interpret"] / "evaluation.json"
-    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
-    shown = {k: evaluation[k] for k in ("fvu", "l0", "dead_fraction", "ce_loss_recovered", "delta_lm_loss")
-             if k in evaluation}
-    print("\nSAE evaluation: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in shown.items()))
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summary(folders: dict[str, Path], latents: list[dict], label: str, train_dir: Path) -> dict:
+    """Print and return the SAE's evaluation, the label probes and the latents most associated with `label`."""
+    evaluation = read_json(folders["interpret"] / "evaluation.json")
+    shown = {k: evaluation[k] for k in ("fvu", "l0", "ce_loss_recovered", "delta_lm_loss") if k in evaluation}
+    print("\nSAE evaluation on held-out text: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else
+                                                           f"{k} {v}" for k, v in shown.items()))
+    dead = dead_latents(train_dir, evaluation)
+    if dead:
+        print(dead)
+    probes = read_json(folders["interpret"] / "probes.json")
+    entry = probes.get("labels", {}).get(label)
+    if entry:
+        sparse = ", ".join(f"k={k} {v['auroc']:.3f}" for k, v in entry["sparse"].items())
+        print(f"probes for {label!r} (AUROC on {probes['test_sentences']} sentences of held-out documents): full "
+              f"probe on the raw activation {entry['full_mean']:.3f} (sentence mean), {entry['full_last']:.3f} "
+              f"(last token); k-sparse probes on SAE latents: {sparse}")
     print(f"latents most associated with {label!r} (AUROC of sentence-level activation):")
     for row in latents:
         print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {shorten(row['explanation'], 70)}")
-    return {"evaluation": evaluation, "label": label, "latents": latents}
+    return {"evaluation": evaluation, "probes": probes, "label": label, "latents": latents}
+
+
+def dead_latents(train_dir: Path, evaluation: dict) -> str:
+    """One line: the latents that did not fire over the training data (the trainer's count, its
+    dead_fraction over the last dead_after_tokens activations) first, the held-out figure under its own name."""
+    parts = []
+    last = {}
+    if (train_dir / "metrics.jsonl").is_file():
+        for line in (train_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            last = record if record.get("split") == "train" else last
+    d_sae = read_json(train_dir / "sae" / "config.json").get("d_sae")
+    window = read_json(train_dir / "config.json").get("dead_after_tokens")
+    if "dead_fraction" in last and d_sae:
+        span = f"the last {window:,} training activations" if window else "training"
+        parts.append(f"dead latents (did not fire over {span}): {round(last['dead_fraction'] * d_sae)} of {d_sae} "
+                     f"({last['dead_fraction']:.1%})")
+    if "unfired_fraction_held_out" in evaluation:
+        parts.append(f"not firing on the {evaluation.get('tokens', 'held-out')} held-out evaluation tokens: "
+                     f"{evaluation['unfired_fraction_held_out']:.1%}")
+    return "; ".join(parts)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -146,7 +146,7 @@ def test_planted_latent_is_found_with_its_contexts(run):
 def test_outputs_evaluation_and_llm_results(run):
     out, evaluation, _, state = run
     saved = json.loads((out / "evaluation.json").read_text())
-    assert saved == pytest.approx(evaluation) and 0 <= saved["dead_fraction"] <= 1
+    assert saved == pytest.approx(evaluation) and 0 <= saved["unfired_fraction_held_out"] <= 1
     docs = np.arange(40)  # two sentences per document
     held_out = 2 * int(is_validation(docs, 0.5, 0).sum())
     assert saved["held_out"] is True and saved["sentences"] == min(30, held_out) > 0
