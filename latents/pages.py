@@ -86,22 +86,43 @@ def context_html(context: dict, scale: float) -> str:
     return "".join(parts)
 
 
-def histogram_svg(hist: dict, width: int = 560, height: int = 140) -> str:
-    """Bars over log-spaced bins (edges from the evidence), as inline SVG."""
+def histogram_svg(hist: dict, width: int = 560, height: int = 160) -> str:
+    """Bars over log-spaced bins (edges from the evidence), as inline SVG: x ticks at five bin edges
+    (activation, log scale), y axis = tokens per bin (linear, its top value written)."""
     counts, edges = hist.get("counts", []), hist.get("edges", [])
     if not counts:
         return "<p class='muted'>never active</p>"
-    top, bar = max(counts), width / len(counts)
-    rects = "".join(f"<rect x='{i * bar:.1f}' y='{height - 20 - c / top * (height - 30):.1f}' "
-                    f"width='{max(bar - 1, 1):.1f}' height='{c / top * (height - 30):.1f}' fill='#e67a00'>"
-                    f"<title>{edges[i]:.3g} – {edges[i + 1]:.3g}: {c}</title></rect>"
+    left, bottom = 44, 34                                 # room for the y label and the x ticks
+    plot_w, plot_h = width - left - 4, height - bottom - 8
+    top, bar = max(counts), plot_w / len(counts)
+    rects = "".join(f"<rect x='{left + i * bar:.1f}' y='{8 + plot_h - c / top * plot_h:.1f}' "
+                    f"width='{max(bar - 1, 1):.1f}' height='{c / top * plot_h:.1f}' fill='#e67a00'>"
+                    f"<title>{edges[i]:.3g} – {edges[i + 1]:.3g}: {c} tokens</title></rect>"
                     for i, c in enumerate(counts))
-    axis = (f"<text x='0' y='{height - 4}' font-size='11'>{edges[0]:.3g}</text>"
-            f"<text x='{width}' y='{height - 4}' font-size='11' text-anchor='end'>{edges[-1]:.3g}</text>"
-            f"<text x='{width / 2}' y='{height - 4}' font-size='11' text-anchor='middle'>activation (log scale)"
-            f"</text><text x='2' y='10' font-size='11'>{top}</text>")
+    ticks = sorted({round(i * len(counts) / 4) for i in range(5)})
+    axis = "".join(f"<line x1='{left + t * bar:.1f}' x2='{left + t * bar:.1f}' y1='{8 + plot_h}' "
+                   f"y2='{12 + plot_h}' stroke='#555'/><text x='{left + t * bar:.1f}' y='{24 + plot_h}' "
+                   f"font-size='11' text-anchor='middle'>{edges[t]:.3g}</text>" for t in ticks)
+    axis += (f"<line x1='{left}' x2='{width - 4}' y1='{8 + plot_h}' y2='{8 + plot_h}' stroke='#555'/>"
+             f"<line x1='{left}' x2='{left}' y1='8' y2='{8 + plot_h}' stroke='#555'/>"
+             f"<text x='{left - 4}' y='16' font-size='11' text-anchor='end'>{top}</text>"
+             f"<text x='{left - 4}' y='{8 + plot_h}' font-size='11' text-anchor='end'>0</text>"
+             f"<text x='12' y='{8 + plot_h / 2}' font-size='11' text-anchor='middle' "
+             f"transform='rotate(-90 12 {8 + plot_h / 2})'>tokens</text>"
+             f"<text x='{left + plot_w / 2}' y='{height - 2}' font-size='11' text-anchor='middle'>"
+             f"activation (log scale)</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
             f"aria-label='activation histogram'>{rects}{axis}</svg>")
+
+
+def steer_hint(record: dict) -> str:
+    """The command that measures steering with this latent, over a range from its activations."""
+    j, top = record["latent"], float(record.get("max") or 0.0)
+    if top <= 0:
+        return ""
+    return (f"<p>Try steering it, measured (judge, perplexity, repetition per value): <code>python generate.py "
+            f"--sweep {j}:{top / 2:.3g}:{4 * top:.3g}:5</code> <span class='muted'>(values in activation units; "
+            f"its largest activation in the data is {top:.3g})</span></p>")
 
 
 def _explanations_html(record: dict) -> str:
@@ -155,7 +176,7 @@ def latent_page(record: dict, *, n_contexts: int = 20, n_sentences: int = 20) ->
     body = (f"<p><a href='../index.html'>all latents</a></p><h1>Latent {j} <small>density "
             f"{_num(record['density'], 3)} · mean when active {_num(record['mean_active'], 3)} · max "
             f"{_num(record['max'], 3)}</small></h1><h2>Explanation</h2>{_explanations_html(record)}"
-            f"<h2>Activation histogram</h2>{histogram_svg(record['histogram'])}"
+            f"<h2>Activation histogram</h2>{histogram_svg(record['histogram'])}{steer_hint(record)}"
             f"<h2>Logit lens</h2>{_lens_html(record['logit_lens'])}"
             f"<h2>Label association</h2>{_labels_html(record['labels'])}"
             f"<h2>Top contexts</h2><table id='contexts'>{ctx_rows}</table>"
