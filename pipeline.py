@@ -181,7 +181,7 @@ def summary(folders: dict[str, Path], latents: list[dict], label: str, train_dir
     shown = {k: evaluation[k] for k in ("fvu", "l0", "ce_loss_recovered", "delta_lm_loss") if k in evaluation}
     print("\nSAE evaluation on held-out text: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else
                                                            f"{k} {v}" for k, v in shown.items()))
-    dead = dead_latents(train_dir, evaluation)
+    dead = dead_latents(train_dir, folders["interpret"], evaluation)
     if dead:
         print(dead)
     probes = read_json(folders["interpret"] / "probes.json")
@@ -197,21 +197,25 @@ def summary(folders: dict[str, Path], latents: list[dict], label: str, train_dir
     return {"evaluation": evaluation, "probes": probes, "label": label, "latents": latents}
 
 
-def dead_latents(train_dir: Path, evaluation: dict) -> str:
-    """One line: the latents that did not fire over the training data (the trainer's count, its
-    dead_fraction over the last dead_after_tokens activations) first, the held-out figure under its own name."""
-    parts = []
+def dead_latents(train_dir: Path, interpret_dir: Path, evaluation: dict) -> str:
+    """One line: the latents that did not fire over the training data first (the trainer's count, over
+    its last dead_after_tokens activations; when training was shorter than that window, the count of
+    latents that never fired over the whole capture), then the held-out figure under its own name."""
     last = {}
     if (train_dir / "metrics.jsonl").is_file():
         for line in (train_dir / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line) if line.strip() else {}
             last = record if record.get("split") == "train" else last
     d_sae = read_json(train_dir / "sae" / "config.json").get("d_sae")
-    window = read_json(train_dir / "config.json").get("dead_after_tokens")
-    if "dead_fraction" in last and d_sae:
-        span = f"the last {window:,} training activations" if window else "training"
-        parts.append(f"dead latents (did not fire over {span}): {round(last['dead_fraction'] * d_sae)} of {d_sae} "
-                     f"({last['dead_fraction']:.1%})")
+    window = read_json(train_dir / "config.json").get("dead_after_tokens") or 0
+    stats = read_json(interpret_dir / "stats.json")
+    parts = []
+    if "dead_fraction" in last and d_sae and last.get("tokens", 0) >= window:
+        parts.append(f"dead latents (did not fire over the last {window:,} training activations, the trainer's "
+                     f"count): {round(last['dead_fraction'] * d_sae)} of {d_sae} ({last['dead_fraction']:.1%})")
+    elif "dead" in stats and stats.get("d_sae"):
+        parts.append(f"dead latents (never fired over all {stats['rows']:,} captured activations, the training "
+                     f"data included): {stats['dead']} of {stats['d_sae']} ({stats['dead'] / stats['d_sae']:.1%})")
     if "unfired_fraction_held_out" in evaluation:
         parts.append(f"not firing on the {evaluation.get('tokens', 'held-out')} held-out evaluation tokens: "
                      f"{evaluation['unfired_fraction_held_out']:.1%}")
