@@ -52,11 +52,19 @@ class PipelineConfig:
     candidates: int = field(default=3, metadata={"help": "latents swept (the most associated with --label by AUROC)"})
     steer_scale: float = field(default=4.0, metadata={"help": "largest swept value as a multiple of the latent's "
                                                               "largest activation in the data"})
-    sweep_steps: int = field(default=4, metadata={"help": "swept values per latent, from 1/STEPS to 1 of the largest"})
+    sweep_steps: int = field(default=4, metadata={"help": "swept values per latent: TOP/STEPS, 2 TOP/STEPS, ..., "
+                                                          "TOP (TOP = --steer-scale x its largest activation)"})
     prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated in the demo"})
     seed: int = field(default=0, metadata={"help": "seed of the SAE's training (initialisation, batch order)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, ..."})
+
+    def __post_init__(self):
+        for name in ("candidates", "sweep_steps"):
+            if getattr(self, name) < 1:
+                raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if not self.steer_scale > 0:
+            raise cli.UsageError(f"--steer-scale {self.steer_scale}: must be > 0")
 
 
 def main(cfg: PipelineConfig) -> int:
@@ -78,7 +86,8 @@ def main(cfg: PipelineConfig) -> int:
     sae_dir = folders["train"] / "sae"
     stage("train", timings, env, sae_dir / "config.json", [
         "train.py", "--data", str(folders["batches"] / cfg.hook), "--out", str(folders["train"]),
-        "--expansion", str(cfg.expansion), "--k", str(cfg.k), "--epochs", str(cfg.epochs), "--resume", "--seed", str(cfg.seed),
+        "--expansion", str(cfg.expansion), "--k", str(cfg.k), "--epochs", str(cfg.epochs), "--resume",
+        "--seed", str(cfg.seed),
         "--device", cfg.device if cfg.device in ("auto", "cpu", "cuda", "mps") else "auto"])
     stage("interpret", timings, env, folders["interpret"] / "latent_index_meaning.json", [
         "interpret.py", *common, "--sae", str(sae_dir), "--capture-dir", str(folders["capture"] / cfg.hook),
