@@ -86,6 +86,12 @@ class CaptureConfig:
             raise cli.UsageError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
         if self.batch_tokens < 1 or self.shard_tokens < 0:
             raise cli.UsageError("--batch-tokens must be positive and --shard-tokens 0 (auto) or positive")
+        self.sentence_options()  # checks --max-tokens, --sample-fraction, ... before anything runs
+
+    def sentence_options(self) -> SentenceOptions:
+        return SentenceOptions(max_tokens=self.max_tokens, bos=self.bos, chat=self.chat,
+                               max_documents=self.max_documents, sample_fraction=self.sample_fraction,
+                               max_total_tokens=self.max_total_tokens, punkt_chars=self.punkt_chars)
 
 
 def main() -> None:
@@ -99,8 +105,8 @@ def main() -> None:
         print(f"interrupted: {RESUME}", file=sys.stderr)
         raise SystemExit(130) from None
     except OSError as err:
-        raise disk_full_error(err, Path(cfg.out), "--out", f"nothing committed was lost: free space and rerun "
-                              f"the same command to resume") from None
+        raise disk_full_error(err, Path(cfg.out), "--out", "nothing committed was lost: free space and rerun "
+                              "the same command to resume") from None
     finally:
         runtime.destroy_distributed()
 
@@ -150,9 +156,7 @@ def check_inputs(cfg: CaptureConfig, loaded=None) -> tuple[TextSource, SentenceO
     if not cfg.hooks or len(set(cfg.hooks)) != len(cfg.hooks):
         raise cli.UsageError(f"--hooks {' '.join(cfg.hooks)}: give one or more distinct hook names")
     check_hook_forms(cfg.hooks, cfg.model, loaded)
-    options = SentenceOptions(max_tokens=cfg.max_tokens, bos=cfg.bos, chat=cfg.chat,
-                              max_documents=cfg.max_documents, sample_fraction=cfg.sample_fraction,
-                              max_total_tokens=cfg.max_total_tokens, punkt_chars=cfg.punkt_chars)
+    options = cfg.sentence_options()
     check_writable_folder(Path(cfg.out), "--out")
     if cfg.prebatch:
         check_writable_folder(Path(cfg.batches_out), "--batches-out")
@@ -182,16 +186,10 @@ def check_hook_forms(hooks: list[str], model_flag: str, loaded=None) -> None:
 def header_layers(model_flag: str) -> int | None:
     """The model's number of layers from its header alone (config.json, params.json, GGUF metadata),
     for a message before the model loads; None when it cannot be read (loading will say why)."""
-    from llama.loading import detect_format, hf, meta
+    from llama.loading import open_checkpoint
 
     try:
-        path = Path(model_flag) if model_flag else paths.default_model_path()
-        kind = detect_format(path)
-        if kind == "gguf":
-            from llama.loading.gguf import model_args
-            from llama.loading.gguf_reader import read_gguf
-            return model_args(read_gguf(path)).n_layers
-        return (meta if kind == "meta" else hf).model_args(path).n_layers
+        return open_checkpoint(Path(model_flag) if model_flag else paths.default_model_path()).args.n_layers
     except Exception:  # any unreadable header: the message falls back to the forms alone
         return None
 

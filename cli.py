@@ -256,12 +256,20 @@ def explicit_fields(namespace: argparse.Namespace) -> set[str]:
     return set(getattr(namespace, "_explicit", set()))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose own complaints (an unknown flag, a missing value) are one-line UsageErrors, which
+    `run_main` prints like every other bad input, instead of a usage block and an exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see --help")
+
+
 def parse_config(cls: type[T], description: str, argv: list[str] | None = None,
                  extend: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[T, argparse.Namespace]:
     """Parse argv into an instance of the dataclass `cls` (and the raw namespace, for extra flags)."""
     # Defaults are written into each flag's help by add_dataclass_arguments (argparse's own defaults
     # are None so that config files can layer), hence the plain formatter.
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--config", help="JSON file of field values; flags given here override it")
     add_dataclass_arguments(parser, cls)
     if extend is not None:

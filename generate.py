@@ -5,6 +5,7 @@
     python generate.py --steer 896:20 "Today I went to the park and"   # steer latent 896 by +20
     python generate.py --steer 896:20 --compare --show-features  # unsteered vs steered, latents per token
     python generate.py --prompt-file prompts.txt                 # one prompt per line, as a batch ("-": stdin)
+    python generate.py --sweep 896:0:20:5 --label negative       # steer at 0, 5, ..., 20 and measure each
 
 The SAE (default: the one the pipeline trained, runs/train/sae) decides how prompts are tokenized (BOS,
 chat format), so it sees the distribution it was trained on. Steering modes are described in
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import math
 import shutil
 import sys
 import textwrap
@@ -25,6 +26,9 @@ from pathlib import Path
 import cli
 import paths
 import runtime
+from latents.explanations import read_explanations
+from latents.text import pieces, token_bytes_of
+from llama.tokenizers.chat import encode_prompt
 
 DEFAULT_PROMPT = "Today I went to the park and"
 
@@ -56,6 +60,18 @@ class GenerateConfig:
     top_features: int = field(default=4, metadata={"help": "latents listed per token with --show-features"})
     explanations: str = field(default=str(paths.DEFAULT_INTERPRET_DIR / "latent_index_meaning.json"),
                               metadata={"help": "latent explanations written by interpret.py"})
+    sweep: str = field(default="", metadata={"help": "IDX:LO:HI[:STEPS]: complete the same prompts (default: five "
+                                                      "neutral ones) with latent IDX pushed to each of STEPS "
+                                                      "(default 5) values from LO to HI, and print the latent's "
+                                                      "activation, the judge's shift toward --label, perplexity "
+                                                      "and repetition per value"})
+    label: str = field(default="negative", metadata={"help": "--sweep: the label the judge's shift is measured toward"})
+    judge_corpus: str = field(default="", metadata={"help": "--sweep: labelled corpus the judge is trained on "
+                                                            "(default: the embedded sentiment corpus)"})
+    max_ppl_ratio: float = field(default=3.0, metadata={"help": "--sweep: a value is in range while the steered "
+                                                                "text's perplexity is at most this multiple of "
+                                                                "the unsteered text's"})
+    sweep_json: str = field(default="", metadata={"help": "--sweep: also write the table as JSON to this file"})
     device: str = runtime.device_field()
     model_dtype: str = runtime.model_dtype_field()
 
@@ -66,12 +82,7 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
         parser.add_argument("--steer", action="append", default=None, metavar="IDX:VALUE",
                             help="steer latent IDX by VALUE; repeatable")
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fixed: list[str] = []
-    while argv:  # "--steer -3:1" would read as an unknown option; "--steer=-3:1" reaches parse_steer
-        arg = argv.pop(0)
-        fixed.append(f"--steer={argv.pop(0)}" if arg == "--steer" and argv and argv[0].startswith("-") else arg)
-    cfg, _ = cli.parse_config(GenerateConfig, __doc__.split("\n\n")[0], fixed, extend=extend)
+    cfg, _ = cli.parse_config(GenerateConfig, __doc__.split("\n\n")[0], argv, extend=extend)
     return cfg
 
 
@@ -81,8 +92,11 @@ def main(cfg: GenerateConfig) -> int:
 
     steers = [parse_steer(s) for s in cfg.steer]
     check_numbers(cfg)
+    if cfg.sweep:
+        return sweep_main(cfg)
     sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
-    sae_cfg = check_sae_config(sae_dir, steers) if sae_dir else None
+    if sae_dir:
+        check_sae_config(sae_dir, steers)  # the latent indices, before the model loads
     prompts = read_prompts(cfg)
     device = runtime.resolve_device(cfg.device)
     loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
@@ -90,6 +104,7 @@ def main(cfg: GenerateConfig) -> int:
     chat = cfg.chat or bool(sae and sae.cfg.chat)
     bos = sae.cfg.prepend_bos if sae else loaded.tokenizer.add_bos
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
+    check_context(cfg, loaded.args.max_seq_len, token_prompts)
     runs = plan_runs(cfg, sae, steers)
     # One completion to show: stream it token by token (the prompt echoed first, unless in chat form).
     stream = len(runs) == 1 and len(prompts) == 1 and not cfg.show_features
@@ -97,6 +112,67 @@ def main(cfg: GenerateConfig) -> int:
                                      echo="" if chat else prompts[0])
                for label, steering in runs.items()}
     print_results(cfg, loaded, prompts, token_prompts, runs, results, streamed=stream)
+    return 0
+
+
+def check_context(cfg: GenerateConfig, context: int, token_prompts: list[list[int]]) -> None:
+    """One line when a prompt and --max-new-tokens do not fit in the model's context (rather than running
+    past the positions it was trained on, or allocating a cache for them)."""
+    longest = max(len(p) for p in token_prompts)
+    if longest + cfg.max_new_tokens > context:
+        what = "--prompt-file" if cfg.prompt_file else "the prompt"
+        raise cli.UsageError(f"{what} ({longest} tokens) + --max-new-tokens {cfg.max_new_tokens} exceed the "
+                             f"model's context of {context} tokens; shorten the prompt or lower --max-new-tokens")
+
+
+def parse_sweep(text: str) -> tuple[int, list[float]]:
+    """"IDX:LO:HI[:STEPS]" -> (latent, STEPS values evenly spaced from LO to HI)."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) not in (3, 4):
+            raise ValueError
+        latent, lo, hi = int(parts[0]), float(parts[1]), float(parts[2])
+        steps = int(parts[3]) if len(parts) == 4 else 5
+    except ValueError:
+        raise cli.UsageError(f"--sweep {text}: expected IDX:LO:HI[:STEPS], e.g. --sweep 896:0:20:5") from None
+    if latent < 0 or steps < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise cli.UsageError(f"--sweep {text}: IDX >= 0, finite LO and HI, STEPS >= 1")
+    return latent, [lo + (hi - lo) * i / max(steps - 1, 1) for i in range(steps)]
+
+
+def sweep_main(cfg: GenerateConfig) -> int:
+    """--sweep: the sweep's table (latents/sweep.py) on the prompts, the range marked."""
+    from latents.judge import cached_judge
+    from latents.sweep import NEUTRAL_PROMPTS, SweepSettings, best_row, rows_json, sweep_latent, sweep_table
+    from sae.steering import Steer
+
+    latent, values = parse_sweep(cfg.sweep)
+    if cfg.max_ppl_ratio <= 0:
+        raise cli.UsageError(f"--max-ppl-ratio {cfg.max_ppl_ratio}: must be > 0")
+    sae_dir = resolve_sae(cfg, needed=True)
+    check_sae_config(sae_dir, [Steer(latent, 0.0)])
+    prompts = read_prompts(cfg) if cfg.prompts or cfg.prompt_file else list(NEUTRAL_PROMPTS)
+    judge = cached_judge(cfg.judge_corpus or paths.default_corpus_path(), paths.RUNS / "judge")
+    judge.index(cfg.label)
+    print(f"judge: bag-of-words classifier, held-out accuracy {judge.accuracy:.3f} "
+          f"(always guessing the commonest label: {judge.majority:.3f})")
+    device = runtime.resolve_device(cfg.device)
+    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = runtime.load_sae_for(sae_dir, loaded, device=device)
+    bos = sae.cfg.prepend_bos
+    chat = cfg.chat or sae.cfg.chat
+    token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
+    check_context(cfg, loaded.args.max_seq_len, token_prompts)
+    settings = SweepSettings(mode=cfg.mode, max_new_tokens=cfg.max_new_tokens, max_ppl_ratio=cfg.max_ppl_ratio)
+    rows = sweep_latent(loaded, sae, token_prompts, latent, values, judge, cfg.label, settings)
+    print(sweep_table(rows, latent, cfg.label))
+    best = best_row(rows)
+    print(f"in range (* : judge moved >= {settings.min_shift} toward {cfg.label!r}, perplexity <= "
+          f"{cfg.max_ppl_ratio:g}x): " + (f"try --steer {latent}:{best.value:.3g}" if best else "no value"))
+    if cfg.sweep_json:
+        from atomic import write_text_atomic
+        write_text_atomic(Path(cfg.sweep_json), json.dumps({"latent": latent, "label": cfg.label, "prompts": prompts,
+                                                            "rows": rows_json(rows)}, indent=1) + "\n")
     return 0
 
 
@@ -124,7 +200,7 @@ def resolve_sae(cfg: GenerateConfig, needed: bool) -> Path | None:
     return paths.DEFAULT_SAE_DIR
 
 
-def check_sae_config(folder: Path, steers) -> "SAEConfig":
+def check_sae_config(folder: Path, steers):
     from sae.io import load_config
     from sae.steering import check_steers
 
@@ -148,14 +224,6 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
     if any(not p.strip() for p in prompts):
         raise cli.UsageError("empty prompt: give some text to continue")
     return prompts or [DEFAULT_PROMPT]
-
-
-def encode_prompt(tokenizer, text: str, *, chat: bool, bos: bool) -> list[int]:
-    """Tokens of a prompt, formatted as the SAE's training data was (chat template or not, BOS or not)."""
-    ids = tokenizer.encode_chat([{"role": "user", "content": text}]) if chat else tokenizer.encode(text)
-    if bos and ids[:1] != [tokenizer.bos_id]:
-        ids = [tokenizer.bos_id, *ids]
-    return ids
 
 
 def plan_runs(cfg: GenerateConfig, sae, steers) -> dict:
@@ -198,7 +266,7 @@ def run_generation(cfg: GenerateConfig, loaded, prompts: list[list[int]], steeri
 
 def print_results(cfg, loaded, prompts, token_prompts, runs, results, *, streamed: bool) -> None:
     tokenizer = loaded.tokenizer
-    explanations = read_explanations(Path(cfg.explanations)) if cfg.show_features else {}
+    explanations = read_explanations(Path(cfg.explanations), missing_ok=True) if cfg.show_features else {}
     for i, prompt in enumerate(prompts):
         texts = {label: tokenizer.decode(out[i]) for label, out in results.items()}
         if len(runs) > 1:
@@ -241,23 +309,12 @@ def print_features(loaded, steering, prompt: list[int], new: list[int], n: int, 
         arriving = loaded.model(tokens, injections={hook: steering}, taps=(hook,), return_logits=False).taps[hook]
     steered = steering.steer(arriving, latents=True)
     values, indices = top_latents(steered.values, steered.indices, n)
+    shown = pieces([token_bytes_of(loaded.tokenizer)(int(t)) for t in tokens[0].tolist()])
     for pos in range(len(prompt), len(prompt) + len(new)):
-        token = loaded.tokenizer.token_str(int(tokens[0, pos]))
+        token = shown[pos] or "\u2026"  # "": the first bytes of a character the next token completes
         parts = [f"{int(j)}:{float(v):.1f}" + (f" ({explanations[int(j)]})" if int(j) in explanations else "")
                  for v, j in zip(values[0, pos].tolist(), indices[0, pos].tolist()) if v > 0]
         print(f"{token!r:>16}  " + "  ".join(parts))
-
-
-def read_explanations(path: Path) -> dict[int, str]:
-    """latent -> explanation from interpret.py's latent_index_meaning.json ({} when absent)."""
-    if not path.is_file():
-        return {}
-    try:
-        table = json.loads(path.read_text(encoding="utf-8"))
-        return {int(k): str(v.get("common_semantic", ""))[:40] for k, v in table.items()
-                if isinstance(v, dict) and v.get("common_semantic")}
-    except (json.JSONDecodeError, ValueError, AttributeError):
-        raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,9 @@ Stages, each written under --out (rerunning reuses the statistics and the LLM an
   1. one streaming pass over the captured activations -> stats.safetensors, stats.json
   2. logit lens, evidence and offline explanations    -> latents/<latent>.json, latent_index_meaning.json
   3. optional LLM explanations and detection scores   -> llm/explain/, llm/detect/, llm/failures.json
-  4. evaluation on held-out sentences                 -> evaluation.json
-  5. static pages                                     -> index.html, pages/<latent>.html
+  4. held-out pass: explanation precision / recall, label probes (full and k-sparse) -> probes.json
+  5. evaluation on held-out sentences                 -> evaluation.json
+  6. static pages                                     -> index.html, pages/<latent>.html
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ from tqdm import tqdm
 import cli
 import paths
 import runtime
-from data.prebatch import is_validation
+from data.prebatch import DEFAULTS, is_validation
 from latents.autointerp import explain_with_llm, latent_id
 from latents.collect import LatentStats, collect_stats
 from latents.evaluate import evaluate_sae, left_padded_batches
 from latents.evidence import build_evidence
 from latents.explain import BaseRates, explain_offline
+from latents.explanation_score import explanation_scores, predicted_tokens
+from latents.heldout import collect_heldout
 from latents.llm import LLMConfig, make_client
 from latents.logit_lens import logit_lens, model_head, sae_directions
 from latents.pages import write_site
+from latents.probes import probe_report
 from latents.report import assemble, summaries, write_json, write_records
 from latents.scoring import score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
+from latents.text import token_bytes_of
 from sae.io import load_sae
 
 log = logging.getLogger("interpret")
@@ -73,7 +78,10 @@ class InterpretConfig:
                              metadata={"help": "prebatched folder root: its train/val split picks held-out documents"})
     device: str = runtime.device_field()
     model_dtype: str = runtime.model_dtype_field()
-    seed: int = field(default=0, metadata={"help": "seed of the random sentences (detection negatives)"})
+    seed: int = field(default=0, metadata={"help": "seed of the random sentences (detection negatives) and "
+                                                   "of the probes' document split"})
+    probe_test_fraction: float = field(default=0.2, metadata={"help": "share of documents the label probes "
+                                                                      "are tested on (the rest trains them)"})
 
     def __post_init__(self):
         for name in ("top_n", "rows_per_chunk", "lens_top", "eval_batch_size", "llm_batch_size"):
@@ -84,6 +92,8 @@ class InterpretConfig:
                 raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if self.llm_provider and not self.llm_model:
             raise cli.UsageError(f"--llm-provider {self.llm_provider} needs --llm-model")
+        if not 0 < self.probe_test_fraction < 1:
+            raise cli.UsageError(f"--probe-test-fraction {self.probe_test_fraction}: must be between 0 and 1")
         if self.detection and not self.llm_provider:
             raise cli.UsageError("--detection scores LLM explanations: give --llm-provider too")
 
@@ -108,12 +118,14 @@ def interpret(cfg: InterpretConfig) -> dict:
     if loaded.args.dim != sae.cfg.d_in:
         raise cli.UsageError(f"--model has dim {loaded.args.dim} but the SAE expects d_in {sae.cfg.d_in}")
     latents = chosen_latents(stats, cfg.max_latents)
-    log.info("explaining %d of %d latents (%d dead)", len(latents), stats.d_sae, stats.d_sae - len(stats.live()))
+    log.info("explaining %d of %d latents (%d never fired in the capture)", len(latents), stats.d_sae,
+             stats.d_sae - len(stats.live()))
     records = explain(cfg, data, stats, sae, loaded, latents, out)
+    probes = held_out_figures(cfg, data, sae, hook, records, stats.label_names, device, out)
     evaluation = evaluate(cfg, data, sae, loaded, hook, out)
     write_records(out, records)
     index = write_site(out, records, summaries(records), evaluation, Path(cfg.sae).parent / "curves.html",
-                       title=f"SAE latents: {hook}")
+                       title=f"SAE latents: {hook}", probes=probes)
     log.info("pages: %s", index)
     return evaluation
 
@@ -171,12 +183,12 @@ def chosen_latents(stats: LatentStats, limit: int) -> list[int]:
 def explain(cfg: InterpretConfig, data: CapturedData, stats: LatentStats, sae, loaded, latents: list[int],
             out: Path) -> list[dict]:
     """Evidence and explanations (offline, then LLM and detection when asked) of `latents`."""
-    token_text = loaded.tokenizer.token_str
+    token_bytes = token_bytes_of(loaded.tokenizer)
     gain, unembed = model_head(loaded.model)
     lens = logit_lens(sae_directions(sae, torch.tensor(latents, dtype=torch.long)), gain, unembed, top=cfg.lens_top)
-    evidence = build_evidence(stats, data, latents, token_text, lens)
+    evidence = build_evidence(stats, data, latents, loaded.tokenizer.token_str, token_bytes, lens)
     rates = BaseRates.from_stats(stats)
-    offline = {j: explain_offline(ev, rates, loaded.tokenizer.decode) for j, ev in evidence.items()}
+    offline = {j: explain_offline(ev, rates, token_bytes) for j, ev in evidence.items()}
     llm, detection = {}, {}
     if cfg.llm_provider:
         llm, detection = llm_stage(cfg, data, stats, evidence, out / "llm")
@@ -220,13 +232,47 @@ def detect(cfg, client, data: CapturedData, stats: LatentStats, evidence, llm, f
                            seed=cfg.seed)
 
 
+def validation_split(cfg: InterpretConfig, hook: str) -> dict:
+    """The prebatching's per-document validation split (val_fraction, seed); its defaults when absent."""
+    meta_path = Path(cfg.batches_dir) / hook / "batches.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return {"val_fraction": float(meta.get("val_fraction", DEFAULTS.val_fraction)),
+            "seed": int(meta.get("seed", DEFAULTS.seed)),
+            "found": meta_path.is_file()}
+
+
+def held_out_figures(cfg: InterpretConfig, data: CapturedData, sae, hook: str, records: list[dict],
+                     label_names: list[str], device, out: Path) -> dict:
+    """One pass for the offline explanations' precision and recall on tokens of the documents the SAE's
+    training held out (filled into each record), and the label probes (probes.json, returned)."""
+    split = validation_split(cfg, hook)
+    keep = lambda docs: is_validation(docs, split["val_fraction"], split["seed"])
+    bar = lambda chunks: tqdm(chunks, desc="held-out pass", unit="chunk",
+                              total=max(1, data.n_rows // cfg.rows_per_chunk))
+    features, held = collect_heldout(data, sae_encoder(sae), sae.cfg.d_sae, keep, rows_per_chunk=cfg.rows_per_chunk,
+                                     device=device, progress=bar)
+    offline = {r["latent"]: r["explanations"].get("offline", {}) for r in records}
+    scores = explanation_scores(held, {j: predicted_tokens(ex) for j, ex in offline.items()})
+    for r in records:
+        if r["latent"] in scores and "offline" in r["explanations"]:
+            r["explanations"]["offline"]["score"] = {**scores[r["latent"]], "tokens": len(held.tokens)}
+    report = probe_report(features, label_names, test_fraction=cfg.probe_test_fraction, seed=cfg.seed) \
+        if label_names else {}
+    report["explanation_tokens"] = len(held.tokens)
+    write_json(out / "probes.json", report)
+    for name, entry in report.get("labels", {}).items():
+        log.info("probes for %r (test AUROC): full mean %.3f, full last %.3f, sparse %s", name,
+                 entry["full_mean"], entry["full_last"],
+                 ", ".join(f"k={k} {v['auroc']:.3f}" for k, v in entry["sparse"].items()))
+    return report
+
+
 def held_out_sentences(cfg: InterpretConfig, data: CapturedData, hook: str) -> tuple[list[list[int]], bool]:
     """Token lists of up to cfg.eval_sentences sentences from documents the prebatching held out for
     validation (its seeded per-document split); the last captured sentences when there is no split."""
     table = data.sentences
-    meta_path = Path(cfg.batches_dir) / hook / "batches.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"val_fraction": 0.02, "seed": 0}
-    lines = np.flatnonzero(is_validation(table.docs, float(meta["val_fraction"]), int(meta["seed"])))
+    split = validation_split(cfg, hook)
+    lines = np.flatnonzero(is_validation(table.docs, split["val_fraction"], split["seed"]))
     held_out = len(lines) > 0
     if not held_out:
         lines = np.arange(len(table.docs))[::-1]

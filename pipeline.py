@@ -4,10 +4,9 @@
     python pipeline.py --sample-fraction 1 --max-total-tokens 0 --runs runs/full   # the whole corpus
 
 Each stage runs its own script (capture.py, train.py, interpret.py, generate.py) as a subprocess, with
-its own config built from the flags below (and written to <runs>/stages/ as the JSON the script reads
-with --config); every stage's settings are checked before the first starts. A stage is skipped when its
-output is already there; an interrupted run picks up where it
-stopped (capture and train resume from their own checkpoints). At the end the latent most associated
+its own config built from the flags below (written to <runs>/stages/ as the JSON the script reads with
+--config); every stage's settings are checked before the first starts. A stage is skipped when its
+output is already there; an interrupted run picks up where it stopped (capture and train resume from their own checkpoints). At the end the latent most associated
 with --label (by AUROC of its sentence-level activation) is steered into --prompt, and the steered and
 unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
 """
@@ -15,6 +14,7 @@ unsteered completions are printed side by side. A summary goes to <runs>/pipelin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cli
 import paths
@@ -32,6 +32,7 @@ from atomic import write_text_atomic
 from capture import CaptureConfig
 from generate import GenerateConfig
 from interpret import InterpretConfig
+from latents.text import shorten
 from sae.config import SAEConfig
 from training.config import TrainConfig
 
@@ -65,12 +66,25 @@ class PipelineConfig:
     epochs: float = borrowed(TrainConfig, "epochs")
     max_latents: int = borrowed(InterpretConfig, "max_latents", default=1024)
     eval_sentences: int = borrowed(InterpretConfig, "eval_sentences", default=200)
-    label: str = field(default="negative", metadata={"help": "steer the latent most associated with this label"})
-    prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
-    steer_scale: float = field(default=2.0, metadata={"help": "steering value as a multiple of the latent's "
+    label: str = field(default="negative", metadata={"help": "steer toward this label: the latent and value are "
+                                                             "chosen by a sweep (generate.py --sweep) among the "
+                                                             "latents most associated with it"})
+    candidates: int = field(default=3, metadata={"help": "latents swept (the most associated with --label by AUROC)"})
+    steer_scale: float = field(default=4.0, metadata={"help": "largest swept value as a multiple of the latent's "
                                                               "largest activation in the data"})
+    sweep_steps: int = field(default=4, metadata={"help": "swept values per latent: TOP/STEPS, 2 TOP/STEPS, ..., "
+                                                          "TOP (TOP = --steer-scale x its largest activation)"})
+    prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
     max_new_tokens: int = borrowed(GenerateConfig, "max_new_tokens", default=32)
+    seed: int = field(default=0, metadata={"help": "seed of the SAE's training (initialisation, batch order)"})
     device: str = runtime.device_field()
+
+    def __post_init__(self):
+        for name in ("candidates", "sweep_steps"):
+            if getattr(self, name) < 1:
+                raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if not self.steer_scale > 0:
+            raise cli.UsageError(f"--steer-scale {self.steer_scale}: must be > 0")
 
 
 def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
@@ -88,14 +102,13 @@ def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, An
                                  max_total_tokens=cfg.max_total_tokens, prebatch=True,
                                  batches_out=str(folders["batches"]), bos=True),
         "train": TrainConfig.of(data=str(folders["batches"] / cfg.hook), out=str(folders["train"]),
-                             expansion=cfg.expansion, k=cfg.k, epochs=cfg.epochs, resume=True,
-                             device=cfg.device),
+                                expansion=cfg.expansion, k=cfg.k, epochs=cfg.epochs, seed=cfg.seed, resume=True,
+                                device=cfg.device),
         "interpret": InterpretConfig(**model, sae=str(sae_dir), capture_dir=str(folders["capture"] / cfg.hook),
                                      out=str(folders["interpret"]), max_latents=cfg.max_latents,
                                      eval_sentences=cfg.eval_sentences, batches_dir=str(folders["batches"])),
-        "generate": GenerateConfig(**model, sae=str(sae_dir), compare=True, max_new_tokens=cfg.max_new_tokens,
-                                   explanations=str(folders["interpret"] / "latent_index_meaning.json"),
-                                   prompts=[cfg.prompt]),
+        "generate": GenerateConfig(**model, sae=str(sae_dir), label=cfg.label, max_new_tokens=cfg.max_new_tokens,
+                                   explanations=str(folders["interpret"] / "latent_index_meaning.json")),
     }
 
 
@@ -104,42 +117,67 @@ def main(cfg: PipelineConfig) -> int:
     folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages")}
     configs = stage_configs(cfg, folders)  # every stage's settings checked before any work
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
-    timings = previous_timings(runs / "pipeline.json")  # skipped stages keep their earlier times
+    earlier = previous_timings(runs / "pipeline.json")
+    timings: dict[str, float] = {}  # this invocation's stages only: skipped ones are listed apart
     start = time.perf_counter()
-    folders["stages"].mkdir(parents=True, exist_ok=True)
-    stage("capture + prebatch", timings, env, folders["batches"] / cfg.hook / "batches.json",
-          "capture.py", configs["capture"], folders["stages"])
-    stage("train", timings, env, folders["train"] / "sae" / "config.json", "train.py", configs["train"],
-          folders["stages"])
-    stage("interpret", timings, env, folders["interpret"] / "latent_index_meaning.json", "interpret.py",
-          configs["interpret"], folders["stages"])
-    latents = sentiment_latents(folders["interpret"], cfg.label)
-    report = summary(folders, latents, cfg.label)
+    run = functools.partial(stage, timings=timings, env=env, stages=folders["stages"])
+    run("capture + prebatch", folders["batches"] / cfg.hook / "batches.json", "capture.py", configs["capture"])
+    run("train", folders["train"] / "sae" / "config.json", "train.py", configs["train"])
+    run("interpret", folders["interpret"] / "latent_index_meaning.json", "interpret.py", configs["interpret"])
+    latents = sentiment_latents(folders["interpret"], cfg.label, n=max(cfg.candidates, 5))
+    report = summary(folders, latents, cfg.label, runs / "train")
     if latents:
-        chosen = latents[0]
-        value = round(cfg.steer_scale * chosen["max"], 1)
-        generate = dataclasses.replace(configs["generate"], steer=[f"{chosen['latent']}:{value}"])
-        generation = stage("steered generation", timings, env, None, "generate.py", generate, folders["stages"],
-                           capture=True)
-        report["steering"] = {"latent": chosen["latent"], "value": value, "prompt": cfg.prompt, "output": generation}
+        report["steering"] = steering_demo(cfg, folders, configs["generate"], run, latents[:cfg.candidates])
     else:
         log.info("no latent carries label statistics for %r: skipping the steering demo", cfg.label)
     timings["total"] = round(time.perf_counter() - start, 1)  # this invocation
-    report.update(config=dataclasses.asdict(cfg), seconds=timings)
+    report.update(config=dataclasses.asdict(cfg), seconds=timings, earlier_seconds=earlier)
     write_text_atomic(runs / "pipeline.json", json.dumps(report, indent=1, default=str) + "\n")
-    log.info("stage times (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    log.info("stage times this run (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     log.info("summary: %s; pages: %s", runs / "pipeline.json", folders["interpret"] / "index.html")
     return 0
 
 
-def stage(name: str, timings: dict, env: dict, done: Path | None, script: str, config: Any, stages: Path,
+def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: GenerateConfig,
+                  run: Callable[..., str], candidates: list[dict]) -> dict:
+    """Sweep each candidate latent (generate.py --sweep), choose the latent and value that moved the
+    judge toward --label on the most prompts within the fluency bound, and show it on --prompt."""
+    from latents.sweep import choose
+
+    sweeps = []
+    for row in candidates:
+        top = round(cfg.steer_scale * row["max"], 2)
+        out = folders["interpret"] / f"sweep-{row['latent']}.json"
+        sweep = f"{row['latent']}:{top / cfg.sweep_steps:.4g}:{top:.4g}:{cfg.sweep_steps}"
+        run(f"sweep {row['latent']}", None, "generate.py",
+            dataclasses.replace(generate, sweep=sweep, sweep_json=str(out)))
+        sweeps.append(json.loads(out.read_text()))
+    chosen = choose(sweeps)
+    if chosen is None:
+        print(f"no swept value moved the judge toward {cfg.label!r} within the fluency bound; see the tables above")
+        return {"sweeps": sweeps, "chosen": None}
+    latent, row = chosen
+    steer = f"{latent}:{row['value']:.3g}"
+    command = ["generate.py", "--sae", generate.sae, "--steer", steer, "--compare", "--max-new-tokens",
+               str(cfg.max_new_tokens), "--explanations", generate.explanations, json.dumps(cfg.prompt)]
+    print(f"\nchosen by the sweep: latent {latent} at {row['value']:.3g} (judge {row['shift']:+.3f} toward "
+          f"{cfg.label!r} on average, higher on {row['moved']} of {len(row['texts'])} prompts, perplexity "
+          f"{row['ppl_ratio']:.2f}x the unsteered)\n    python {' '.join(command)}")
+    output = run("steered generation", None, "generate.py",
+                 dataclasses.replace(generate, steer=[steer], compare=True, prompts=[cfg.prompt]), capture=True)
+    return {"sweeps": sweeps, "chosen": {"latent": latent, **row}, "command": "python " + " ".join(command),
+            "prompt": cfg.prompt, "output": output}
+
+
+def stage(name: str, done: Path | None, script: str, config: Any, *, timings: dict, env: dict, stages: Path,
           capture: bool = False) -> str:
     """Run `script --config <its config as JSON>` unless `done` exists; its output streams to the terminal
     (and is returned if `capture`). A failing stage stops the pipeline with a one-line error."""
     if done is not None and done.exists():
         log.info("== %s: already done (%s), skipped", name, done)
         return ""
-    config_file = stages / f"{Path(script).stem}.json"
+    stages.mkdir(parents=True, exist_ok=True)
+    config_file = stages / f"{name.replace(' ', '-').replace('+', 'and')}.json"
     cli.save_config(config, config_file)
     argv = [script, "--config", str(config_file)]
     log.info("== %s: python %s", name, " ".join(argv))
@@ -177,18 +215,55 @@ def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]
     return sorted(rows, key=lambda r: -r["auroc"])[:n]
 
 
-def summary(folders: dict[str, Path], latents: list[dict], label: str) -> dict:
-    """Print and return the SAE's evaluation and the latents most associated with `label`."""
-    evaluation_path = folders["interpret"] / "evaluation.json"
-    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
-    shown = {k: evaluation[k] for k in ("fvu", "l0", "dead_fraction", "ce_loss_recovered", "delta_lm_loss")
-             if k in evaluation}
-    print("\nSAE evaluation: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in shown.items()))
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summary(folders: dict[str, Path], latents: list[dict], label: str, train_dir: Path) -> dict:
+    """Print and return the SAE's evaluation, the label probes and the latents most associated with `label`."""
+    evaluation = read_json(folders["interpret"] / "evaluation.json")
+    shown = {k: evaluation[k] for k in ("fvu", "l0", "ce_loss_recovered", "delta_lm_loss") if k in evaluation}
+    print("\nSAE evaluation on held-out text: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else
+                                                           f"{k} {v}" for k, v in shown.items()))
+    dead = dead_latents(train_dir, folders["interpret"], evaluation)
+    if dead:
+        print(dead)
+    probes = read_json(folders["interpret"] / "probes.json")
+    entry = probes.get("labels", {}).get(label)
+    if entry:
+        sparse = ", ".join(f"k={k} {v['auroc']:.3f}" for k, v in entry["sparse"].items())
+        print(f"probes for {label!r} (AUROC on {probes['test_sentences']} sentences of held-out documents): full "
+              f"probe on the raw activation {entry['full_mean']:.3f} (sentence mean), {entry['full_last']:.3f} "
+              f"(last token); k-sparse probes on SAE latents: {sparse}")
     print(f"latents most associated with {label!r} (AUROC of sentence-level activation):")
     for row in latents:
-        print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {row['explanation'][:70]}")
-    return {"evaluation": evaluation, "label": label, "latents": latents}
+        print(f"  {row['latent']:>6}  AUROC {row['auroc']:.3f}  max {row['max']:.2f}  {shorten(row['explanation'], 70)}")
+    return {"evaluation": evaluation, "probes": probes, "label": label, "latents": latents}
+
+
+def dead_latents(train_dir: Path, interpret_dir: Path, evaluation: dict) -> str:
+    """One line: the latents that did not fire over the training data first (the trainer's count, over
+    its last dead_after_tokens activations; when training was shorter than that window, the count of
+    latents that never fired over the whole capture), then the held-out figure under its own name."""
+    last = {}
+    if (train_dir / "metrics.jsonl").is_file():
+        for line in (train_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            last = record if record.get("split") == "train" else last
+    d_sae = read_json(train_dir / "sae" / "config.json").get("d_sae")
+    window = read_json(train_dir / "config.json").get("dead_after_tokens") or 0
+    stats = read_json(interpret_dir / "stats.json")
+    parts = []
+    if "dead_fraction" in last and d_sae and last.get("tokens", 0) >= window:
+        parts.append(f"dead latents (did not fire over the last {window:,} training activations, the trainer's "
+                     f"count): {round(last['dead_fraction'] * d_sae)} of {d_sae} ({last['dead_fraction']:.1%})")
+    elif "dead" in stats and stats.get("d_sae"):
+        parts.append(f"dead latents (never fired over all {stats['rows']:,} captured activations, the training "
+                     f"data included): {stats['dead']} of {stats['d_sae']} ({stats['dead'] / stats['d_sae']:.1%})")
+    if "unfired_fraction_held_out" in evaluation:
+        parts.append(f"not firing on the {evaluation.get('tokens', 'held-out')} held-out evaluation tokens: "
+                     f"{evaluation['unfired_fraction_held_out']:.1%}")
+    return "; ".join(parts)
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -112,7 +112,7 @@ def disk_full_error(err: OSError, folder: Path, flag: str, after: str) -> OSErro
     explained already, pass through."""
     if err.errno != errno.ENOSPC or isinstance(err, DiskFull):
         return err
-    return DiskFull(errno.ENOSPC, f"disk full while writing into {flag} {folder}; {after}")
+    return DiskFull(errno.ENOSPC, f"the disk is full while writing into {flag} {folder}; {after}")
 
 
 def check_no_folders_in_the_way(folder: Path, flag: str) -> None:

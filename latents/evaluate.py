@@ -11,7 +11,7 @@ Reported (next-token cross-entropy, mean over predicted tokens):
   delta_lm_loss     = L_spliced - L_clean
 and on the recorded activations, in the SAE's normalised space (where it was trained):
   fvu = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (mean over all evaluated tokens),
-  explained_variance = 1 - fvu, l0 = mean number of active latents per token, dead_fraction = share
+  explained_variance = 1 - fvu, l0 = mean number of active latents per token, unfired_fraction_held_out = share
   of latents that never fire on this text.
 """
 
@@ -112,7 +112,7 @@ def _report(totals: _Totals, d_sae: int) -> dict:
     fvu = totals.sq_err / variance if variance > 0 else float("nan")
     return {"tokens": n, "predicted_tokens": totals.predicted,
             "fvu": fvu, "explained_variance": 1 - fvu, "mse": totals.sq_err / (n * totals.sum_x.numel()),
-            "l0": totals.active / n, "dead_fraction": 1 - float(totals.fired.float().mean()),
+            "l0": totals.active / n, "unfired_fraction_held_out": 1 - float(totals.fired.float().mean()),
             "loss_clean": loss["clean"], "loss_spliced": loss["spliced"], "loss_zero": loss["zero"],
             "ce_loss_recovered": (loss["zero"] - loss["spliced"]) / gap if gap != 0 else float("nan"),
             "delta_lm_loss": loss["spliced"] - loss["clean"]}

@@ -14,6 +14,7 @@ import torch
 from latents.collect import LatentStats
 from latents.logit_lens import LogitLens
 from latents.source import CapturedData
+from latents.text import TokenBytes, char_span, pieces
 
 TokenText = Callable[[int], str]  # token id -> its text as shown to a person
 
@@ -22,8 +23,9 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(float(x)) else None
 
 
-def contexts_of(stats: LatentStats, j: int, data: CapturedData, token_text: TokenText) -> list[dict]:
-    """The top token-level contexts of latent j, best first: tokens, activations, the centre."""
+def contexts_of(stats: LatentStats, j: int, data: CapturedData, token_bytes: TokenBytes) -> list[dict]:
+    """The top token-level contexts of latent j, best first: tokens, activations, the centre. A
+    character split across tokens shows whole on the token that completes it ("" on the others)."""
     out = []
     for slot in range(stats["top_tokens.scores"].shape[1]):
         score = float(stats["top_tokens.scores"][j, slot])
@@ -32,12 +34,18 @@ def contexts_of(stats: LatentStats, j: int, data: CapturedData, token_text: Toke
         row, lo = int(stats["top_tokens.row"][j, slot]), int(stats["top_tokens.lo"][j, slot])
         values = stats["top_tokens.values"][j, slot].float()
         valid = torch.nonzero(~torch.isnan(values)).flatten()
-        first = row - lo
-        ids = data.tokens(first, first + len(valid))
+        first, stop = row - lo, row - lo + len(valid)
+        # A window cut by its width may cut a character: take in the neighbouring tokens of the same
+        # sentence that complete it (their values were not kept: shown as 0).
+        wider, left = data.widened(first, stop, 3, 3)
+        chunks = [token_bytes(t) for t in wider]
+        a, b = char_span(chunks, left, left + len(valid))
+        ids = wider[a:b]
+        shown = [round(float(v), 4) for v in values[valid]]
+        shown = [0.0] * (left - a) + shown + [0.0] * (b - left - len(valid))
         sentence = int(stats["top_tokens.sentence"][j, slot])
-        out.append({"row": row, "sentence": sentence, "activation": score, "center": lo,
-                    "token_ids": ids, "tokens": [token_text(t) for t in ids],
-                    "values": [round(float(v), 4) for v in values[valid]]})
+        out.append({"row": row, "sentence": sentence, "activation": score, "center": lo + left - a,
+                    "token_ids": ids, "tokens": pieces(chunks[a:b]), "values": shown})
     return out
 
 
@@ -92,8 +100,9 @@ def lens_of(lens: LogitLens | None, i: int, token_text: TokenText) -> dict:
 
 
 def build_evidence(stats: LatentStats, data: CapturedData, latents: list[int], token_text: TokenText,
-                   lens: LogitLens | None = None) -> dict[int, dict]:
-    """Evidence for each latent in `latents` (lens rows follow the same order)."""
+                   token_bytes: TokenBytes, lens: LogitLens | None = None) -> dict[int, dict]:
+    """Evidence for each latent in `latents` (lens rows follow the same order); token_text shows a
+    token alone (the logit lens), token_bytes gives the bytes that contexts are decoded from."""
     wanted = set()
     for j in latents:
         for ranking in ("top_mean", "top_last"):
@@ -105,7 +114,7 @@ def build_evidence(stats: LatentStats, data: CapturedData, latents: list[int], t
     for i, j in enumerate(latents):
         out[j] = {"latent": j, "density": float(stats["density"][j]), "mean": float(stats["mean"][j]),
                   "mean_active": float(stats["mean_active"][j]), "max": float(stats["max"][j]),
-                  "contexts": contexts_of(stats, j, data, token_text),
+                  "contexts": contexts_of(stats, j, data, token_bytes),
                   "top_sentences_mean": sentences_of(stats, j, "top_mean", records, names),
                   "top_sentences_last": sentences_of(stats, j, "top_last", records, names),
                   "histogram": histogram_of(stats, j), "labels": labels_of(stats, j),

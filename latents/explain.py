@@ -22,6 +22,7 @@ import torch
 
 from latents.collect import LatentStats
 from latents.stats import ngram_hash
+from latents.text import TokenBytes, span_text
 
 MIN_CONTEXTS = 10        # below this many contexts the certainty is scaled down proportionally
 LABEL_STRENGTH = 0.3     # 2 * |AUROC - 0.5| from which a label is named in the explanation
@@ -49,23 +50,30 @@ class BaseRates:
         return max(count, 1) / self.total
 
 
-def _ngrams(context: dict) -> dict[str, list[tuple[int, ...]]]:
+def _ngrams(context: dict) -> dict[str, dict[tuple[int, ...], tuple[int, int]]]:
+    """Per kind, the grams of one context and the token span [start, stop) each was read from."""
     ids, c = context["token_ids"], context["center"]
-    grams = {"token": [(ids[c],)], "ngram": [], "context": []}
-    if c >= 1:
-        grams["ngram"].append((ids[c - 1], ids[c]))
-    if c >= 2:
-        grams["ngram"].append((ids[c - 2], ids[c - 1], ids[c]))
-    if c + 1 < len(ids):
-        grams["ngram"].append((ids[c], ids[c + 1]))
-    grams["context"] = sorted({(t,) for i, t in enumerate(ids) if i != c})  # once per context
+    grams = {"token": {(ids[c],): (c, c + 1)}, "ngram": {}, "context": {}}
+    for start, stop in ((c - 1, c + 1), (c - 2, c + 1), (c, c + 2)):
+        if start >= 0 and stop <= len(ids):
+            grams["ngram"].setdefault(tuple(ids[start:stop]), (start, stop))
+    for i, t in enumerate(ids):  # each word once per context
+        if i != c:
+            grams["context"].setdefault((t,), (i, i + 1))
     return grams
 
 
-def characteristic(contexts: list[dict], kind: str, rates: BaseRates, decode, top: int = 5) -> list[dict]:
-    """The `top` grams of `kind` ("token", "ngram", "context") most over-represented in `contexts`;
-    decode(ids) -> text (joining tokens before decoding keeps multi-byte characters whole)."""
-    counts = Counter(g for ctx in contexts for g in _ngrams(ctx)[kind])
+def characteristic(contexts: list[dict], kind: str, rates: BaseRates, token_bytes: TokenBytes,
+                   top: int = 5) -> list[dict]:
+    """The `top` grams of `kind` ("token", "ngram", "context") most over-represented in `contexts`.
+    A gram's text is read where it first occurs, widened to whole characters by its neighbours
+    (a byte-level token alone may hold half of a character)."""
+    counts, shown = Counter(), {}
+    for ctx in contexts:
+        for gram, span in _ngrams(ctx)[kind].items():
+            counts[gram] += 1
+            if gram not in shown:
+                shown[gram] = span_text([token_bytes(t) for t in ctx["token_ids"]], *span)
     n = max(len(contexts), 1)
     scored = []
     for gram, count in counts.items():
@@ -73,7 +81,7 @@ def characteristic(contexts: list[dict], kind: str, rates: BaseRates, decode, to
         if lift > 1 and (count >= 2 or len(contexts) < 4):
             scored.append((count * math.log(lift), gram, count, lift))
     scored.sort(key=lambda s: (-s[0], s[1]))  # ties broken by token ids: deterministic
-    return [{"text": decode(list(gram)), "ids": list(gram), "count": count,
+    return [{"text": shown[gram], "ids": list(gram), "count": count,
              "share": round(count / n, 3), "lift": round(lift, 2)} for _, gram, count, lift in scored[:top]]
 
 
@@ -91,18 +99,19 @@ def _quoted(text: str) -> str:
     return "\u201c" + text + "\u201d"  # curly quotes: no escaping of the text itself
 
 
-def explain_offline(evidence: dict, rates: BaseRates, decode) -> dict:
+def explain_offline(evidence: dict, rates: BaseRates, token_bytes: TokenBytes) -> dict:
     """{"common_semantic", "certainty", "source": "offline", "evidence": {...}} for one latent;
-    decode(ids) -> text, e.g. a tokenizer's decode."""
+    token_bytes(id) -> the token's bytes (a tokenizer's token_bytes)."""
     contexts = evidence["contexts"]
-    found = {kind: characteristic(contexts, kind, rates, decode) for kind in ("token", "ngram", "context")}
+    found = {kind: characteristic(contexts, kind, rates, token_bytes) for kind in ("token", "ngram", "context")}
     label = strongest_label(evidence.get("labels", []))
     parts = []
     tokens, ngrams, words = found["token"], found["ngram"], found["context"]
+    named = tokens[:1] if tokens and tokens[0]["share"] >= 0.5 else tokens[:3]
     if tokens and tokens[0]["share"] >= 0.5:
         parts.append(f"the token {_quoted(tokens[0]['text'])}")
     elif tokens:
-        parts.append("tokens such as " + ", ".join(_quoted(t["text"]) for t in tokens[:3]))
+        parts.append("tokens such as " + ", ".join(_quoted(t["text"]) for t in named))
     if ngrams and ngrams[0]["share"] >= 0.3:
         parts.append(f"often in {_quoted(ngrams[0]['text'])}")
     if words and words[0]["share"] >= 0.3:
@@ -115,5 +124,6 @@ def explain_offline(evidence: dict, rates: BaseRates, decode) -> dict:
                    [label["strength"] if label else 0.0])
     certainty = round(min(1.0, coverage * min(1.0, len(contexts) / MIN_CONTEXTS)), 3)
     return {"common_semantic": text, "certainty": certainty, "source": "offline",
+            "predicts": [t["ids"][0] for t in named],  # the tokens it names: what it predicts the latent fires on
             "evidence": {"tokens": tokens, "ngrams": ngrams, "context_words": words, "label": label,
                          "n_contexts": len(contexts)}}

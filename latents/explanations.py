@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from latents.text import shorten
+
 
 def read_explanations(path: Path, *, missing_ok: bool = False, width: int = 40) -> dict[int, str]:
-    """latent -> explanation (cut to `width` characters) of every explained latent in the table.
+    """latent -> explanation (shortened to `width` characters at a word) of every explained latent.
 
     A missing file is a one-line FileNotFoundError, or {} with `missing_ok`; a file that is not such a
     table is a one-line ValueError."""
@@ -19,7 +21,7 @@ def read_explanations(path: Path, *, missing_ok: bool = False, width: int = 40) 
                                 f"latent_index_meaning.json) or pass the file it wrote")
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
-        return {int(k): str(v.get("common_semantic", ""))[:width] for k, v in table.items()
+        return {int(k): shorten(str(v.get("common_semantic", "")), width) for k, v in table.items()
                 if isinstance(v, dict) and v.get("common_semantic")}
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
         raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None

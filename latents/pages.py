@@ -22,10 +22,12 @@ th{cursor:pointer;background:#f4f4f4;user-select:none}td.n{text-align:right;font
 .ctx i{font-style:normal;background:rgba(255,120,0,var(--a))}.ctx i.c{outline:1px solid #c40}
 .muted{color:#777}h1 small{font-weight:normal;color:#777}"""
 
-SORT_JS = """const t=document.getElementById('latents'),q=document.getElementById('q'),m=document.getElementById('minc');
-function filter(){const s=q.value.toLowerCase(),c=parseFloat(m.value)||0;for(const r of t.tBodies[0].rows){
-r.hidden=!(r.textContent.toLowerCase().includes(s)&&parseFloat(r.dataset.certainty||0)>=c);}}
-q.addEventListener('input',filter);m.addEventListener('input',filter);
+SORT_JS = """const t=document.getElementById('latents'),q=document.getElementById('q'),m=document.getElementById('minc'),
+md=document.getElementById('mind');
+function filter(){const s=q.value.toLowerCase(),c=parseFloat(m.value)||0,d=parseFloat(md.value)||0;
+for(const r of t.tBodies[0].rows){r.hidden=!(r.textContent.toLowerCase().includes(s)&&
+parseFloat(r.dataset.certainty||0)>=c&&parseFloat(r.dataset.detection||0)>=d);}}
+q.addEventListener('input',filter);m.addEventListener('input',filter);md.addEventListener('input',filter);
 for(const [i,h] of [...t.tHead.rows[0].cells].entries()){h.addEventListener('click',()=>{
 const up=h.dataset.dir!=='asc';h.dataset.dir=up?'asc':'desc';const rows=[...t.tBodies[0].rows];
 const key=r=>{const v=r.cells[i].dataset.v;return v===undefined?r.cells[i].textContent:parseFloat(v);};
@@ -59,12 +61,24 @@ def token_html(token: str) -> str:
     return escape(token.replace("\n", "↵").replace("\t", "⇥"))
 
 
+def _groups(context: dict) -> list[tuple[str, float, bool]]:
+    """(text, largest value, holds the centre) per shown piece: a token shown as "" (the first bytes
+    of a character that the next token completes) joins the next one."""
+    out, value, center = [], 0.0, False
+    for i, (token, v) in enumerate(zip(context["tokens"], context["values"])):
+        value, center = max(value, v), center or i == context["center"]
+        if token or i == len(context["tokens"]) - 1:
+            out.append((token, value, center))
+            value, center = 0.0, False
+    return out
+
+
 def context_html(context: dict, scale: float) -> str:
     """Tokens of one context; each active one shaded by activation / scale, the centre outlined."""
     parts = []
-    for i, (token, value) in enumerate(zip(context["tokens"], context["values"])):
+    for token, value, center in _groups(context):
         alpha = min(1.0, max(0.0, value / scale)) if scale > 0 else 0.0
-        cls = " class='c'" if i == context["center"] else ""
+        cls = " class='c'" if center else ""
         if alpha > 0 or cls:
             parts.append(f"<i{cls} style='--a:{alpha:.2f}' title='{value:.3g}'>{token_html(token)}</i>")
         else:
@@ -72,22 +86,43 @@ def context_html(context: dict, scale: float) -> str:
     return "".join(parts)
 
 
-def histogram_svg(hist: dict, width: int = 560, height: int = 140) -> str:
-    """Bars over log-spaced bins (edges from the evidence), as inline SVG."""
+def histogram_svg(hist: dict, width: int = 560, height: int = 160) -> str:
+    """Bars over log-spaced bins (edges from the evidence), as inline SVG: x ticks at five bin edges
+    (activation, log scale), y axis = tokens per bin (linear, its top value written)."""
     counts, edges = hist.get("counts", []), hist.get("edges", [])
     if not counts:
         return "<p class='muted'>never active</p>"
-    top, bar = max(counts), width / len(counts)
-    rects = "".join(f"<rect x='{i * bar:.1f}' y='{height - 20 - c / top * (height - 30):.1f}' "
-                    f"width='{max(bar - 1, 1):.1f}' height='{c / top * (height - 30):.1f}' fill='#e67a00'>"
-                    f"<title>{edges[i]:.3g} – {edges[i + 1]:.3g}: {c}</title></rect>"
+    left, bottom = 44, 34                                 # room for the y label and the x ticks
+    plot_w, plot_h = width - left - 4, height - bottom - 8
+    top, bar = max(counts), plot_w / len(counts)
+    rects = "".join(f"<rect x='{left + i * bar:.1f}' y='{8 + plot_h - c / top * plot_h:.1f}' "
+                    f"width='{max(bar - 1, 1):.1f}' height='{c / top * plot_h:.1f}' fill='#e67a00'>"
+                    f"<title>{edges[i]:.3g} – {edges[i + 1]:.3g}: {c} tokens</title></rect>"
                     for i, c in enumerate(counts))
-    axis = (f"<text x='0' y='{height - 4}' font-size='11'>{edges[0]:.3g}</text>"
-            f"<text x='{width}' y='{height - 4}' font-size='11' text-anchor='end'>{edges[-1]:.3g}</text>"
-            f"<text x='{width / 2}' y='{height - 4}' font-size='11' text-anchor='middle'>activation (log scale)"
-            f"</text><text x='2' y='10' font-size='11'>{top}</text>")
+    ticks = sorted({round(i * len(counts) / 4) for i in range(5)})
+    axis = "".join(f"<line x1='{left + t * bar:.1f}' x2='{left + t * bar:.1f}' y1='{8 + plot_h}' "
+                   f"y2='{12 + plot_h}' stroke='#555'/><text x='{left + t * bar:.1f}' y='{24 + plot_h}' "
+                   f"font-size='11' text-anchor='middle'>{edges[t]:.3g}</text>" for t in ticks)
+    axis += (f"<line x1='{left}' x2='{width - 4}' y1='{8 + plot_h}' y2='{8 + plot_h}' stroke='#555'/>"
+             f"<line x1='{left}' x2='{left}' y1='8' y2='{8 + plot_h}' stroke='#555'/>"
+             f"<text x='{left - 4}' y='16' font-size='11' text-anchor='end'>{top}</text>"
+             f"<text x='{left - 4}' y='{8 + plot_h}' font-size='11' text-anchor='end'>0</text>"
+             f"<text x='12' y='{8 + plot_h / 2}' font-size='11' text-anchor='middle' "
+             f"transform='rotate(-90 12 {8 + plot_h / 2})'>tokens</text>"
+             f"<text x='{left + plot_w / 2}' y='{height - 2}' font-size='11' text-anchor='middle'>"
+             f"activation (log scale)</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
             f"aria-label='activation histogram'>{rects}{axis}</svg>")
+
+
+def steer_hint(record: dict) -> str:
+    """The command that measures steering with this latent, over a range from its activations."""
+    j, top = record["latent"], float(record.get("max") or 0.0)
+    if top <= 0:
+        return ""
+    return (f"<p>Try steering it, measured (judge, perplexity, repetition per value): <code>python generate.py "
+            f"--sweep {j}:{top / 2:.3g}:{4 * top:.3g}:5</code> <span class='muted'>(values in activation units; "
+            f"its largest activation in the data is {top:.3g})</span></p>")
 
 
 def _explanations_html(record: dict) -> str:
@@ -97,6 +132,11 @@ def _explanations_html(record: dict) -> str:
         if ex:
             rows.append(f"<tr><th>{name}</th><td>{escape(ex['common_semantic'])}</td>"
                         f"<td class='n'>certainty {_num(ex.get('certainty'), 3)}</td></tr>")
+    offline = (record.get("explanations", {}).get("offline") or {}).get("score")
+    if offline:
+        rows.append(f"<tr><th>offline score</th><td>as a classifier (fires exactly on the tokens it names), on "
+                    f"{offline.get('tokens', 0)} held-out tokens: precision {_num(offline['precision'], 3)}, "
+                    f"recall {_num(offline['recall'], 3)}</td><td class='n'>F1 {_num(offline['f1'], 3)}</td></tr>")
     score = record.get("detection")
     if score is not None:
         rows.append(f"<tr><th>detection</th><td>balanced accuracy of the LLM explanation</td>"
@@ -136,7 +176,7 @@ def latent_page(record: dict, *, n_contexts: int = 20, n_sentences: int = 20) ->
     body = (f"<p><a href='../index.html'>all latents</a></p><h1>Latent {j} <small>density "
             f"{_num(record['density'], 3)} · mean when active {_num(record['mean_active'], 3)} · max "
             f"{_num(record['max'], 3)}</small></h1><h2>Explanation</h2>{_explanations_html(record)}"
-            f"<h2>Activation histogram</h2>{histogram_svg(record['histogram'])}"
+            f"<h2>Activation histogram</h2>{histogram_svg(record['histogram'])}{steer_hint(record)}"
             f"<h2>Logit lens</h2>{_lens_html(record['logit_lens'])}"
             f"<h2>Label association</h2>{_labels_html(record['labels'])}"
             f"<h2>Top contexts</h2><table id='contexts'>{ctx_rows}</table>"
@@ -147,23 +187,29 @@ def latent_page(record: dict, *, n_contexts: int = 20, n_sentences: int = 20) ->
 
 
 def _best_label(labels: list[dict]) -> tuple[str, float | None]:
+    """("more in 'x'" or "less in 'x'", AUROC) for the label whose AUROC is furthest from 0.5: below
+    0.5 the latent is less active on that label's text than on the others'."""
     known = [lab for lab in labels if lab.get("auroc") is not None]
     if not known:
         return "", None
     best = max(known, key=lambda lab: abs(lab["auroc"] - 0.5))
-    return str(best["label"]), best["auroc"]
+    direction = "more" if best["auroc"] >= 0.5 else "less"
+    return f"{direction} in '{best['label']}'", best["auroc"]
 
 
-def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str | None, title: str) -> str:
+def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str | None, title: str,
+               probes: dict | None = None) -> str:
     """The index: evaluation, curves link, sortable / filterable latent table. summaries: one dict per
     latent with latent, explanation, certainty, density, mean_active, max, labels, detection, page."""
     rows = []
     for s in summaries:
         label, auroc = _best_label(s.get("labels", []))
-        rows.append(f"<tr data-certainty='{s.get('certainty') or 0}'><td data-v='{s['latent']}'>"
-                    f"<a href='{escape(s['page'])}'>{s['latent']}</a></td><td>{escape(s.get('explanation', ''))}</td>"
+        rows.append(f"<tr data-certainty='{s.get('certainty') or 0}' data-detection='{s.get('detection') or 0}'>"
+                    f"<td data-v='{s['latent']}'><a href='{escape(s['page'])}'>{s['latent']}</a></td>"
+                    f"<td>{escape(s.get('explanation', ''))}</td>"
                     f"{_cell(s.get('certainty'), 3)}{_cell(s['density'], 3)}{_cell(s['mean_active'], 3)}"
-                    f"{_cell(s['max'], 3)}<td>{escape(label)}</td>{_cell(auroc, 3)}{_cell(s.get('detection'), 3)}</tr>")
+                    f"{_cell(s['max'], 3)}<td>{escape(label)}</td>{_cell(auroc, 3)}{_cell(s.get('precision'), 3)}"
+                    f"{_cell(s.get('recall'), 3)}{_cell(s.get('detection'), 3)}</tr>")
     evaluation_html = "<p class='muted'>no evaluation</p>"
     if evaluation:
         evaluation_html = "<table>" + "".join(f"<tr><th>{escape(k)}</th><td class='n'>{escape(_num(v, 5))}</td></tr>"
@@ -171,23 +217,44 @@ def index_page(summaries: list[dict], evaluation: dict | None, curves_href: str 
     curves = (f"<a href='{escape(curves_href)}'>training curves</a>" if curves_href
               else "<span class='muted'>no training curves found</span>")
     body = (f"<h1>{escape(title)}</h1><p>{curves}</p><h2>Evaluation on held-out text</h2>{evaluation_html}"
+            f"<h2>Label probes</h2>{probes_html(probes)}"
             f"<h2>Latents ({len(summaries)})</h2><p><input id='q' placeholder='filter text' size='40'> "
-            f"minimum certainty <input id='minc' type='number' min='0' max='1' step='0.05' value='0'></p>"
-            f"<table id='latents'><thead><tr><th>latent</th><th>explanation</th><th>certainty</th>"
+            f"minimum certainty <input id='minc' type='number' min='0' max='1' step='0.05' value='0'> "
+            f"minimum detection <input id='mind' type='number' min='0' max='1' step='0.05' value='0'></p>"
+            f"<p class='muted'>precision, recall: the offline explanation as a classifier (the latent fires "
+            f"exactly on the tokens it names) on tokens of documents the SAE's training held out; detection: "
+            f"the LLM explanation's balanced accuracy where one was scored, else that F1. Click a column to "
+            f"sort.</p><table id='latents'><thead><tr><th>latent</th><th>explanation</th><th>certainty</th>"
             f"<th>density</th><th>mean active</th><th>max</th><th>label</th><th>label AUROC</th>"
-            f"<th>detection</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<th>precision</th><th>recall</th><th>detection</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     return _page(title, body, SORT_JS)
 
 
+def probes_html(probes: dict | None) -> str:
+    """The label probes: full probes on the raw activation beside k-sparse probes on SAE latents."""
+    labels = (probes or {}).get("labels", {})
+    if not labels:
+        return "<p class='muted'>no label probes (the corpus has no labels)</p>"
+    ks = list(next(iter(labels.values()))["sparse"])
+    head = "".join(f"<th>k={escape(k)} latents</th>" for k in ks)
+    rows = "".join(f"<tr><td>{escape(name)}</td>{_cell(e['full_mean'], 3)}{_cell(e['full_last'], 3)}"
+                   + "".join(_cell(e["sparse"][k]["auroc"], 3) for k in ks) + "</tr>" for name, e in labels.items())
+    return (f"<p class='muted'>test AUROC of each label against the others on {probes['test_sentences']} sentences "
+            f"of held-out documents (probes trained on {probes['train_sentences']}): logistic regression on the "
+            f"raw activation (sentence mean, last token) and on the k latents whose sentence-mean activation "
+            f"differs most between the label and the rest on the training documents.</p><table><tr><th>label"
+            f"</th><th>full probe, mean</th><th>full probe, last token</th>{head}</tr>{rows}</table>")
+
+
 def write_site(folder: Path, records: list[dict], summaries: list[dict], evaluation: dict | None,
-               curves: Path | None, title: str = "SAE latents") -> Path:
+               curves: Path | None, title: str = "SAE latents", probes: dict | None = None) -> Path:
     """Write index.html and pages/<latent>.html into `folder`; returns the index path."""
     folder = Path(folder)
     (folder / "pages").mkdir(parents=True, exist_ok=True)
     for record in records:
         _write(folder / "pages" / page_name(record["latent"]), latent_page(record))
     href = os.path.relpath(curves, folder) if curves is not None and Path(curves).is_file() else None
-    _write(folder / "index.html", index_page(summaries, evaluation, href, title))
+    _write(folder / "index.html", index_page(summaries, evaluation, href, title, probes))
     return folder / "index.html"
 
 

@@ -7,16 +7,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from atomic import write_text_atomic
+from atomic import write_json_atomic
 from latents.pages import page_name
 
 
 def write_json(path: Path, data) -> None:
-    """JSON written atomically (temporary file, then rename)."""
-    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_plain) + "\n")
+    """JSON of interpret.py's outputs (numbers of any kind as floats; NaN refused), written atomically."""
+    write_json_atomic(path, data, allow_nan=False, default=_plain)
 
 
 def _plain(value):
@@ -68,8 +67,13 @@ def summaries(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         m = meaning(r)
+        score = r["explanations"].get("offline", {}).get("score") or {}
+        llm = r.get("detection")
         rows.append({"latent": r["latent"], "explanation": m["common_semantic"], "certainty": m["certainty"],
                      "density": r["density"], "mean_active": r["mean_active"], "max": r["max"],
-                     "labels": r["labels"], "detection": r.get("detection"),
+                     "labels": r["labels"], "precision": score.get("precision"), "recall": score.get("recall"),
+                     # the LLM's balanced accuracy where it was scored, else the offline explanation's F1
+                     "detection": llm if llm is not None else score.get("f1"),
+                     "detection_source": "llm" if llm is not None else "offline" if score else None,
                      "page": f"pages/{page_name(r['latent'])}"})
     return rows

@@ -134,12 +134,30 @@ class CapturedData:
 
     def tokens(self, start: int, stop: int) -> list[int]:
         """Token ids of global rows [start, stop) (within one shard, as a sentence's rows are)."""
-        if self._token_maps is None:  # one read-only map per shard: only the touched pages are read
-            self._token_maps = [self.dataset[i].tokens.numpy() for i in range(len(self.dataset))]
+        shard, first = self._locate(start)
+        return [int(t) for t in self._token_maps[shard][first:first + stop - start]]
+
+    def widened(self, start: int, stop: int, before: int, after: int) -> tuple[list[int], int]:
+        """Token ids of rows [start - b, stop + a) with b <= before and a <= after as large as the
+        sentence of rows start .. stop - 1 allows; returns (ids, b)."""
+        shard, first = self._locate(start)
+        index, rows = self._index_maps[shard], len(self._token_maps[shard])
+        last = first + stop - start - 1
+        same = lambda i, j: 0 <= i < rows and (index[i, :2] == index[j, :2]).all()
+        b = next((n for n in range(before, 0, -1) if same(first - n, first)), 0)
+        a = next((n for n in range(after, 0, -1) if same(last + n, last)), 0)
+        return [int(t) for t in self._token_maps[shard][first - b:last + 1 + a]], b
+
+    def _locate(self, start: int) -> tuple[int, int]:
+        """(shard, row within it) of global row `start`; maps the shards' token and index files once
+        (read-only maps: only the touched pages are read)."""
+        if self._token_maps is None:
+            shards = [self.dataset[i] for i in range(len(self.dataset))]
+            self._token_maps = [s.tokens.numpy() for s in shards]
+            self._index_maps = [s.index.numpy() for s in shards]
             self._shard_starts = np.cumsum([0] + [s["rows"] for s in self.dataset.shards])
         shard = int(np.searchsorted(self._shard_starts, start, side="right")) - 1
-        first = start - int(self._shard_starts[shard])
-        return [int(t) for t in self._token_maps[shard][first:first + stop - start]]
+        return shard, start - int(self._shard_starts[shard])
 
 
 def _last_sentence_start(index: torch.Tensor) -> int:

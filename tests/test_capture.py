@@ -336,7 +336,7 @@ def test_disk_full_is_one_line_and_the_same_command_resumes(tmp_path, corpus, sm
         pytest.skip("no /dev/full on this system")
     (tmp_path / HOOK / "acts-00002.bin.tmp").symlink_to("/dev/full")  # ENOSPC from the kernel, for shard 2
     code, lines = run_main(monkeypatch, capsys, *args)
-    assert code == 2 and lines == [f"error: disk full while writing into --out {tmp_path}; nothing committed was "
+    assert code == 2 and lines == [f"error: the disk is full while writing into --out {tmp_path}; nothing committed was "
                                    f"lost: free space and rerun the same command to resume"]
     assert [e["shard"] for e in read_manifest(tmp_path / HOOK)["shards"]] == [0, 1]
     assert not list((tmp_path / HOOK).glob("*00002*"))

@@ -366,7 +366,7 @@ def test_prebatch_on_a_full_disk_cleans_up_and_says_so(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]  # (after the progress bar's)
     assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"error: disk full while writing into --out {out}; the capture is untouched")
+    assert lines[0].startswith(f"error: the disk is full while writing into --out {out}; the capture is untouched")
     assert "rerun the same command" in lines[0]
     assert list(out.iterdir()) == []  # nothing half-written is left to take space
     assert {p.name: p.read_bytes() for p in (tmp_path / "capture").iterdir()} == before

@@ -97,7 +97,8 @@ def _run(*args, env=None):
 
 def test_cli_errors_are_one_line(sae_dir, tmp_path):
     cases = [["--steer", "896"], ["--steer", "abc:1"], ["--steer", "-3:1"], ["--steer", "5:nan"],
-             ["--sae", str(sae_dir), "--steer", "999999:1"], ["--steer", "5:1"], ["--sae", str(tmp_path / "none")]]
+             ["--sae", str(sae_dir), "--steer", "999999:1"], ["--steer", "5:1"], ["--sae", str(tmp_path / "none")],
+             ["--sweep", "5:0"], ["--sweep", "5:0:x"], ["--sae", str(sae_dir), "--sweep", "999999:0:1"]]
     procs = [subprocess.Popen([sys.executable, "generate.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "LLAMA_SAE_RUNS": str(tmp_path / "runs")}) for args in cases]
@@ -108,7 +109,8 @@ def test_cli_errors_are_one_line(sae_dir, tmp_path):
         assert out == "" and err.count("\n") == 1 and err.startswith("error: "), (args, err)
         errors.append(err)
     assert "python pipeline.py" in errors[5]  # no SAE trained yet: says how to get one
-    assert "0..511" in errors[4]
+    assert "0..511" in errors[4] and "0..511" in errors[9]
+    assert "IDX:LO:HI" in errors[7] and "IDX:LO:HI" in errors[8]
 
 
 def test_cli_compare_and_features(sae_dir, tmp_path):

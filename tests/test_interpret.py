@@ -31,18 +31,26 @@ from test_latents_llm import FakeAPI
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.1.hook_resid_post"
 DIM, VOCAB, PLANTED_TOKEN, PLANTED_LATENT = 16, 40, 7, 5
+COMPLETES = 6  # the planted token holds " " and half of an emoji's bytes; this token the other half
+EMOJI = "\U0001F600"
 HOSTILE = 'He said "<script>alert(1)</script>" & left \'quietly\''
 
 
 class StubTokenizer:
-    """What interpret.py needs from a tokenizer: token_str and pad_id (texts are synthetic)."""
+    """What interpret.py needs from a tokenizer (texts are synthetic): a byte-level vocabulary in
+    which the planted token and the next one split a 4-byte character between them."""
     pad_id = 0
 
+    def token_bytes(self, token_id: int) -> bytes:
+        split = (" " + EMOJI).encode()
+        special = {3: b" <b>", PLANTED_TOKEN: split[:3], COMPLETES: split[3:]}
+        return special.get(token_id, f" w{token_id}".encode())
+
     def token_str(self, token_id: int) -> str:
-        return " <b>" if token_id == 3 else f" w{token_id}"
+        return self.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
 
     def decode(self, ids: list[int]) -> str:
-        return "".join(self.token_str(i) for i in ids)
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
 
 def capture(model, sentences: list[list[int]], direction: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +73,9 @@ def setup(tmp_path_factory):
                                   multiple_of=16, max_seq_len=64)).eval()
     rng = np.random.default_rng(0)
     sentences = [rng.integers(8, VOCAB, size=int(rng.integers(4, 14))).tolist() for _ in range(80)]
-    for s in sentences[::3]:  # the planted token in a third of the sentences
-        s[int(rng.integers(0, len(s)))] = PLANTED_TOKEN
+    for s in sentences[::3]:  # the planted token (and the rest of its character) in a third of the sentences
+        at = int(rng.integers(0, len(s)))
+        s[at:at + 1] = [PLANTED_TOKEN, COMPLETES]
     direction = torch.nn.functional.normalize(torch.randn(DIM), dim=0)
     acts, index = capture(model, sentences, direction)
     records = [{"doc": int(i // 2), "sentence": int(i % 2), "tokens": ids,
@@ -119,10 +128,15 @@ def test_planted_latent_is_found_with_its_contexts(run):
     assert len(record["contexts"]) == min(10, planted_rows)
     for ctx in record["contexts"]:
         assert ctx["token_ids"][ctx["center"]] == PLANTED_TOKEN
-        assert ctx["tokens"][ctx["center"]] == f" w{PLANTED_TOKEN}"
+        # the split character shows whole on the token that completes it
+        assert ctx["tokens"][ctx["center"]] == " " and ctx["tokens"][ctx["center"] + 1] == EMOJI
         assert ctx["values"][ctx["center"]] == pytest.approx(ctx["activation"], rel=1e-2)
     offline = record["explanations"]["offline"]
-    assert f"w{PLANTED_TOKEN}" in offline["common_semantic"] and offline["certainty"] >= 0.9
+    assert f"\u201c {EMOJI}\u201d" in offline["common_semantic"] and offline["certainty"] >= 0.9
+    score = offline["score"]  # it fires exactly on the token its explanation names: a perfect classifier
+    assert score["precision"] == score["recall"] == 1.0 and score["fired"] > 0
+    probes = json.loads((out / "probes.json").read_text())["labels"]["positive"]
+    assert probes["sparse"]["1"]["latents"] == [PLANTED_LATENT] and probes["sparse"]["1"]["auroc"] == 1.0
     positive = next(lab for lab in record["labels"] if lab["label"] == "positive")
     assert positive["auroc"] == pytest.approx(1.0) and positive["mean_diff"] > 0
     index = json.loads((out / "latent_index_meaning.json").read_text())
@@ -132,7 +146,7 @@ def test_planted_latent_is_found_with_its_contexts(run):
 def test_outputs_evaluation_and_llm_results(run):
     out, evaluation, _, state = run
     saved = json.loads((out / "evaluation.json").read_text())
-    assert saved == pytest.approx(evaluation) and 0 <= saved["dead_fraction"] <= 1
+    assert saved == pytest.approx(evaluation) and 0 <= saved["unfired_fraction_held_out"] <= 1
     docs = np.arange(40)  # two sentences per document
     held_out = 2 * int(is_validation(docs, 0.5, 0).sum())
     assert saved["held_out"] is True and saved["sentences"] == min(30, held_out) > 0
@@ -149,6 +163,11 @@ def test_pages_escape_corpus_text(run):
     assert pages and not any("<script>alert" in p for p in pages)
     assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in p and "&quot;" in p for p in pages)
     assert all("<b>" not in p for p in pages)  # a token that looks like a tag stays text
+    # multi-byte characters split across tokens show whole: no replacement character anywhere
+    shown = pages + [(out / "index.html").read_text(), (out / "latent_index_meaning.json").read_text()]
+    shown += [p.read_text() for p in (out / "latents").glob("*.json")]
+    assert not any("\ufffd" in text for text in shown)
+    assert EMOJI in (out / "pages" / f"{PLANTED_LATENT}.html").read_text()
     index = (out / "index.html").read_text()
     assert "href='../train/curves.html'" in index and "ce_loss_recovered" in index
 

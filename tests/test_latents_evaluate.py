@@ -87,7 +87,7 @@ def test_reconstruction_metrics_match_numpy_definitions(model, sentences):
     assert report["l0"] == pytest.approx(4.0)
     fired = torch.zeros(48, dtype=torch.bool)
     fired[sae(acts.float()).indices.flatten()] = True
-    assert report["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
+    assert report["unfired_fraction_held_out"] == pytest.approx(1 - fired.float().mean().item())
     loss = reference_losses(model, sentences, HOOK, lambda a: sae(a).x_hat)
     assert report["loss_spliced"] == pytest.approx(loss, rel=1e-4)
 

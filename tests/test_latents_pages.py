@@ -50,6 +50,8 @@ def test_latent_page_shows_markup_as_text():
     assert text.count(HOSTILE) >= 5  # token, explanation, label, logit lens, sentences: all as text
     assert "↵" in text  # a newline token is made visible
     assert "svg" in parsed.tags and "rect" in parsed.tags
+    assert "activation (log scale)" in text and "tokens" in text and "0.1" in text and "10" in text  # axes
+    assert "python generate.py --sweep 3:1:8:5" in text  # a measured steering range from its activations
 
 
 def test_index_shows_markup_as_text_and_runs_only_its_own_script():

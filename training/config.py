@@ -9,7 +9,6 @@ minutes on a CPU); the measurements behind them are in the README's training sec
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

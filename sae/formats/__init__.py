@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from atomic import atomic_path, write_text_atomic
+from atomic import atomic_path, write_json_atomic
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
@@ -179,8 +179,8 @@ def write_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    """Another tool's JSON config, indented as those tools write theirs, atomically."""
+    write_json_atomic(path, data, indent=2)
 
 
 class Source:
