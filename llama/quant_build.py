@@ -1,0 +1,111 @@
+"""A Transformer whose linear weights and embedding table stay quantized, built one tensor at a time.
+
+    model = build_quantized(args, items, "int4", dtype=torch.bfloat16)
+
+`items` yields (Meta key, float tensor or Blocks) in any order; each weight is packed as it arrives and
+its float form can be dropped by the caller right after, so loading never holds a float copy of the
+whole model. Module paths stay Meta's (`layers.3.attention.wq`), so taps and injections are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from llama.model import ModelArgs, Transformer
+from llama.quant import Blocks, QuantEmbedding, QuantLinear, quantize_int8
+
+QUANT_KINDS = ("int8", "int4")
+EMBEDDING = "tok_embeddings.weight"
+OUTPUT = "output.weight"
+
+
+class QuantBuilder:
+    """Receives a checkpoint tensor by tensor (`add`) and packs each into a model built on the meta device."""
+
+    def __init__(self, args: ModelArgs, quant: str, *, dtype: torch.dtype = torch.bfloat16,
+                 device: torch.device | str = "cpu", group: int = 64):
+        if quant not in QUANT_KINDS:
+            raise ValueError(f"--model-dtype {quant}: quantized kinds are {', '.join(QUANT_KINDS)}")
+        with torch.device("meta"):
+            self.model = Transformer(args)
+        self.quant, self.dtype, self.device, self.group = quant, dtype, torch.device(device), group
+        self.linears = {f"{name}.weight" for name, m in self.model.named_modules() if isinstance(m, nn.Linear)}
+        self.pending = set(self.model.state_dict())
+
+    def add(self, name: str, value: torch.Tensor | Blocks) -> None:
+        """Pack (linear weights, the embedding table) or place (norm weights) one tensor."""
+        if name not in self.pending:
+            raise ValueError(f"checkpoint tensor {name} is unexpected or repeated for this model")
+        expected = tuple(self.model.get_parameter(name).shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, the model expects {expected}")
+        self.pending.discard(name)
+        if name == EMBEDDING:
+            self._add_embedding(value)
+        elif name in self.linears:
+            blocks = value if isinstance(value, Blocks) else self._float_blocks(value)
+            self._set(name.removesuffix(".weight"),
+                      QuantLinear.from_blocks(blocks, self.quant, dtype=self.dtype, device=self.device,
+                                              group=self.group))
+        else:
+            value = value.dequantize() if isinstance(value, Blocks) else value
+            module_name, _, attr = name.rpartition(".")
+            setattr(self.model.get_submodule(module_name), attr,
+                    nn.Parameter(value.to(device=self.device, dtype=self.dtype), requires_grad=False))
+
+    def _float_blocks(self, weight: torch.Tensor) -> Blocks:
+        """A float weight's first quantized form: int8 per channel, or int4 groups (packed as they are)."""
+        from llama.quant import int4_group, quantize_int4
+        if self.quant == "int4" and weight.shape[0] % 16 == 0:
+            return quantize_int4(weight, int4_group(weight.shape[1], self.group))
+        return quantize_int8(weight)
+
+    def _add_embedding(self, value: torch.Tensor | Blocks) -> None:
+        # a float table is kept as int8 per row; a GGUF table in its own blocks (exact)
+        blocks = value if isinstance(value, Blocks) else quantize_int8(value)
+        self.model.tok_embeddings = QuantEmbedding(blocks, dtype=self.dtype, device=self.device)
+        if self.model.args.tie_word_embeddings:
+            self.pending.discard(OUTPUT)
+            self._set("output", QuantLinear.from_blocks(blocks, self.quant, dtype=self.dtype, device=self.device,
+                                                        group=self.group))
+
+    def _set(self, path: str, module: nn.Module) -> None:
+        parent, _, attr = path.rpartition(".")
+        setattr(self.model.get_submodule(parent) if parent else self.model, attr, module)
+
+    def finish(self) -> Transformer:
+        """The model, in eval mode; a one-line ValueError if a tensor never arrived."""
+        if self.pending:
+            raise ValueError(f"checkpoint does not match the model: missing {sorted(self.pending)[:3]}")
+        return self.model.eval()
+
+
+def build_quantized(args: ModelArgs, items: Iterable[tuple[str, torch.Tensor | Blocks]], quant: str, *,
+                    dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                    group: int = 64) -> Transformer:
+    """A quantized Transformer from (Meta key, float tensor or Blocks) pairs, packed as they arrive."""
+    builder = QuantBuilder(args, quant, dtype=dtype, device=device, group=group)
+    for name, value in items:
+        builder.add(name, value)
+    return builder.finish()
+
+
+def quantize_model(model: Transformer, quant: str, *, dtype: torch.dtype = torch.bfloat16,
+                   group: int = 64) -> Transformer:
+    """A float model's weights quantized, tensor by tensor (each float weight is released as its packed
+    form is made when nothing else holds it). Returns a new model; `model` is emptied of its weights."""
+    device = model.norm.weight.device
+    state = model.state_dict()
+    if model.args.tie_word_embeddings:
+        state.pop(OUTPUT, None)
+    for module in model.modules():  # drop the model's own references, so each tensor is freed after packing
+        module._parameters.clear()
+
+    def items():
+        for name in list(state):
+            yield name, state.pop(name)
+
+    return build_quantized(model.args, items(), quant, dtype=dtype, device=device, group=group)
