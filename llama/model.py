@@ -216,12 +216,12 @@ class Transformer(nn.Module):
 
     def tie_weights(self) -> None:
         """Share the output head with the embeddings when the checkpoint says so (call after loading)."""
-        if self.args.tie_word_embeddings:
+        if self.args.tie_word_embeddings and isinstance(self.output, nn.Linear):  # a QuantLinear has its own copy
             self.output.weight = self.tok_embeddings.weight
 
     def new_cache(self, bsz: int, max_seqlen: int) -> KVCache:
         """An empty KV cache for `bsz` sequences of at most `max_seqlen` tokens, on the model's device."""
-        weight = self.tok_embeddings.weight
+        weight = self.norm.weight  # a float parameter in the activation dtype, even when linears are quantized
         return KVCache(n_layers=self.args.n_layers, bsz=bsz, max_seqlen=max_seqlen, n_kv_heads=self.args.n_kv_heads,
                        head_dim=self.args.head_dim, dtype=weight.dtype, device=weight.device)
 

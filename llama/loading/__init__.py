@@ -65,13 +65,11 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
 
     path = Path(path)
     precision = resolve_precision(dtype, device)
-    if precision.quant is not None:
-        raise ValueError(f"--model-dtype {precision.quant}: quantized weights are not supported yet")
     dtype = precision.dtype
     kind = detect_format(path)
     if kind == "gguf":
         from llama.loading.gguf import load_gguf
-        args, state, gguf = load_gguf(path, dtype)
+        args, state, gguf = load_gguf(path, dtype, quantized=precision.quant is not None)
         tok = load_tokenizer(path, gguf_metadata=gguf.metadata) if tokenizer else None
         files = [path]
     elif kind == "meta":
@@ -84,5 +82,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
         state = hf.load_state_dict(path, args)
         tok = load_tokenizer(path) if tokenizer else None
         files = [path / "config.json", *path.glob("*.safetensors")]
-    model = build_model(args, state, device=device, dtype=dtype)
+    if precision.quant is not None:  # linear weights and embeddings packed as they are read (llama/quant.py)
+        from llama.quant_build import build_quantized
+        model = build_quantized(args, state, precision.quant, kernel_dtype=dtype, device=device)
+    else:
+        model = build_model(args, state, device=device, dtype=dtype)
     return LoadedModel(model, tok, args, f"{path.name} ({kind}, {fingerprint(files)})", precision.note)
