@@ -110,9 +110,11 @@ def measure(rows: dict, prompt: list[int], n: int, rounds: int) -> dict[str, flo
     for decode in rows.values():
         decode(prompt, min(n, 4))
     best = {name: float("inf") for name in rows}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for name, decode in rows.items():
             best[name] = min(best[name], _timed(lambda: decode(prompt, n)))
+        print(f"  round {round_ + 1}, {n} tokens after a {len(prompt)}-token prompt: "
+              + ", ".join(f"{name} {s:.2f} s" for name, s in best.items()), flush=True)
     return best
 
 

@@ -195,3 +195,26 @@ def test_sae_splice_and_steering_on_the_quantized_model(quantized, smol, sae):
     moved_float, _ = _latent_on(smol.model, sae, tokens, latent, value, len(prompt))
     assert moved > unsteered + value / 2
     assert abs(moved - moved_float) <= 0.1 * moved_float
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantize_model_from_float_weights(kind):
+    """A float model quantized on load (per-channel int8 / int4 groups of 64): every linear packed, logits
+    close to the float model's, module paths unchanged (taps still work)."""
+    from llama import ModelArgs, Transformer
+    from llama.quant_build import quantize_model
+
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.debug()).eval()
+    for p in model.parameters():
+        p.data.mul_(0.2)  # a tame random model, so that logits are not dominated by a few huge values
+    tokens = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        expected = model(tokens).logits
+        packed = quantize_model(model, kind)
+        out = packed(tokens, taps=("blocks.1.hook_resid_post",))
+    assert sum(isinstance(m, QuantLinear) for m in packed.modules()) == 7 * 2
+    assert isinstance(packed.tok_embeddings, QuantEmbedding)
+    assert out.taps["blocks.1.hook_resid_post"].shape == (2, 12, 64)
+    error = (out.logits - expected).norm() / expected.norm()
+    assert error < (0.02 if kind == "int8" else 0.1), error
