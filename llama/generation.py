@@ -54,7 +54,7 @@ def generate(model: Transformer, tokenizer, prompts: Sequence[Sequence[int]], *,
     Returns the new tokens of each prompt.
     """
     _check(prompts, max_new_tokens, temperature, top_p)
-    device = model.tok_embeddings.weight.device
+    device = model.norm.weight.device
     bsz, prompt_len = len(prompts), max(len(p) for p in prompts)
     total = prompt_len + max_new_tokens
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0

@@ -14,7 +14,8 @@ class KVCache:
     """Keys and values of every layer for `bsz` sequences of at most `max_seqlen` slots."""
 
     def __init__(self, *, n_layers: int, bsz: int, max_seqlen: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 rotations: torch.Tensor | None = None):
         if bsz < 1 or max_seqlen < 1:
             raise ValueError(f"KVCache needs bsz >= 1 and max_seqlen >= 1, got {bsz} and {max_seqlen}")
         shape = (n_layers, bsz, n_kv_heads, max_seqlen, head_dim)
@@ -24,6 +25,8 @@ class KVCache:
         self.n_real = torch.zeros(bsz, dtype=torch.long, device=device)  # real tokens per row so far
         self.length = 0  # slots filled (the same for every row)
         self.padded = False  # whether any filled slot is padding (then attention needs a mask)
+        # (max_seqlen, 1, head_dim // 2) complex rotations of every position, computed once for all steps
+        self.rotations = rotations
 
     @property
     def bsz(self) -> int:

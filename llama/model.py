@@ -216,14 +216,15 @@ class Transformer(nn.Module):
 
     def tie_weights(self) -> None:
         """Share the output head with the embeddings when the checkpoint says so (call after loading)."""
-        if self.args.tie_word_embeddings:
+        if self.args.tie_word_embeddings and isinstance(self.output, nn.Linear):  # a QuantLinear has its own copy
             self.output.weight = self.tok_embeddings.weight
 
     def new_cache(self, bsz: int, max_seqlen: int) -> KVCache:
         """An empty KV cache for `bsz` sequences of at most `max_seqlen` tokens, on the model's device."""
-        weight = self.tok_embeddings.weight
+        weight = self.norm.weight  # a float parameter in the activation dtype, even when linears are quantized
+        rotations = rotary_table(self.freqs.to(weight.device), torch.arange(max_seqlen, device=weight.device))
         return KVCache(n_layers=self.args.n_layers, bsz=bsz, max_seqlen=max_seqlen, n_kv_heads=self.args.n_kv_heads,
-                       head_dim=self.args.head_dim, dtype=weight.dtype, device=weight.device)
+                       head_dim=self.args.head_dim, dtype=weight.dtype, device=weight.device, rotations=rotations)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
                 taps: Iterable[str] = (), injections: Mapping[str, Injection] | None = None,
@@ -277,9 +278,12 @@ class Transformer(nn.Module):
             start, end, padded, key_mask = 0, seqlen, attention_mask is not None, attention_mask
             positions = (torch.arange(seqlen, device=device)[None] if attention_mask is None
                          else (attention_mask.cumsum(-1) - 1).clamp(min=0))  # (bsz or 1, seqlen)
-        if self.freqs.device != device:
-            self.freqs = self.freqs.to(device)
-        freqs_cis = rotary_table(self.freqs, positions)
+        if cache is not None and cache.rotations is not None:
+            freqs_cis = cache.rotations[positions]  # a lookup, not a table per step
+        else:
+            if self.freqs.device != device:
+                self.freqs = self.freqs.to(device)
+            freqs_cis = rotary_table(self.freqs, positions)
         if not padded and (start == 0 or seqlen == 1):
             # causal from slot 0, or one new query that may see every key: no mask tensor at all
             return AttentionContext(freqs_cis, None, start == 0 and seqlen > 1, cache, start)

@@ -138,11 +138,23 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
 
     ckpt = open_checkpoint(path)
     precision = resolve_precision(dtype, device, checkpoint_dtype=ckpt.stored_dtype, weight_count=ckpt.n_params)
-    if precision.quant is not None:
-        raise ValueError(f"--model-dtype {precision.quant}: quantized weights are not supported yet")
     tok = None
     if tokenizer:  # before the weights: a missing tokenizer should not cost a long load first
         tok = load_tokenizer(ckpt.path, gguf_metadata=ckpt.gguf.metadata if ckpt.gguf is not None else None)
-    model = build_model(ckpt.args, ckpt.tensors(precision.dtype), device=device, dtype=precision.dtype,
-                        transform=transform)
+    if precision.quant is not None:  # linear weights and embeddings packed as they are read (llama/quant.py)
+        from llama.quant_build import build_quantized
+        model = build_quantized(ckpt.args, quantizable_tensors(ckpt), precision.quant, kernel_dtype=precision.dtype,
+                                device=device)
+    else:
+        model = build_model(ckpt.args, ckpt.tensors(precision.dtype), device=device, dtype=precision.dtype,
+                            transform=transform)
     return LoadedModel(model, tok, ckpt.args, ckpt.source, precision.note)
+
+
+def quantizable_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, Any]]:
+    """What the quantized builder reads, one tensor at a time: a GGUF file's blocks as they are stored
+    (exact, never dequantised to a float model), other checkpoints' float32 tensors."""
+    if ckpt.format == "gguf":
+        from llama.loading.gguf import load_gguf
+        return load_gguf(ckpt.path, quantized=True)[1]
+    return ckpt.tensors(torch.float32)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from llama.loading.gguf_reader import GGUFFile, load_tensors, read_gguf
+from llama.loading.gguf_blocks import SUPPORTED, to_blocks
+from llama.loading.gguf_reader import GGUFFile, load_tensor, load_tensors, raw_bytes, read_gguf, release
 from llama.model import ModelArgs, rope_frequencies
+from llama.quant import Blocks
 
 # GGUF tensor name -> Meta name; {i} is the layer.
 _NAMES = {
@@ -82,14 +84,31 @@ def _rope_scaling(gguf: GGUFFile, args: ModelArgs) -> dict:
     return scaling
 
 
-def load_gguf(path: str | Path,
-              dtype: torch.dtype = torch.float32) -> tuple[ModelArgs, dict[str, torch.Tensor], GGUFFile]:
-    """Parse a GGUF file once: (args, state dict with Meta names, the parsed file for the tokenizer)."""
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, *,
+              quantized: bool = False) -> tuple[ModelArgs, dict[str, torch.Tensor] | Iterator, GGUFFile]:
+    """Parse a GGUF file once: (args, state dict with Meta names, the parsed file for the tokenizer).
+
+    quantized=True: the state is instead an iterator of (Meta name, Blocks or float tensor), read one
+    tensor at a time: 2-D tensors of a type llama/loading/gguf_blocks.py decodes arrive as exact Blocks
+    (never as floats), the rest dequantised to float32.
+    """
     gguf = read_gguf(path)
     args = model_args(gguf)
     names = {name: meta_name(name) for name in gguf.tensors if name != _ROPE_FACTORS}
     unknown = sorted(name for name, target in names.items() if target is None)
     if unknown:
         raise ValueError(f"{gguf.path}: unexpected tensor {unknown[0]} for a Llama model")
+    if quantized:
+        return args, _quantized_items(gguf, names), gguf
     tensors = load_tensors(gguf, list(names), dtype)
     return args, {names[name]: tensor for name, tensor in tensors.items()}, gguf
+
+
+def _quantized_items(gguf: GGUFFile, names: dict[str, str]) -> Iterator[tuple[str, torch.Tensor | Blocks]]:
+    for name, target in names.items():
+        info = gguf.tensors[name]
+        if info.qtype in SUPPORTED and len(info.shape) == 2:
+            yield target, to_blocks(raw_bytes(gguf, info), info.qtype, info.shape)
+        else:
+            yield target, load_tensor(gguf, name)
+        release(gguf, info)  # the file's pages of this tensor leave the resident set

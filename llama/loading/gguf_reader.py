@@ -11,6 +11,7 @@ ops; every other type goes through the gguf package's reference `gguf.quants.deq
 from __future__ import annotations
 
 import math
+import mmap
 import struct
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -163,9 +164,27 @@ def load_tensor(gguf: GGUFFile, name: str, dtype: torch.dtype = torch.float32) -
     return load_tensors(gguf, [name], dtype)[name]
 
 
+def raw_bytes(gguf: GGUFFile, info: TensorInfo) -> torch.Tensor:
+    """The stored bytes of one tensor: a uint8 view of the mapped file, no copy."""
+    return torch.from_numpy(np.asarray(gguf.data[info.offset:info.offset + info.n_bytes]))
+
+
+def release(gguf: GGUFFile, info: TensorInfo) -> None:
+    """Drop the file's pages of one tensor from this process's memory (they are re-read if touched
+    again): loading tensor by tensor then keeps the resident set to what was built from them."""
+    mapping = getattr(gguf.data, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise"):
+        return
+    start = info.offset - gguf.data.offset  # offset of the tensor within the mapping
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, (start + info.n_bytes) // page * page  # whole pages inside the tensor
+    if hi > lo:
+        mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 def _dequantize_into(gguf: GGUFFile, info: TensorInfo, out: torch.Tensor) -> None:
     """Write the values of one tensor into `out`, a flat tensor of its size."""
-    raw = torch.from_numpy(np.asarray(gguf.data[info.offset:info.offset + info.n_bytes]))  # uint8 view, no copy
+    raw = raw_bytes(gguf, info)
     if info.qtype in _PLAIN:
         out.copy_(raw.view(_PLAIN[info.qtype]))
     elif info.qtype in _QUANTIZED:
