@@ -3,9 +3,10 @@
 forward against transformers on the same weights in float32 and bf16, and its capture in bf16 vs float32.
 
     python bench/scale.py --workdir /tmp/scale [--tokens 512] [--new-tokens 8] [--skip-8b] [--json out.json]
+    python bench/scale.py --big 3b ...      # the 3B shape in place of the 8B one (a machine with less memory)
 
 The random checkpoints are written by bench/make_checkpoint.py into --workdir (the 8B one is 16 GB: one
-format at a time, deleted after its run) unless they are there already. Each 8B figure comes from a fresh
+format at a time, deleted after its run if this run wrote it) unless they are there already. Each 8B figure comes from a fresh
 subprocess (its peak RSS is VmHWM from /proc/self/status: the load's, then the capture's, the load
 included). 1B timings are the best of --repeats after a warm-up, ours and transformers alternating.
 Targets: 8B loads and captures in bf16 with peak RSS <= 17 GiB; the 1B forward >= 1.0x transformers in
@@ -64,12 +65,14 @@ def worker(model: str, tokens: int, new_tokens: int) -> dict:
     return out
 
 
-def run_8b(fmt: str, workdir: Path, tokens: int, new_tokens: int) -> dict:
-    folder = workdir / f"8b-{fmt}"
-    if not folder.exists():
+def run_big(shape: str, fmt: str, workdir: Path, tokens: int, new_tokens: int) -> dict:
+    """The big shape in a fresh process; its checkpoint is deleted afterwards if this run wrote it."""
+    folder = workdir / f"{shape}-{fmt}"
+    written = not folder.exists()
+    if written:
         started = time.perf_counter()
         write = make_checkpoint.write_hf if fmt == "hf" else make_checkpoint.write_meta
-        write(folder, make_checkpoint.llama3_args("8b"))
+        write(folder, make_checkpoint.llama3_args(shape))
         print(f"wrote {folder} in {time.perf_counter() - started:.0f} s", flush=True)
     try:
         proc = subprocess.run([sys.executable, __file__, "--worker", str(folder), "--tokens", str(tokens),
@@ -78,7 +81,8 @@ def run_8b(fmt: str, workdir: Path, tokens: int, new_tokens: int) -> dict:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
         return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if written:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def once(fn) -> float:
@@ -116,15 +120,15 @@ def run_1b(workdir: Path, repeats: int, seqlen: int) -> dict:
 
 def print_table(results: dict) -> None:
     print("\nscale bench (random weights of real Llama 3 shapes)")
-    for fmt in ("hf", "meta"):
-        r = results.get(f"8b_{fmt}")
-        if r is None:
+    for key, r in results.items():
+        if key == "1b":
             continue
+        label = key.replace("_", " bf16 ").upper().replace("HF", "hf").replace("META", "meta")
         if "error" in r:
-            print(f"  8B bf16 {fmt:<4}  error: {r['error']}")
+            print(f"  {label:<12} error: {r['error']}")
             continue
-        print(f"  8B bf16 {fmt:<4}  load {r['load_s']:.0f} s, peak {r['load_peak_gib']:.2f} GiB (weights "
-              f"{r['weights_gib']:.2f}) | capture {r['capture_tok_s']:.1f} tok/s, peak {r['capture_peak_gib']:.2f} GiB"
+        print(f"  {label:<12} load {r['load_s']:.0f} s, peak {r['load_peak_gib']:.2f} GiB (weights "
+              f"{r['weights_gib']:.2f}, {r['load_peak_gib'] / r['weights_gib']:.3f}x) | capture {r['capture_tok_s']:.1f} tok/s, peak {r['capture_peak_gib']:.2f} GiB"
               f" (target <= 17) | decode {r['decode_s_per_token']:.2f} s/token")
     one = results.get("1b")
     if one:
@@ -142,7 +146,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens decoded greedily by the 8B shape")
     parser.add_argument("--seqlen", type=int, default=128, help="tokens per 1B forward")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-8b", action="store_true")
+    parser.add_argument("--big", default="8b", choices=sorted(make_checkpoint.SHAPES),
+                        help="the shape loaded, captured and decoded in a fresh process")
+    parser.add_argument("--skip-8b", action="store_true", help="skip the --big shape")
     parser.add_argument("--skip-1b", action="store_true")
     parser.add_argument("--json", default="")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -161,7 +167,7 @@ def main() -> None:
         if free < 20e9:
             raise SystemExit(f"error: --workdir {workdir}: {free / 1e9:.0f} GB free; the 8B checkpoint needs 17 GB")
         for fmt in ("hf", "meta"):
-            results[f"8b_{fmt}"] = run_8b(fmt, workdir, cfg.tokens, cfg.new_tokens)
+            results[f"{cfg.big}_{fmt}"] = run_big(cfg.big, fmt, workdir, cfg.tokens, cfg.new_tokens)
             print_table(results)
     if cfg.json:
         Path(cfg.json).write_text(json.dumps(results, indent=2))
