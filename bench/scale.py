@@ -123,7 +123,8 @@ def print_table(results: dict) -> None:
     for key, r in results.items():
         if key == "1b":
             continue
-        label = key.replace("_", " bf16 ").upper().replace("HF", "hf").replace("META", "meta")
+        shape, fmt = key.split("_")
+        label = f"{shape.upper()} bf16 {fmt}"
         if "error" in r:
             print(f"  {label:<12} error: {r['error']}")
             continue
