@@ -203,7 +203,11 @@ def run_separately(cfg: BenchConfig) -> tuple[dict[str, list[float]], dict[str, 
     together); less fair than round-robin on a busy machine."""
     times, rss = {}, {}
     for name in cfg.contenders:
-        result = run_alone(name, cfg, cfg.rounds)
+        try:
+            result = run_alone(name, cfg, cfg.rounds)
+        except subprocess.CalledProcessError as err:  # killed for memory, most likely
+            print(f"{name}: failed with exit code {err.returncode} (out of memory?)", file=sys.stderr, flush=True)
+            continue
         times[name], rss[name] = result["steps_s"], result["peak_rss_mib"]
         print(f"{name}: steps {', '.join(f'{t:.2f}s' for t in times[name])}, peak RSS {rss[name]:.0f} MiB",
               file=sys.stderr, flush=True)
