@@ -477,7 +477,8 @@ def test_mixed_precision_reaches_the_float32_fvu_with_float32_master_weights(tmp
         cfg = small_config(tmp_path / precision, max_steps=120, log_every=20, val_every=120, checkpoint_every=0,
                            autocast=precision)
         train.main(cfg, train_data=train_data, val_data=val_data)
-        fvu[precision] = [r for r in read_metrics(tmp_path / precision / "metrics.jsonl") if r["split"] == "val"][-1]["fvu"]
+        records = read_metrics(tmp_path / precision / "metrics.jsonl")
+        fvu[precision] = [r for r in records if r["split"] == "val"][-1]["fvu"]
         payload = load_checkpoint(list_checkpoints(tmp_path / precision / "checkpoints")[-1][1])
         adam = payload["optimizer"]["state"][0]
         assert payload["sae"]["W_enc"].dtype == adam["exp_avg"].dtype == adam["exp_avg_sq"].dtype == torch.float32
