@@ -168,7 +168,8 @@ def sweep_main(cfg: GenerateConfig) -> int:
     print(sweep_table(rows, latent, cfg.label))
     best = best_row(rows)
     print(f"in range (* : judge moved >= {settings.min_shift} toward {cfg.label!r}, perplexity <= "
-          f"{cfg.max_ppl_ratio:g}x): " + (f"try --steer {latent}:{best.value:.3g}" if best else "no value"))
+          f"{cfg.max_ppl_ratio:g}x, distinct-2 >= {settings.min_distinct2_ratio:g}x the unsteered): "
+          + (f"try --steer {latent}:{best.value:.3g}" if best else "no value"))
     if cfg.sweep_json:
         from atomic import write_text_atomic
         write_text_atomic(Path(cfg.sweep_json), json.dumps({"latent": latent, "label": cfg.label, "prompts": prompts,

@@ -157,15 +157,16 @@ def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: Gener
         print(f"no swept value moved the judge toward {cfg.label!r} within the fluency bound; see the tables above")
         return {"sweeps": sweeps, "chosen": None}
     latent, row = chosen
-    steer = f"{latent}:{row['value']:.3g}"
+    steer = f"{latent}:{row['value']:.4g}"
     command = ["generate.py", "--sae", generate.sae, "--steer", steer, "--compare", "--max-new-tokens",
                str(cfg.max_new_tokens), "--explanations", generate.explanations, json.dumps(cfg.prompt)]
-    print(f"\nchosen by the sweep: latent {latent} at {row['value']:.3g} (judge {row['shift']:+.3f} toward "
+    print(f"\nchosen by the sweep: latent {latent} at {row['value']:.4g} (judge {row['shift']:+.3f} toward "
           f"{cfg.label!r} on average, higher on {row['moved']} of {len(row['texts'])} prompts, perplexity "
           f"{row['ppl_ratio']:.2f}x the unsteered)\n    python {' '.join(command)}")
     output = run("steered generation", None, "generate.py",
                  dataclasses.replace(generate, steer=[steer], compare=True, prompts=[cfg.prompt]), capture=True)
-    return {"sweeps": sweeps, "chosen": {"latent": latent, **row}, "command": "python " + " ".join(command),
+    chosen_row = {**row, "latent_activation": row["latent"], "latent": latent}  # the row's "latent" is its mean
+    return {"sweeps": sweeps, "chosen": chosen_row, "command": "python " + " ".join(command),
             "prompt": cfg.prompt, "output": output}
 
 
