@@ -172,10 +172,10 @@ def _latent_on(model, sae, tokens, latent, value, n_prompt):
     from sae.steering import Steer, Steering
 
     steering = Steering(sae, [Steer(latent, value)], "sae")  # the one place this file uses the steering API
-    with torch.no_grad():
-        model(tokens, injections={HOOK: steering})
-    values, indices = steering.last
-    dense = torch.zeros(*values.shape[:-1], sae.cfg.d_sae).scatter(-1, indices, values.float())
+    with torch.no_grad():  # the tap is what arrives at the hook; steer() says what the splice passed on
+        arriving = model(tokens, injections={HOOK: steering}, taps=(HOOK,)).taps[HOOK]
+    seen = steering.steer(arriving, latents=True)
+    dense = sae.to_dense((seen.values.float(), seen.indices))
     return float(dense[0, n_prompt:, latent].mean()), steering
 
 
