@@ -78,7 +78,9 @@ class GenerateConfig:
 
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     def extend(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("prompts", nargs="*", default=None, help=f"prompts (default: {DEFAULT_PROMPT!r})")
+        # SUPPRESS: no positional prompt leaves --config's prompts in place (nargs="*" would give [])
+        parser.add_argument("prompts", nargs="*", default=argparse.SUPPRESS,
+                            help=f"prompts (default: {DEFAULT_PROMPT!r})")
         parser.add_argument("--steer", action="append", default=None, metavar="IDX:VALUE",
                             help="steer latent IDX by VALUE; repeatable")
 
