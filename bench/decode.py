@@ -99,9 +99,11 @@ def llamacpp_row(threads: int):
 def steering_injections(loaded):
     """A random SAE of the default width at the default hook, latents 3 and 17 steered."""
     cfg = SAEConfig(d_in=loaded.args.dim, d_sae=16 * loaded.args.dim, k=32, hook_name=paths.DEFAULT_HOOK,
-                    model=loaded.source, norm_scale=0.05)
+                    model=loaded.source)
     torch.manual_seed(0)
-    steering = Steering(SparseAutoencoder(cfg), [Steer(3, 8.0), Steer(17, -4.0)], "sae")
+    sae = SparseAutoencoder(cfg)
+    sae.normalization.set_scale(0.05)  # a fitted statistic now, not a config field
+    steering = Steering(sae, [Steer(3, 8.0), Steer(17, -4.0)], "sae")
     return lambda _loaded: {cfg.hook_name: steering}
 
 
