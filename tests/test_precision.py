@@ -244,3 +244,26 @@ def test_default_model_bf16_predicts_the_float32_next_token(smol, gguf_path):
           f"{clear_agreement:.4f} over the {int(clear.sum())} with a margin >= 1 logit")
     assert agreement >= 0.95
     assert clear_agreement >= 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("emulated", [True, False])
+def test_half_linear_matches_float32_product_either_way(dtype, emulated, monkeypatch):
+    """The 16-bit product, in 16 bits or (on CPUs that emulate them, enough rows) in float32 then rounded,
+    is the float32 product of the same 16-bit numbers within one rounding of the output (plus the
+    accumulation-order noise of a 16-bit kernel). Decoding-sized inputs keep the 16-bit kernel."""
+    from llama import model as llama_model
+    monkeypatch.setattr(llama_model, "cpu_emulates", lambda d: emulated)
+    torch.manual_seed(0)
+    linear = llama_model.Linear(256, 96).to(dtype)
+    for rows in (1, llama_model.UPCAST_MIN_ROWS, 3 * llama_model.UPCAST_MIN_ROWS):
+        x = torch.randn(rows, 256).to(dtype)
+        exact = x.double() @ linear.weight.double().T
+        got = linear(x)
+        assert got.dtype == dtype and got.shape == (rows, 96)
+        err = ((got.double() - exact).abs() / (exact.abs() + 1e-3)).max().item()
+        assert err <= 4 * ROUNDOFF[str(dtype).removeprefix("torch.")], (rows, err)
+    calls = []
+    monkeypatch.setattr(llama_model.F, "linear", lambda x, w: calls.append(x.dtype) or x @ w.T)
+    linear(torch.randn(1, 256).to(dtype)), linear(torch.randn(2, 32, 256).to(dtype))
+    assert calls == [dtype, torch.float32 if emulated else dtype]
