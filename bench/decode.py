@@ -113,10 +113,10 @@ def measure(rows: dict, prompt: list[int], n: int, rounds: int) -> dict[str, flo
         decode(prompt, min(n, 4))
     best = {name: float("inf") for name in rows}
     for round_ in range(rounds):
-        for name, decode in rows.items():
-            best[name] = min(best[name], _timed(lambda: decode(prompt, n)))
+        this_round = {name: _timed(lambda: decode(prompt, n)) for name, decode in rows.items()}
+        best = {name: min(best[name], s) for name, s in this_round.items()}
         print(f"  round {round_ + 1}, {n} tokens after a {len(prompt)}-token prompt: "
-              + ", ".join(f"{name} {s:.2f} s" for name, s in best.items()), flush=True)
+              + ", ".join(f"{name} {s:.2f} s" for name, s in this_round.items()), flush=True)
     return best
 
 

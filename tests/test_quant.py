@@ -90,6 +90,30 @@ def test_bf16_activations_round_only_scales_and_inputs():
         torch.testing.assert_close(layer(x.bfloat16()).float(), ref32, rtol=0, atol=2e-2 * float(ref32.abs().max()))
 
 
+@pytest.mark.parametrize("rows", [64, 48])  # 48: not whole blocks of the CPU int4 layout (kernel fallback)
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1], ids=lambda t: t.name)
+def test_prompt_rows_use_the_unpacked_weight_with_the_kernels_result(qtype, rows):
+    """A prompt (at least DEQUANTIZE_MIN_ROWS rows) is multiplied in float32 by the unpacked weight; that
+    weight is what the kernel multiplies by (the kernel applied to the identity, to its bf16 output
+    rounding), so the prompt and the one-row paths agree within bf16 rounding of the inputs."""
+    from llama import quant
+    shape = (rows, 256)
+    blocks = to_blocks(torch.from_numpy(random_blocks(qtype, shape)), qtype, shape)
+    for kind in ("int8", "int4"):
+        layer = QuantLinear.from_blocks(blocks, kind, dtype=torch.bfloat16)
+        eye = torch.eye(shape[1], dtype=torch.bfloat16)
+        by_kernel = torch.cat([layer(eye[i:i + 8]) for i in range(0, shape[1], 8)]).T.float()  # few rows a call
+        unpacked = layer.dequantized(torch.float32)
+        torch.testing.assert_close(unpacked, by_kernel, rtol=2 ** -8, atol=1e-6)
+        x = torch.randn(quant.DEQUANTIZE_MIN_ROWS[layer.kind], shape[1], generator=torch.Generator().manual_seed(3))
+        prompt = layer(x)  # float32 input, the unpacked path
+        assert prompt.dtype == torch.float32
+        one_row = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])  # the kernel path, bf16 inside
+        ref = x.double() @ unpacked.double().T
+        assert (prompt.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+        assert (one_row.double() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
 def test_float_quantizers_bound_their_error():
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(2))
     b8 = quantize_int8(w)
