@@ -632,7 +632,8 @@ function addRow(l) {
   if (l.page) { name.href = l.page; name.target = "_blank"; }
   const info = document.createElement("span");
   info.className = "muted";
-  info.textContent = " max " + fmt(l.max) + (association(l, $("order").value) ? " · " + association(l, $("order").value) : "");
+  const label = association(l, $("order").value);
+  info.textContent = " max " + fmt(l.max) + (label ? " · " + label : "");
   row.append(input, " ", name, " ", l.explanation, info);
   $("latents").appendChild(row);
   return row;
@@ -654,7 +655,9 @@ function render() {
   $("filter").oninput();
 }
 function ensure(index) {
-  if (!latents.some(l => l.index === index)) latents.push({index, explanation: "(no explanation)", max: null, labels: {}, page: null});
+  if (!latents.some(l => l.index === index)) {
+    latents.push({index, explanation: "(no explanation)", max: null, labels: {}, page: null});
+  }
 }
 async function start() {
   latents = await (await fetch("/latents")).json();
@@ -670,7 +673,9 @@ async function start() {
 }
 function prefill(latent) {  // from a latent page's link: ?latent=J&lo=..&hi=..&steps=..&value=..
   $("s-latent").defaultValue = latent;  // as the value attribute: what the page was opened with stays in its markup
-  for (const key of ["lo", "hi", "steps", "label"]) if (query.get(key) !== null) $("s-" + key).defaultValue = query.get(key);
+  for (const key of ["lo", "hi", "steps", "label"]) {
+    if (query.get(key) !== null) $("s-" + key).defaultValue = query.get(key);
+  }
   const row = document.querySelector('#latents [data-index="' + latent + '"]');
   if (query.get("value") !== null) row.querySelector("input").defaultValue = query.get("value");
   row.className = "hit";
@@ -708,16 +713,24 @@ $("sweep").onclick = async () => {
   const table = $("s-table");
   table.replaceChildren();
   const head = table.insertRow();
-  for (const [, title] of COLUMNS.concat([[, "in range"], [, "completions"]])) head.appendChild(document.createElement("th")).textContent = title;
+  for (const [, title] of COLUMNS.concat([[, "in range"], [, "completions"]])) {
+    head.appendChild(document.createElement("th")).textContent = title;
+  }
   for (const r of data.rows) {
     const row = table.insertRow();
     row.className = r.in_range ? "in" : "";
-    for (const [key] of COLUMNS) row.insertCell().textContent = key === "moved" ? r.moved + "/" + r.texts.length : fmt(r[key]);
+    for (const [key] of COLUMNS) {
+      row.insertCell().textContent = key === "moved" ? r.moved + "/" + r.texts.length : fmt(r[key]);
+    }
     row.insertCell().textContent = r.in_range ? "yes" : "";
     const texts = row.insertCell(); texts.className = "texts"; texts.textContent = r.texts.join("\\n---\\n");
-    row.onclick = () => { ensure(latent); render(); document.querySelector('[data-latent="' + latent + '"]').value = r.value; };
+    row.onclick = () => {
+      ensure(latent); render();
+      document.querySelector('[data-latent="' + latent + '"]').value = r.value;
+    };
   }
-  $("s-note").textContent = "judge: held-out accuracy " + fmt(data.judge.accuracy) + " (always guessing the commonest label: "
+  $("s-note").textContent = "judge: held-out accuracy " + fmt(data.judge.accuracy)
+    + " (always guessing the commonest label: "
     + fmt(data.judge.majority) + "). " + (data.best === null ? "No value is in range." : "Suggested: latent "
     + data.latent + " at " + fmt(data.best) + " (moved the judge on the most prompts).");
 };
