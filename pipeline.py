@@ -117,10 +117,11 @@ def main(cfg: PipelineConfig) -> int:
     folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages")}
     configs = stage_configs(cfg, folders)  # every stage's settings checked before any work
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
-    earlier = previous_timings(runs / "pipeline.json")
+    last_ran = previous_timings(runs / "pipeline.json")
     timings: dict[str, float] = {}  # this invocation's stages only: skipped ones are listed apart
+    skipped: list[str] = []
     start = time.perf_counter()
-    run = functools.partial(stage, timings=timings, env=env, stages=folders["stages"])
+    run = functools.partial(stage, timings=timings, skipped=skipped, env=env, stages=folders["stages"])
     run("capture + prebatch", folders["batches"] / cfg.hook / "batches.json", "capture.py", configs["capture"])
     run("train", folders["train"] / "sae" / "config.json", "train.py", configs["train"])
     run("interpret", folders["interpret"] / "latent_index_meaning.json", "interpret.py", configs["interpret"])
@@ -131,9 +132,10 @@ def main(cfg: PipelineConfig) -> int:
     else:
         log.info("no latent carries label statistics for %r: skipping the steering demo", cfg.label)
     timings["total"] = round(time.perf_counter() - start, 1)  # this invocation
-    report.update(config=dataclasses.asdict(cfg), seconds=timings, earlier_seconds=earlier)
+    earlier = {name: last_ran[name] for name in skipped if name in last_ran}
+    report.update(config=dataclasses.asdict(cfg), seconds=timings, skipped=skipped, earlier_seconds=earlier)
     write_text_atomic(runs / "pipeline.json", json.dumps(report, indent=1, default=str) + "\n")
-    log.info("stage times this run (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    log.info("%s", stage_times_line(timings, skipped, earlier))
     log.info("summary: %s; pages: %s", runs / "pipeline.json", folders["interpret"] / "index.html")
     return 0
 
@@ -170,12 +172,14 @@ def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: Gener
             "prompt": cfg.prompt, "output": output}
 
 
-def stage(name: str, done: Path | None, script: str, config: Any, *, timings: dict, env: dict, stages: Path,
-          capture: bool = False) -> str:
-    """Run `script --config <its config as JSON>` unless `done` exists; its output streams to the terminal
-    (and is returned if `capture`). A failing stage stops the pipeline with a one-line error."""
+def stage(name: str, done: Path | None, script: str, config: Any, *, timings: dict, skipped: list, env: dict,
+          stages: Path, capture: bool = False) -> str:
+    """Run `script --config <its config as JSON>` unless `done` exists (then its name goes to `skipped`);
+    its output streams to the terminal (and is returned if `capture`). A failing stage stops the pipeline
+    with a one-line error."""
     if done is not None and done.exists():
         log.info("== %s: already done (%s), skipped", name, done)
+        skipped.append(name)
         return ""
     stages.mkdir(parents=True, exist_ok=True)
     config_file = stages / f"{name.replace(' ', '-').replace('+', 'and')}.json"
@@ -195,11 +199,25 @@ def stage(name: str, done: Path | None, script: str, config: Any, *, timings: di
 
 
 def previous_timings(path: Path) -> dict[str, float]:
+    """Each stage's time when it last ran, from the previous pipeline.json: its own run's stages, and
+    for the stages it skipped the times it carried from the runs before (so a second rerun still
+    knows how long the capture took)."""
     try:
-        seconds = json.loads(path.read_text())["seconds"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        report = json.loads(path.read_text())
+        times = {**(report.get("earlier_seconds") or {}), **report["seconds"]}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return {}
-    return {name: value for name, value in seconds.items() if name != "total"}
+    return {name: value for name, value in times.items() if name != "total" and isinstance(value, (int, float))}
+
+
+def stage_times_line(timings: dict[str, float], skipped: list[str], earlier: dict[str, float]) -> str:
+    """One line of stage times in which every figure says which run it is from: the skipped stages (with
+    the time they took when they last ran, where known), then this run's stages and its total."""
+    done = [f"{name} skipped" + (f" (took {earlier[name]:.0f} when it ran)" if name in earlier else "")
+            for name in skipped]
+    ran = [f"{name} {seconds:.0f}" for name, seconds in timings.items() if name != "total"]
+    return (f"stage times (s): {', '.join(done + ran) or 'none'}; total this run {timings.get('total', 0):.0f}"
+            + (" (skipped stages not included)" if skipped else ""))
 
 
 def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]:

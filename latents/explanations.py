@@ -25,3 +25,21 @@ def read_explanations(path: Path, *, missing_ok: bool = False, width: int = 40) 
                 if isinstance(v, dict) and v.get("common_semantic")}
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
         raise ValueError(f"{path}: not a latent explanation table; rerun interpret.py") from None
+
+
+def read_latent_facts(folder: Path, latents) -> dict[int, dict]:
+    """latent -> {"max": largest activation, "labels": {label: AUROC}, "page": has an HTML page} from
+    interpret.py's per-latent records in `folder` (latents/<j>.json, pages/<j>.html); a latent whose
+    record is missing or unreadable is left out (the page lists it without numbers)."""
+    facts = {}
+    for j in latents:
+        try:
+            record = json.loads((Path(folder) / "latents" / f"{j}.json").read_text(encoding="utf-8"))
+            labels = {str(lab["label"]): lab["auroc"] for lab in record.get("labels") or []
+                      if isinstance(lab.get("auroc"), (int, float))}
+            top = record.get("max")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+            continue
+        facts[int(j)] = {"max": top if isinstance(top, (int, float)) else None, "labels": labels,
+                         "page": (Path(folder) / "pages" / f"{j}.html").is_file()}
+    return facts

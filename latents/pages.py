@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from html import escape
 from pathlib import Path
 
+import paths
 from atomic import write_text_atomic
+
+LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x85\u2028\u2029]")  # rows a browser or a terminal would break
+STEER_URL = f"http://127.0.0.1:{paths.SERVE_PORT}/"  # serve.py's page; serve.py makes it relative when it serves a page
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:70em;padding:0 1em;color:#222}
 table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
@@ -57,8 +62,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def token_html(token: str) -> str:
-    """A token as text: escaped, with newlines and tabs made visible."""
-    return escape(token.replace("\n", "↵").replace("\t", "⇥"))
+    """A token as text: escaped, with line breaks and tabs made visible (a context stays on one row)."""
+    return escape(LINE_BREAK.sub("↵", token).replace("\t", "⇥"))
 
 
 def _groups(context: dict) -> list[tuple[str, float, bool]]:
@@ -88,7 +93,7 @@ def context_html(context: dict, scale: float) -> str:
 
 def histogram_svg(hist: dict, width: int = 560, height: int = 160) -> str:
     """Bars over log-spaced bins (edges from the evidence), as inline SVG: x ticks at five bin edges
-    (activation, log scale), y axis = tokens per bin (linear, its top value written)."""
+    (activation, log scale), y axis = tokens per bin (linear count, 0 and its top value written)."""
     counts, edges = hist.get("counts", []), hist.get("edges", [])
     if not counts:
         return "<p class='muted'>never active</p>"
@@ -108,21 +113,32 @@ def histogram_svg(hist: dict, width: int = 560, height: int = 160) -> str:
              f"<text x='{left - 4}' y='16' font-size='11' text-anchor='end'>{top}</text>"
              f"<text x='{left - 4}' y='{8 + plot_h}' font-size='11' text-anchor='end'>0</text>"
              f"<text x='12' y='{8 + plot_h / 2}' font-size='11' text-anchor='middle' "
-             f"transform='rotate(-90 12 {8 + plot_h / 2})'>tokens</text>"
+             f"transform='rotate(-90 12 {8 + plot_h / 2})'>tokens per bin</text>"
              f"<text x='{left + plot_w / 2}' y='{height - 2}' font-size='11' text-anchor='middle'>"
              f"activation (log scale)</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
             f"aria-label='activation histogram'>{rects}{axis}</svg>")
 
 
+def steer_range(record: dict) -> tuple[float, float] | None:
+    """A value range worth sweeping for this latent: half to four times its largest activation (below
+    it the push is within what the text already does), None for a latent that never fired."""
+    top = float(record.get("max") or 0.0)
+    return (float(f"{top / 2:.3g}"), float(f"{4 * top:.3g}")) if top > 0 else None
+
+
 def steer_hint(record: dict) -> str:
-    """The command that measures steering with this latent, over a range from its activations."""
-    j, top = record["latent"], float(record.get("max") or 0.0)
-    if top <= 0:
+    """The command that measures steering with this latent, and a link that opens the steering page
+    (serve.py) with it and the same range."""
+    j, span = record["latent"], steer_range(record)
+    if span is None:
         return ""
+    lo, hi, top = span[0], span[1], float(record["max"])
+    link = f"{STEER_URL}?latent={j}&amp;lo={lo:g}&amp;hi={hi:g}&amp;steps=5&amp;value={top:.3g}"
     return (f"<p>Try steering it, measured (judge, perplexity, repetition per value): <code>python generate.py "
-            f"--sweep {j}:{top / 2:.3g}:{4 * top:.3g}:5</code> <span class='muted'>(values in activation units; "
-            f"its largest activation in the data is {top:.3g})</span></p>")
+            f"--sweep {j}:{lo:g}:{hi:g}:5</code> <span class='muted'>(values in activation units; "
+            f"its largest activation in the data is {top:.3g})</span>, or <a href='{link}'>open it on the "
+            f"steering page</a> <span class='muted'>(with <code>python serve.py</code> running)</span></p>")
 
 
 def _explanations_html(record: dict) -> str:
@@ -162,7 +178,7 @@ def _labels_html(labels: list[dict]) -> str:
 
 def _sentences_html(items: list[dict], limit: int) -> str:
     rows = "".join(f"<tr>{_cell(s['value'], 3)}<td>{escape(str(s.get('label') or ''))}</td>"
-                   f"<td>{escape(s['text'])}</td></tr>" for s in items[:limit])
+                   f"<td>{token_html(s['text'])}</td></tr>" for s in items[:limit])
     return f"<table>{rows}</table>" if rows else "<p class='muted'>none</p>"
 
 

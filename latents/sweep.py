@@ -50,6 +50,11 @@ class SweepSettings:
     min_distinct2_ratio: float = 0.5
 
 
+def evenly_spaced(lo: float, hi: float, steps: int) -> list[float]:
+    """`steps` values from lo to hi, both included (lo alone for one step)."""
+    return [lo + (hi - lo) * i / max(steps - 1, 1) for i in range(steps)]
+
+
 def distinct2(tokens: list[int]) -> float:
     """Distinct adjacent token pairs over all adjacent pairs (1.0 for fewer than two tokens)."""
     pairs = list(zip(tokens, tokens[1:]))

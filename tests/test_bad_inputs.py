@@ -204,6 +204,7 @@ CASES = [
     Case("serve-mode", serve("--mode", "push"), "--mode push"),
     Case("serve-sae-missing", serve("--sae", "{case}/none"), "no trained SAE there"),
     Case("serve-explanations-missing", serve("--explanations", "{case}/missing.json"), "--explanations"),
+    Case("serve-judge-corpus-missing", serve("--judge-corpus", "{case}/none.csv"), "--judge-corpus"),
     Case("serve-explanations-not-a-table", serve("--explanations", "{case}/e.json"), "not a latent explanation table",
          files={"e.json": "[1, 2]"}),
     Case("serve-config-type", serve("--config", C), "field 'port' (--port) must be a whole number",

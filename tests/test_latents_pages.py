@@ -52,6 +52,18 @@ def test_latent_page_shows_markup_as_text():
     assert "svg" in parsed.tags and "rect" in parsed.tags
     assert "activation (log scale)" in text and "tokens" in text and "0.1" in text and "10" in text  # axes
     assert "python generate.py --sweep 3:1:8:5" in text  # a measured steering range from its activations
+    assert "http://127.0.0.1:8765/?latent=3&lo=1&hi=8&steps=5&value=2" in parsed.attrs  # the steering page, same range
+    assert "tokens per bin" in text and ">4</text>" in page  # the count axis: named, its top count written
+
+
+def test_line_breaks_are_a_visible_mark_on_one_row():
+    rec = record()
+    rec["contexts"][0]["tokens"] = ["a", "\r\n", "b\rc", "\u2028d\t"]
+    rec["top_sentences_mean"] = [{"sentence": 0, "value": 1.0, "text": "first\nsecond", "label": None}]
+    parsed = parse(latent_page(rec))
+    text = "".join(parsed.text)
+    assert "a↵b↵c↵d⇥" in text and "first↵second" in text
+    assert not any(c in text for c in "\r\u2028")
 
 
 def test_index_shows_markup_as_text_and_runs_only_its_own_script():

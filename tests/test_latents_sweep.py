@@ -3,54 +3,15 @@ makes the model write the judge's 'negative' word, so the judge moves and the la
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
-from latents.judge import train_judge
-from latents.sweep import SweepSettings, best_row, distinct2, sweep_latent, sweep_table
-from llama.loading import LoadedModel
-from llama.model import ModelArgs, Transformer
-from sae import SAEConfig, SparseAutoencoder
-
-HOOK = "blocks.1.hook_resid_post"
-DIM, VOCAB, BAD, GOOD, LATENT = 16, 40, 5, 6, 3
-
-
-class WordTokenizer:
-    pad_id, bos_id = 0, 1
-    stop_ids = frozenset()  # never stop early: every completion has max_new_tokens tokens
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return {BAD: b" awful", GOOD: b" lovely"}.get(token_id, f" w{token_id}".encode())
-
-    def decode(self, ids) -> str:
-        return b"".join(self.token_bytes(int(i)) for i in ids).decode()
+from latents.sweep import SweepSettings, best_row, distinct2, evenly_spaced, sweep_latent, sweep_table
+from sweep_helpers import LATENT, planted as build_planted
 
 
 @pytest.fixture(scope="module")
 def planted():
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs(dim=DIM, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB,
-                                  multiple_of=16, max_seq_len=64)).eval().requires_grad_(False)
-    direction = torch.nn.functional.normalize(torch.randn(DIM), dim=0)
-    with torch.no_grad():  # the output head reads the direction (after the final norm) as " awful" alone
-        u = torch.nn.functional.normalize(direction * model.norm.weight, dim=0)
-        model.output.weight -= (model.output.weight @ u)[:, None] * u
-        model.output.weight[BAD] = 0.3 * u
-    sae = SparseAutoencoder(SAEConfig(d_in=DIM, d_sae=8, k=2, normalization="none", hook_name=HOOK))
-    with torch.no_grad():
-        sae.W_enc[:, LATENT] = direction
-        sae.W_dec[LATENT] = direction
-        sae.b_enc[LATENT] = 0.0
-    sae.requires_grad_(False)
-    rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice([f"w{i}" for i in range(7, 40)], 5)) + (" awful" if i % 2 else " lovely")
-             for i in range(300)]
-    judge = train_judge(texts, ["negative" if i % 2 else "positive" for i in range(300)], min_count=2)
-    loaded = LoadedModel(model, WordTokenizer(), model.args, "tiny")
-    prompts = [rng.integers(7, VOCAB, size=4).tolist() for _ in range(5)]
-    return loaded, sae, judge, prompts
+    return build_planted()
 
 
 def test_sweep_moves_the_judge_and_raises_the_latent(planted):
@@ -79,3 +40,8 @@ def test_fluency_and_repetition_bounds_exclude_values(planted):
 def test_distinct2_counts_pairs():
     assert distinct2([1, 2, 1, 2, 1]) == pytest.approx(2 / 4)
     assert distinct2([1, 2, 3]) == 1.0 and distinct2([4]) == 1.0
+
+
+def test_evenly_spaced_includes_both_ends():
+    assert evenly_spaced(2.0, 20.0, 3) == [2.0, 11.0, 20.0]
+    assert evenly_spaced(-1.0, 1.0, 5) == [-1.0, -0.5, 0.0, 0.5, 1.0] and evenly_spaced(4.0, 9.0, 1) == [4.0]

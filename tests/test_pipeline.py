@@ -1,4 +1,5 @@
-"""The whole pipeline end to end on a tiny slice of the default corpus, then rerun: stages are skipped."""
+"""The whole pipeline end to end on a tiny slice of the default corpus, then rerun: stages are skipped,
+and the stage times printed say which run each is from."""
 
 from __future__ import annotations
 
@@ -43,3 +44,27 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
         assert f"== {name}: already done" in log, name
     second = json.loads((runs / "pipeline.json").read_text())
     assert "capture + prebatch" not in second["seconds"] and "capture + prebatch" in second["earlier_seconds"]
+    assert second["earlier_seconds"]["train"] == report["seconds"]["train"]
+    assert f"train skipped (took {report['seconds']['train']:.0f} when it ran)" in log
+
+
+def test_stage_times_of_reruns_belong_together(tmp_path):
+    from pipeline import previous_timings, stage_times_line
+
+    path = tmp_path / "pipeline.json"
+    first = {"seconds": {"capture + prebatch": 285.0, "train": 151.0, "sweep 7": 30.0, "total": 466.0}}
+    path.write_text(json.dumps(first))
+    last = previous_timings(path)
+    assert last == {"capture + prebatch": 285.0, "train": 151.0, "sweep 7": 30.0}
+    # a rerun skips capture and train, sweeps again; what it writes keeps the skipped stages' times
+    rerun = {"seconds": {"sweep 7": 28.0, "total": 29.0}, "skipped": ["capture + prebatch", "train"],
+             "earlier_seconds": {name: last[name] for name in ("capture + prebatch", "train")}}
+    path.write_text(json.dumps(rerun))
+    assert previous_timings(path) == {"capture + prebatch": 285.0, "train": 151.0, "sweep 7": 28.0}
+    line = stage_times_line(rerun["seconds"], rerun["skipped"], rerun["earlier_seconds"])
+    assert line == ("stage times (s): capture + prebatch skipped (took 285 when it ran), train skipped (took "
+                    "151 when it ran), sweep 7 28; total this run 29 (skipped stages not included)")
+    assert stage_times_line({"train": 3.0, "total": 4.0}, [], {}) == "stage times (s): train 3; total this run 4"
+    assert "interpret skipped;" in stage_times_line({"total": 1.0}, ["interpret"], {})  # no time known
+    (tmp_path / "bad.json").write_text("{")
+    assert previous_timings(tmp_path / "bad.json") == {} and previous_timings(tmp_path / "none.json") == {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +25,9 @@ from llama import LoadedModel, ModelArgs, Transformer, generate
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.steering import Steer, Steering
+from latents.sweep import SweepSettings, rows_json, sweep_latent
 from serve import SteeringServer, SteeringSession, json_depth
+from sweep_helpers import LATENT, WordTokenizer, planted
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The food at the restaurant was"
@@ -99,9 +103,11 @@ def test_page_completions_equal_direct_generation(server, smol, sae, mode):
 
 def test_page_and_latent_list(server):
     status, page = call(server + "/")
-    assert status == 200 and "<textarea id=\"prompt\"" in page and 'fetch("/generate"' in page
-    assert call(server + "/latents") == (200, [{"index": 3, "explanation": "negative reviews"},
-                                               {"index": 11, "explanation": "food words"}])
+    assert status == 200 and "<textarea id=\"prompt\"" in page and 'post("/generate"' in page
+    assert 'post("/sweep"' in page and call(server + "/?latent=3&lo=1&hi=8")[1] == page  # the page reads the query
+    assert call(server + "/latents") == (200, [
+        {"index": 3, "explanation": "negative reviews", "max": None, "labels": {}, "page": None},
+        {"index": 11, "explanation": "food words", "max": None, "labels": {}, "page": None}])
     assert call(server + "/nothing")[0] == 404
 
 
@@ -162,7 +168,7 @@ GOOD = b'{"prompt": "Hi", "max_new_tokens": 2}'
     (dict(length="5", extra="Content-Length: 6"), 400, "conflicting Content-Length"),
     (dict(length="50000000"), 413, "over the limit of 1048576 bytes"),
     (dict(method="PUT /generate"), 501, "Unsupported method"),
-    (dict(method="POST /other"), 404, "POST to /generate"),
+    (dict(method="POST /other"), 404, "POST to /generate or /sweep"),
     (dict(method="NOT A REQUEST"), 400, "Bad request syntax"),
 ])
 def test_http_refusals_are_one_line_json(tiny, case, status, message):
@@ -206,7 +212,8 @@ def test_a_stalled_client_stalls_nobody_else(tiny):
     partial.sendall(head(port, length="100", body=b'{"prompt":'))
     try:
         started = time.monotonic()
-        assert call(url + "/latents") == (200, [{"index": 5, "explanation": "five"}])
+        assert call(url + "/latents") == (200, [{"index": 5, "explanation": "five", "max": None, "labels": {},
+                                                 "page": None}])
         assert call(url + "/generate", {"prompt": "Hello", "max_new_tokens": 2})[0] == 200
         assert time.monotonic() - started < 1.0
         partial.settimeout(10)
@@ -263,3 +270,132 @@ def test_ctrl_c_stops_cleanly(sae_dir):
     finally:
         proc.kill()
     assert proc.returncode == 0 and "Traceback" not in err and "stopped" in out
+
+
+@pytest.fixture(scope="module")
+def planted_server(tmp_path_factory):
+    """The server on a tiny model with a planted steering direction (tests/sweep_helpers.py), the
+    latent's record and page in an interpret folder, and a judge that counts how often it is built."""
+    loaded, sae, judge, prompts = planted()
+    folder = tmp_path_factory.mktemp("interpret")
+    (folder / "pages").mkdir()
+    (folder / "pages" / f"{LATENT}.html").write_text(f"<a href='http://127.0.0.1:8765/?latent={LATENT}'>steer</a>")
+    (folder / "latents").mkdir()
+    (folder / "latents" / f"{LATENT}.json").write_text(json.dumps(
+        {"latent": LATENT, "max": 2.5, "labels": [{"label": "negative", "auroc": 0.7, "mean_diff": 0.1}]}))
+    built = []
+    from latents.explanations import read_latent_facts
+    session = SteeringSession(loaded, sae, {LATENT: "awful", 1: "other"}, judge=lambda: built.append(1) or judge,
+                              facts=read_latent_facts(folder, [LATENT, 1]), pages=folder)
+    httpd, url = start(session)
+    texts = [WordTokenizer().decode(p) for p in prompts]
+    yield url, (loaded, sae, judge, prompts), texts, built
+    httpd.shutdown()
+    httpd.server_close()
+
+
+SWEEP = {"latent": LATENT, "lo": 2, "hi": 20, "steps": 3, "max_new_tokens": 8, "max_ppl_ratio": 1e9,
+         "min_distinct2_ratio": 0}
+
+
+def test_sweep_endpoint_returns_the_table_of_a_direct_sweep(planted_server):
+    url, (loaded, sae, judge, prompts), texts, built = planted_server
+    status, reply = call(url + "/sweep", {**SWEEP, "prompts": texts})
+    assert status == 200, reply
+    rows = reply["rows"]
+    assert [r["value"] for r in rows] == [0.0, 2.0, 11.0, 20.0]  # 0, then 3 steps from 2 to 20
+    assert all(len(r["texts"]) == len(prompts) for r in rows)
+    latent = [r["latent"] for r in rows]
+    assert all(b > a for a, b in zip(latent, latent[1:])), latent  # the planted latent rises with the push
+    assert rows[-1]["shift"] > 0.3 and rows[-1]["in_range"] and not rows[0]["in_range"]
+    assert reply["best"] is not None and reply["label"] == "negative" and reply["judge"]["accuracy"] > 0.9
+    direct_rows = sweep_latent(loaded, sae, prompts, LATENT, [2.0, 11.0, 20.0], judge, "negative",
+                               SweepSettings(max_new_tokens=8, max_ppl_ratio=1e9, min_distinct2_ratio=0.0))
+    assert rows == json.loads(json.dumps(rows_json(direct_rows)))
+    # default bounds: " awful awful ..." repeats itself, so no value is in range; the judge was built once
+    status, reply = call(url + "/sweep", {"latent": LATENT, "lo": 20, "hi": 20, "steps": 1, "max_new_tokens": 8,
+                                          "prompts": texts[:2]})
+    assert status == 200 and [r["value"] for r in reply["rows"]] == [0.0, 20.0]
+    assert not any(r["in_range"] for r in reply["rows"]) and reply["best"] is None and built == [1]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"hi": 5}, "latent: give the index"),
+    ({"latent": 3}, "hi: give the last value"),
+    ({"latent": 8, "hi": 5}, "latent 8: a whole number from 0 to 7"),
+    ({"latent": True, "hi": 5}, "latent True"),
+    ({"latent": 3, "hi": "5"}, "hi '5': give a finite number"),
+    (b'{"latent": 3, "hi": 1e999}', "hi inf: give a finite number"),
+    ({"latent": 3, "hi": 5, "steps": 9}, "steps 9: a whole number from 1 to 8"),
+    ({"latent": 3, "hi": 5, "max_new_tokens": 65}, "max_new_tokens 65: a whole number from 1 to 64"),
+    ({"latent": 3, "hi": 5, "prompts": ["w9"] * 6}, "prompts: a list of 1 to 5 texts"),
+    ({"latent": 3, "hi": 5, "prompts": [" "]}, "prompts: a list of 1 to 5 texts"),
+    ({"latent": 3, "hi": 5, "label": "happy"}, "label happy: the judge knows negative, positive"),
+    ({"latent": 3, "hi": 5, "mode": "push"}, "mode 'push'"),
+    ({"latent": 3, "hi": 5, "max_ppl_ratio": 0}, "max_ppl_ratio 0 must be > 0"),
+    ({"latent": 3, "hi": 5, "prompt": "w9"}, "unknown field(s) 'prompt'"),
+    ({"latent": 3, "hi": 5, "prompts": ["w9 " * 60], "max_new_tokens": 8}, "exceed the model's context of 64"),
+])
+def test_bad_sweeps_get_one_line_and_400(planted_server, body, message):
+    url = planted_server[0]
+    status, reply = call(url + "/sweep", body)
+    assert status == 400 and message in reply["error"] and "\n" not in reply["error"], reply
+
+
+def test_a_server_without_a_judge_refuses_sweeps(tiny):
+    url, httpd = tiny
+    status, reply = call(url + "/sweep", {"latent": 5, "hi": 1, "steps": 1, "max_new_tokens": 2})
+    assert status == 400 and "no judge for sweeps" in reply["error"]
+
+
+def test_latent_facts_and_pages_are_served(planted_server):
+    url = planted_server[0]
+    status, latents = call(url + "/latents")
+    assert status == 200 and latents == [
+        {"index": 1, "explanation": "other", "max": None, "labels": {}, "page": None},
+        {"index": LATENT, "explanation": "awful", "max": 2.5, "labels": {"negative": 0.7},
+         "page": f"/pages/{LATENT}.html"}]
+    status, page = call(url + latents[1]["page"])
+    assert status == 200 and page == f"<a href='/?latent={LATENT}'>steer</a>"  # the link leads to this server
+    for path in ("/pages/1.html", "/pages/..%2Flatents%2F3.json", "/pages/../latents/3.json", "/index.html"):
+        assert call(url + path)[0] == 404
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
+def test_page_orders_latents_and_prefills_from_the_query(planted_server, tmp_path):
+    from test_interpret import chromium, console_messages
+
+    url = planted_server[0]
+    result = chromium(["--virtual-time-budget=10000", "--dump-dom",
+                       f"{url}/?latent={LATENT}&lo=1.5&hi=12&steps=4&value=2.5"], tmp_path)
+    assert result.returncode == 0 and console_messages(result.stderr) == [], result.stderr[-2000:]
+    dom = result.stdout
+    rows = re.findall(r'<div data-text="[^"]*" data-index="(\d+)"', dom)
+    assert rows == [str(LATENT), "1"]  # ordered "more in 'negative'": the latent with an AUROC first
+    assert re.search(f'<div data-text="{LATENT} awful" data-index="{LATENT}" class="hit"><input [^>]*value="2.5"', dom)
+    assert f'<a href="/pages/{LATENT}.html" target="_blank">{LATENT}</a>' in dom
+    assert "max 2.50 · more in 'negative' (AUROC 0.700)" in dom
+    for field, value in (("latent", LATENT), ("lo", 1.5), ("hi", 12), ("steps", 4)):
+        assert re.search(f'<input id="s-{field}"[^>]* value="{value}"', dom), field
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
+def test_sweep_button_shows_the_table_with_the_range_marked(planted_server, tmp_path, monkeypatch):
+    import serve
+    from test_interpret import chromium, console_messages
+
+    url = planted_server[0]
+    click = "start().then(() => { $('s-tokens').value = 6; $('sweep').click(); });"  # as a person would
+    monkeypatch.setattr(serve, "PAGE", serve.PAGE.replace("start();", click))
+    result = chromium(["--virtual-time-budget=20000", "--dump-dom", f"{url}/?latent={LATENT}&lo=2&hi=20&steps=3"],
+                      tmp_path)
+    assert result.returncode == 0 and console_messages(result.stderr) == [], result.stderr[-2000:]
+    table = result.stdout[result.stdout.index('<table id="s-table">'):]
+    rows = re.findall(r'<tr class="(in|)"><td>([^<]*)</td>', table)
+    assert [value for _, value in rows] == ["0.00", "2.00", "11.0", "20.0"]
+    # the page's default bounds; the planted push writes " awful" at once, and repeats it at 11 and 20
+    status, reply = call(url + "/sweep", {"latent": LATENT, "lo": 2, "hi": 20, "steps": 3, "max_new_tokens": 6})
+    assert [mark == "in" for mark, _ in rows] == [r["in_range"] for r in reply["rows"]]
+    assert any(mark == "in" for mark, _ in rows)

@@ -1,7 +1,10 @@
 """A page of training curves a person can open: one self-contained HTML file, charts as inline SVG.
 
 No plotting library and no network: every chart is a polyline drawn from the metrics records, with
-train and validation series on shared axes and a log scale where a quantity spans decades.
+train and validation series on shared axes and a log scale where a quantity spans decades (the axis
+says so). A train record holds the mean of the steps since the one before; the last one of a run
+usually covers fewer steps (the run ends between two log steps), so it is merged into the one before
+it rather than drawn as a jump of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CHARTS = [
     ("tokens_per_s", "Activations per second", False),
     ("decoder_cos", "Decoder rows: mean |cosine| off-diagonal", False),
 ]
+# train figures that are means over the steps of a record's window (the others are the state at its step)
+WINDOW_MEANS = ("loss", "mse", "nmse", "aux_mse", "fvu", "l0", "grad_norm")
 COLOURS = {"train": "#1f77b4", "val": "#d62728"}
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 420, 240, 62, 12, 26, 34
 
@@ -38,8 +43,39 @@ def _series(records: list[dict], key: str) -> dict[str, list[tuple[float, float]
     return out
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if value != 0 else "0"
+def merge_partial_window(records: list[dict]) -> list[dict]:
+    """The records with a last train record whose window (steps since the train record before it) is
+    shorter than the window before merged into that one: window means weighted by steps, the activation
+    rate over both windows, the state figures of the last step."""
+    train = sorted((r for r in records if r.get("split", "train") == "train"), key=lambda r: r["step"])
+    if len(train) < 2:
+        return records
+    a, b = train[-2], train[-1]
+    wa, wb = a["step"] - (train[-3]["step"] if len(train) > 2 else 0), b["step"] - a["step"]
+    if not 0 < wb < wa:
+        return records
+    merged = dict(b)
+    for key in WINDOW_MEANS:
+        if _number(a.get(key)) and _number(b.get(key)):
+            merged[key] = (a[key] * wa + b[key] * wb) / (wa + wb)
+    ra, rb = a.get("tokens_per_s"), b.get("tokens_per_s")
+    if _number(ra) and _number(rb) and ra > 0 and rb > 0:  # the same batch each step: time adds up as w / rate
+        merged["tokens_per_s"] = (wa + wb) / (wa / ra + wb / rb)
+    return [merged if r is b else r for r in records if r is not a]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def tick_labels(values: list[float]) -> list[str]:
+    """Labels of tick values, with as many significant digits as it takes (3 at least) for distinct
+    values to read differently: a narrow range such as L0 from 31.94 to 32.0 would read "32" four times."""
+    for digits in range(3, 16):
+        labels = [f"{v:.{digits}g}" if v != 0 else "0" for v in values]
+        if len(set(labels)) == len(set(values)):
+            return labels
+    return labels
 
 
 def _chart(title: str, series: dict[str, list[tuple[float, float]]], log: bool) -> str:
@@ -58,14 +94,19 @@ def _chart(title: str, series: dict[str, list[tuple[float, float]]], log: bool) 
              f'<text x="{W / 2}" y="16" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>',
              f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" height="{H - PAD_T - PAD_B}" '
              f'fill="none" stroke="#999"/>']
-    for i in range(5):  # horizontal grid lines with labels
-        y = y0 + (y1 - y0) * i / 4
-        label = _fmt(10 ** y if log else y)
+    ys = [y0 + (y1 - y0) * i / 4 for i in range(5)]
+    for y, label in zip(ys, tick_labels([10 ** y if log else y for y in ys])):  # grid lines with labels
         parts.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
                      f'<text x="{PAD_L - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{label}</text>')
-    for x in (x0, (x0 + x1) / 2, x1):
-        parts.append(f'<text x="{sx(x):.1f}" y="{H - PAD_B + 16}" text-anchor="middle">{x:.0f}</text>')
+    xs = [x0, (x0 + x1) / 2, x1]
+    steps = [f"{x:.0f}" for x in xs]  # whole steps unless a run of a step or two makes them repeat
+    for x, label in zip(xs, steps if len(set(steps)) == len(xs) else tick_labels(xs)):
+        parts.append(f'<text x="{sx(x):.1f}" y="{H - PAD_B + 16}" text-anchor="middle">{label}</text>')
     parts.append(f'<text x="{(W + PAD_L) / 2}" y="{H - 4}" text-anchor="middle">step</text>')
+    if log:
+        middle = (PAD_T + H - PAD_B) / 2
+        parts.append(f'<text x="10" y="{middle:.1f}" text-anchor="middle" transform="rotate(-90 10 {middle:.1f})">'
+                     f'(log scale)</text>')
     for split, pts in series.items():
         coords = " ".join(f"{sx(x):.1f},{sy(fy(v)):.1f}" for x, v in pts)
         colour = COLOURS.get(split, "#555")
@@ -78,6 +119,7 @@ def _chart(title: str, series: dict[str, list[tuple[float, float]]], log: bool) 
 
 def render_curves(records: list[dict], title: str) -> str:
     """The HTML page for a list of metrics records."""
+    records = merge_partial_window(records)
     charts = [_chart(name, series, log) for key, name, log in CHARTS if (series := _series(records, key))]
     legend = " ".join(f'<span style="color:{c}">&#9632; {s}</span>' for s, c in COLOURS.items())
     body = "\n".join(f'<div class="chart">{c}</div>' for c in charts) or "<p>No metrics yet.</p>"
