@@ -1,11 +1,12 @@
-"""Where a greedy decoding step's time goes, on the embedded SmolLM2-135M GGUF (fp32, one token, KV cache).
+"""Where a greedy decoding step's time goes, on the embedded SmolLM2-135M GGUF (one token, KV cache).
 
-    python bench/decode_floor.py [--threads N] [--steps 64] [--repeats 5]
+    python bench/decode_floor.py [--model-dtype float32|bfloat16|int8|int4] [--threads N] [--steps 64]
 
 Prints, in milliseconds per token, each the best of --repeats:
   - a decoding step of ours (one token through the model with the KV cache, then argmax);
-  - the weights streamed once (a sum over every weight matrix: the memory floor of any fp32 step);
-  - the step's matrix-vector products alone, on the real weights in forward order;
+  - the weights streamed once (a sum over every weight matrix, or its packed codes: the memory floor);
+  - the step's matrix-vector products alone, on the real weights in forward order, through the same
+    modules (so int8/int4 rows time torch's packed kernels: the floor of any eager step built on them);
 and, in microseconds, one RMSNorm on its own against the same RMSNorm right after one layer's weights
 (14 MB) were streamed (the small operations between products pay for the flushed caches).
 bench/llama_forward.py gives the side-by-side ratio against transformers; this says how far below
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import paths  # noqa: E402
 from llama import load_model  # noqa: E402
+from llama.quant import QuantLinear  # noqa: E402
 
 
 def best_ms(fn, repeats: int, per: int) -> float:
@@ -44,13 +46,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "int8", "int4"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model(paths.default_model_path())
+    loaded = load_model(paths.default_model_path(), dtype=args.model_dtype)
     model, dim = loaded.model, loaded.args.dim
     prompt = torch.tensor([loaded.tokenizer.encode("Once upon a time, in a small village by the sea,")])
-    matrices = [m.weight for layer in model.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    matrices.append(model.output.weight)
+    linears = [m for layer in model.layers for m in layer.modules() if isinstance(m, (torch.nn.Linear, QuantLinear))]
+    linears.append(model.output)
+    activation = model.norm.weight.dtype  # the residual stream's dtype: what each product is handed
+    inputs = [torch.ones(1, 1, m.in_features, dtype=activation) for m in linears]
+    matrices = [m.packed if isinstance(m, QuantLinear) else m.weight for m in linears]
 
     def decode() -> None:
         cache = model.new_cache(1, prompt.shape[1] + args.steps)
@@ -60,16 +66,17 @@ def main() -> None:
 
     def products() -> None:
         for _ in range(args.steps):
-            for weight in matrices:
-                torch.nn.functional.linear(torch.ones(1, 1, weight.shape[1]), weight)
+            for module, x in zip(linears, inputs):
+                module(x)
 
     def stream() -> None:
         for _ in range(args.steps):
             for weight in matrices:
                 weight.sum()
 
-    norm, x = model.layers[0].ffn_norm, torch.randn(1, 1, dim)
-    layers = [[m.weight for m in layer.modules() if isinstance(m, torch.nn.Linear)] for layer in model.layers]
+    norm, x = model.layers[0].ffn_norm, torch.randn(1, 1, dim, dtype=activation)
+    layers = [[m.packed if isinstance(m, QuantLinear) else m.weight for m in layer.modules()
+               if isinstance(m, (torch.nn.Linear, QuantLinear))] for layer in model.layers]
 
     def norm_alone() -> None:
         for _ in layers:
@@ -94,10 +101,11 @@ def main() -> None:
         norm_after_stream()
         after = min(norm_after_stream() for _ in range(args.repeats)) / len(layers) * 1e6
     megabytes = sum(w.numel() * w.element_size() for w in matrices) / 1e6
-    print(f"SmolLM2-135M-Instruct GGUF, fp32, {args.threads} threads, best of {args.repeats}, "
+    print(f"SmolLM2-135M-Instruct GGUF, {args.model_dtype}, {args.threads} threads, best of {args.repeats}, "
           f"{megabytes:.0f} MB of weight matrices")
-    print(f"{'decoding step of ours (ms/token)':52s} {step:8.2f}")
-    print(f"{'matrix-vector products alone (ms/token)':52s} {gemv:8.2f}  ({gemv / step:.0%} of the step)")
+    print(f"{'decoding step of ours (ms/token)':52s} {step:8.2f}  ({1e3 / step:.1f} tokens/s)")
+    print(f"{'matrix-vector products alone (ms/token)':52s} {gemv:8.2f}  ({gemv / step:.0%} of the step; "
+          f"at most {1e3 / gemv:.1f} tokens/s with nothing else)")
     print(f"{'weights streamed once, sum (ms/token)':52s} {floor:8.2f}  ({megabytes / floor:.1f} GB/s)")
     label = "RMSNorm alone / right after one layer's weights (us)"
     print(f"{label:52s} {alone:8.1f} / {after:.1f}  "

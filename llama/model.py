@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -110,8 +111,29 @@ class Linear(nn.Linear):
         w = self.weight
         if (w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu"
                 and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1] and cpu_emulates(w.dtype)):
-            return F.linear(x.float(), w.float()).to(x.dtype)
+            return linear_in_float32(x, w)
         return F.linear(x, w)
+
+
+# Weights are converted this many elements (64 MB of float32) at a time into memory reused between calls:
+# a fresh float32 copy costs ~7x the conversion itself (page faults: 4.3 against 0.6 ns an element).
+SCRATCH_ELEMENTS = 1 << 24
+_scratch = threading.local()  # one buffer per thread: two threads may run models at once
+
+
+def linear_in_float32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W^T for a 16-bit CPU weight, multiplied in float32 a block of output features at a time, rounded
+    to x's dtype."""
+    x32 = x.float()
+    rows = max(1, SCRATCH_ELEMENTS // w.shape[1])
+    parts = []
+    for start in range(0, w.shape[0], rows):
+        block = w[start:start + rows]
+        buffer = getattr(_scratch, "buffer", None)
+        if buffer is None or buffer.numel() < block.numel():
+            buffer = _scratch.buffer = torch.empty(max(block.numel(), min(SCRATCH_ELEMENTS, w.numel())))
+        parts.append(F.linear(x32, buffer[:block.numel()].view(block.shape).copy_(block)).to(x.dtype))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
 class RMSNorm(nn.Module):
