@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llama.loading.common import vocabulary_first  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
 from llama.quant_build import QuantBuilder  # noqa: E402
 
@@ -38,7 +39,9 @@ def main() -> None:
     start = time.perf_counter()
     builder = QuantBuilder(shape, args.quant)
     n_params = 0
-    for name, param in list(builder.model.named_parameters()):  # meta tensors: shapes only
+    shapes = dict(builder.model.named_parameters())  # meta tensors: shapes only
+    for name in vocabulary_first(shapes):  # in the loaders' order
+        param = shapes[name]
         tensor = torch.empty(param.shape, dtype=torch.bfloat16).uniform_(-0.05, 0.05)
         n_params += tensor.numel()
         builder.add(name, tensor)

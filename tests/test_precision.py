@@ -117,6 +117,17 @@ def test_stream_is_lazy_and_build_model_applies_transform(folders):
         torch.testing.assert_close(model(tokens()).logits, expected(tokens()).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fmt", ["hf", "meta"])
+def test_vocabulary_tensors_come_first(folders, fmt):
+    """The largest tensors (embeddings, head) are handed over first, whatever the file order, so that a
+    transient copy of one comes while little else is loaded; every tensor still comes exactly once."""
+    _, _, stream = iter_checkpoint(folders[fmt, "bfloat16"])
+    names = [name for name, _ in stream]
+    assert set(names[:2]) == {"tok_embeddings.weight", "output.weight"}
+    expected = load_model(folders[fmt, "bfloat16"], tokenizer=False).model.state_dict()
+    assert sorted(names) == sorted(expected)
+
+
 def test_hf_and_meta_copies_are_the_same_model(folders):
     logits = []
     for fmt in ("hf", "meta"):

@@ -21,6 +21,14 @@ Transform = Callable[[str, torch.Tensor], torch.Tensor]
 READABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _PAGE = 4096
 _MADV_DONTNEED = 4
+# The vocabulary-sized matrices, in Meta's names: the largest tensors. Loaders hand them over first, so a
+# transient copy of one (a float32 head made from bf16: 3 GB at 8B) comes while little else is loaded.
+VOCABULARY_TENSORS = ("tok_embeddings.weight", "output.weight")
+
+
+def vocabulary_first(names: Iterable[str], meta_name: Callable[[str], str] = lambda name: name) -> list[str]:
+    """`names` with the vocabulary-sized tensors first, the others in their order."""
+    return sorted(names, key=lambda name: meta_name(name) not in VOCABULARY_TENSORS)
 
 
 def build_model(args: ModelArgs, tensors: Tensors, *, device: torch.device | str = "cpu",

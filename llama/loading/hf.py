@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llama.loading.common import check_readable, owned, release_pages
+from llama.loading.common import check_readable, owned, release_pages, vocabulary_first
 from llama.model import ModelArgs
 
 # Hugging Face name -> Meta name; {i} is the layer.
@@ -114,23 +115,24 @@ def iter_tensors(folder: Path, args: ModelArgs,
     stored). Files are memory-mapped and each tensor's pages are released once copied, so the file
     is never resident next to its copy."""
     heads = {"wq": args.n_heads, "wk": args.n_kv_heads}
-    for file in shard_files(folder):
-        with _open(file) as f:
-            for name in f.keys():
-                if name.endswith("rotary_emb.inv_freq"):  # a buffer some old exports saved
-                    continue
-                target = _meta_name(name, file)
-                if args.tie_word_embeddings and target == "output.weight":
-                    continue  # some exports store the tied head twice
-                source = f.get_tensor(name)
-                check_readable(source.dtype, file, name)
-                key = target.split(".")[-2]
-                if key in heads:  # a fresh tensor: the file's pages can go
-                    tensor = owned(unpermute(source, heads[key]), dtype, borrowed=False)
-                    release_pages(source)
-                else:
-                    tensor = owned(source, dtype, borrowed=True)
-                yield target, tensor
+    with ExitStack() as stack:
+        handles = {file: stack.enter_context(_open(file)) for file in shard_files(folder)}
+        where = {name: file for file, f in handles.items() for name in f.keys()
+                 if not name.endswith("rotary_emb.inv_freq")}  # a buffer some old exports saved
+        for name in vocabulary_first(where, lambda name: _meta_name(name, where[name])):
+            file = where[name]
+            target = _meta_name(name, file)
+            if args.tie_word_embeddings and target == "output.weight":
+                continue  # some exports store the tied head twice
+            source = handles[file].get_tensor(name)
+            check_readable(source.dtype, file, name)
+            key = target.split(".")[-2]
+            if key in heads:  # a fresh tensor: the file's pages can go
+                tensor = owned(unpermute(source, heads[key]), dtype, borrowed=False)
+                release_pages(source)
+            else:
+                tensor = owned(source, dtype, borrowed=True)
+            yield target, tensor
 
 
 def load_state_dict(folder: Path, args: ModelArgs, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from llama.loading.common import check_readable, owned, release_pages
+from llama.loading.common import check_readable, owned, release_pages, vocabulary_first
 from llama.model import ModelArgs
 
 # module name (the key's second-to-last part) -> the dimension its shards are concatenated along
@@ -77,7 +77,7 @@ def iter_tensors(folder: Path, dtype: torch.dtype | None = None) -> Iterator[tup
     """(name, tensor) one at a time, shards merged, each a fresh tensor in `dtype` (None: as stored).
     The slices' pages are released once copied: neither the files nor two copies are ever resident."""
     shards, paths = load_shards(folder)
-    for name in list(shards[0]):
+    for name in vocabulary_first(shards[0]):
         if any(name not in shard for shard in shards):
             raise ValueError(f"{folder}: tensor {name} is missing from some shards")
         parts = [shard.pop(name) for shard in shards]
