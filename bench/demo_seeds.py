@@ -61,19 +61,28 @@ def demo(root: Path, seed: int, label: str, extra: list[str]) -> dict:
             "distinct2": row["distinct2"], "chosen_on": {"moved": chosen["moved"], "shift": chosen["shift"]}}
 
 
+def passes(moved: int, ppl_ratio: float) -> bool:
+    return moved >= 4 and ppl_ratio <= 3.0
+
+
 def table(results: list[dict], label: str) -> str:
-    lines = [f"steering toward {label!r}, scored on {len(HELD_OUT_PROMPTS)} held-out neutral prompts",
-             f"{'seed':>4} {'latent':>7} {'value':>7} {'judge up':>9} {'shift':>7} {'ppl x':>6} {'dist-2':>6}  pass"]
+    """One row a seed: the choice, how it did on the five prompts it was chosen on, and on five others."""
+    lines = [f"steering toward {label!r}: judge higher than unsteered on how many of 5 prompts",
+             f"{'seed':>4} {'latent':>7} {'value':>7} {'chosen on':>9} {'held out':>9} {'shift':>7} {'ppl x':>6} "
+             f"{'dist-2':>6}  pass (held out)"]
     for r in results:
         if r["latent"] is None:
             lines.append(f"{r['seed']:>4}       -       -  no value moved the judge within the bounds    no")
             continue
-        ok = r["moved"] >= 4 and r["ppl_ratio"] <= 3.0
-        lines.append(f"{r['seed']:>4} {r['latent']:>7} {r['value']:>7.3g} {r['moved']:>5}/{r['prompts']:<3} "
-                     f"{r['shift']:>+7.3f} {r['ppl_ratio']:>6.2f} {r['distinct2']:>6.2f}  {'yes' if ok else 'no'}")
-    passed = sum(1 for r in results if r["latent"] is not None and r["moved"] >= 4 and r["ppl_ratio"] <= 3.0)
-    lines.append(f"{passed} of {len(results)} seeds meet the target (judge higher on >= 4 of 5 prompts, "
-                 f"perplexity <= 3x)")
+        ok = passes(r["moved"], r["ppl_ratio"])
+        lines.append(f"{r['seed']:>4} {r['latent']:>7} {r['value']:>7.3g} {r['chosen_on']['moved']:>7}/5 "
+                     f"{r['moved']:>7}/{r['prompts']:<1} {r['shift']:>+7.3f} {r['ppl_ratio']:>6.2f} "
+                     f"{r['distinct2']:>6.2f}  {'yes' if ok else 'no'}")
+    chosen = [r for r in results if r["latent"] is not None]
+    held = sum(passes(r["moved"], r["ppl_ratio"]) for r in chosen)
+    own = sum(r["chosen_on"]["moved"] >= 4 for r in chosen)
+    lines.append(f"target (judge higher on >= 4 of 5 prompts, perplexity <= 3x): {own} of {len(results)} seeds on "
+                 f"the prompts the steer was chosen on, {held} of {len(results)} on the held-out prompts")
     return "\n".join(lines)
 
 
@@ -82,9 +91,13 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT / "runs" / "demo-seeds"), help="folder for the seeds' runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label", default="negative")
+    parser.add_argument("--table", action="store_true", help="print the table of the last run's demo-seeds.json")
     parser.add_argument("pipeline_args", nargs="*", help="after --: extra pipeline.py flags")
     args = parser.parse_args()
     root = Path(args.root)
+    if args.table:
+        print(table(json.loads((root / "demo-seeds.json").read_text()), args.label))
+        return
     results = [demo(root, seed, args.label, args.pipeline_args) for seed in args.seeds]
     (root / "demo-seeds.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results, args.label))
