@@ -128,6 +128,18 @@ def test_vocabulary_tensors_come_first(folders, fmt):
     assert sorted(names) == sorted(expected)
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("fmt", ["hf", "meta"])
+def test_quantized_load_streams_the_stored_tensors(folders, fmt, kind):
+    """--model-dtype int8/int4 on a bf16 checkpoint packs each tensor as stored, as it arrives: the same
+    model as quantizing the float32 model after loading it (bf16 values are exact in float32)."""
+    from llama.quant_build import quantize_model
+    streamed = load_model(folders[fmt, "bfloat16"], dtype=kind, tokenizer=False).model
+    after = quantize_model(load_model(folders[fmt, "bfloat16"], dtype="float32", tokenizer=False).model, kind)
+    with torch.no_grad():
+        torch.testing.assert_close(streamed(tokens()).logits, after(tokens()).logits, rtol=0, atol=0)
+
+
 def test_hf_and_meta_copies_are_the_same_model(folders):
     logits = []
     for fmt in ("hf", "meta"):

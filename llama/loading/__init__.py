@@ -153,8 +153,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
 
 def quantizable_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, Any]]:
     """What the quantized builder reads, one tensor at a time: a GGUF file's blocks as they are stored
-    (exact, never dequantised to a float model), other checkpoints' float32 tensors."""
+    (exact, never dequantised to a float model), other checkpoints' tensors in their stored dtype (the
+    builder converts each as it packs it: no float32 copy of a 16-bit tensor in flight)."""
     if ckpt.format == "gguf":
         from llama.loading.gguf import load_gguf
         return load_gguf(ckpt.path, quantized=True)[1]
-    return ckpt.tensors(torch.float32)
+    return ckpt.tensors()
