@@ -125,13 +125,16 @@ def linear_in_float32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x W^T for a 16-bit CPU weight, multiplied in float32 a block of output features at a time, rounded
     to x's dtype."""
     x32 = x.float()
+    if torch.is_grad_enabled() and w.requires_grad:  # a gradient must reach w: an ordinary converted copy
+        return F.linear(x32, w.float()).to(x.dtype)
     rows = max(1, SCRATCH_ELEMENTS // w.shape[1])
     parts = []
     for start in range(0, w.shape[0], rows):
         block = w[start:start + rows]
         buffer = getattr(_scratch, "buffer", None)
         if buffer is None or buffer.numel() < block.numel():
-            buffer = _scratch.buffer = torch.empty(max(block.numel(), min(SCRATCH_ELEMENTS, w.numel())))
+            with torch.inference_mode(False):  # a normal tensor, writable in and out of inference mode
+                buffer = _scratch.buffer = torch.empty(max(block.numel(), min(SCRATCH_ELEMENTS, w.numel())))
         parts.append(F.linear(x32, buffer[:block.numel()].view(block.shape).copy_(block)).to(x.dtype))
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 

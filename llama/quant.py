@@ -14,7 +14,7 @@ time and re-rounded (`exact` on the module says which happened).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ INT4_GROUPS = (32, 64, 128, 256)  # the group sizes the int4 kernels accept
 # kernels cost ~23 (int8) and ~27 (int4) us a row, unpacking 2-4 ms once plus ~12 us a row in float32.
 DEQUANTIZE_MIN_ROWS = {"int8": 128, "int4": 256}
 _CPU_INT4_BLOCK = 32  # rows per block in the CPU int4 kernel's packed layout
-_CHUNK_ROWS = 4096  # rows dequantised at a time when re-rounding: bounds the float copy of a big matrix
+_CHUNK_ROWS = 1024  # rows quantized at a time: bounds the float temporaries of a big matrix
 
 
 class Blocks(NamedTuple):
@@ -67,9 +67,11 @@ def quantize_int4(weight: torch.Tensor, group: int) -> Blocks:
     return Blocks(q, scale, lo, group, (0, 15))
 
 
-def _rows(blocks: Blocks, fn) -> Blocks:
-    """Re-round `blocks` with `fn` (float weight -> Blocks) a slice of rows at a time."""
-    parts = [fn(blocks.dequantize(slice(i, i + _CHUNK_ROWS))) for i in range(0, blocks.shape[0], _CHUNK_ROWS)]
+def by_rows(rows: int, read: Callable[[slice], torch.Tensor], quantize: Callable[[torch.Tensor], Blocks]) -> Blocks:
+    """`quantize` (float rows -> Blocks) applied to `read(slice)` a slice of _CHUNK_ROWS rows at a time and
+    joined: both quantizers work row by row, so the result is the same, with a float copy of one slice
+    in flight instead of several of the whole matrix (an 8B embedding table: 1.5 GB of temporaries, not 6)."""
+    parts = [quantize(read(slice(i, i + _CHUNK_ROWS))) for i in range(0, rows, _CHUNK_ROWS)]
     offset = None if parts[0].offset is None else torch.cat([p.offset for p in parts])
     return Blocks(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), offset,
                   parts[0].group, parts[0].levels)
@@ -80,7 +82,7 @@ def int8_form(blocks: Blocks) -> tuple[Blocks, bool]:
     if blocks.offset is None and blocks.group == blocks.shape[1] and blocks.levels[0] >= -128 \
             and blocks.levels[1] <= 127:
         return blocks, True
-    return _rows(blocks, quantize_int8), False
+    return by_rows(blocks.shape[0], blocks.dequantize, quantize_int8), False
 
 
 def int4_group(cols: int, group: int) -> int:
@@ -102,7 +104,8 @@ def int4_form(blocks: Blocks, group: int) -> tuple[Blocks, bool]:
     """Blocks whose values fit 4 bits in kernel-sized groups, and whether they are the input unchanged."""
     if fits_int4(blocks):
         return blocks, True
-    return _rows(blocks, lambda w: quantize_int4(w, int4_group(w.shape[1], group))), False
+    return by_rows(blocks.shape[0], blocks.dequantize,
+                   lambda w: quantize_int4(w, int4_group(w.shape[1], group))), False
 
 
 def _int4_scales_zeros(blocks: Blocks, dtype: torch.dtype) -> torch.Tensor:
@@ -147,7 +150,7 @@ class QuantLinear(nn.Module):
         if (kind == "int4" and rows % 16 == 0) or fits_int4(blocks):
             form, exact = int4_form(blocks, group)
             module = cls(cols, rows, "int4", form.group, exact)
-            q4 = (form.q.to(device) - form.levels[0]).to(torch.int32)
+            q4 = (form.q.to(device) - form.levels[0]).to(torch.uint8)  # 0..15; widened a slice at a time
             module.register_buffer("packed", _pack_int4(q4))
             module.register_buffer("scales_zeros", _int4_scales_zeros(form, dtype).to(device))
             return module

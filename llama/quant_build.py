@@ -88,14 +88,16 @@ class QuantBuilder:
 
     def _float_blocks(self, weight: torch.Tensor, kind: str) -> Blocks:
         """A float weight's first quantized form: int8 per channel, or int4 groups (packed as they are)."""
-        from llama.quant import int4_group, quantize_int4
+        from llama.quant import by_rows, int4_group, quantize_int4
+        read = weight.__getitem__
         if kind == "int4" and weight.shape[0] % 16 == 0:
-            return quantize_int4(weight, int4_group(weight.shape[1], self.group))
-        return quantize_int8(weight)
+            group = int4_group(weight.shape[1], self.group)
+            return by_rows(weight.shape[0], read, lambda rows: quantize_int4(rows, group))
+        return by_rows(weight.shape[0], read, quantize_int8)
 
     def _add_embedding(self, value: torch.Tensor | Blocks) -> None:
         # a float table is kept as int8 per row; a GGUF table in its own blocks (exact)
-        blocks = value if isinstance(value, Blocks) else quantize_int8(value)
+        blocks = value if isinstance(value, Blocks) else self._float_blocks(value, "int8")
         self.model.tok_embeddings = QuantEmbedding(blocks, dtype=self.dtype, device=self.device)
         if self.model.args.tie_word_embeddings:
             self.pending.discard(OUTPUT)

@@ -279,7 +279,7 @@ def test_half_linear_matches_float32_product_either_way(dtype, emulated, monkeyp
     monkeypatch.setattr(llama_model, "cpu_emulates", lambda d: emulated)
     monkeypatch.setattr(llama_model, "SCRATCH_ELEMENTS", 256 * 40)  # the weight converted in 3 blocks of rows
     torch.manual_seed(0)
-    linear = llama_model.Linear(256, 96).to(dtype)
+    linear = llama_model.Linear(256, 96).to(dtype).requires_grad_(False)  # a loaded model's weights
     for rows in (1, llama_model.UPCAST_MIN_ROWS, 3 * llama_model.UPCAST_MIN_ROWS):
         x = torch.randn(rows, 256).to(dtype)
         exact = x.double() @ linear.weight.double().T
@@ -291,3 +291,19 @@ def test_half_linear_matches_float32_product_either_way(dtype, emulated, monkeyp
     monkeypatch.setattr(llama_model.F, "linear", lambda x, w: calls.append(x.dtype) or x @ w.T)
     linear(torch.randn(1, 256).to(dtype)), linear(torch.randn(2, 32, 256).to(dtype))
     assert calls == [dtype] + ([torch.float32] * 3 if emulated else [dtype])  # 96 rows in blocks of 40
+
+
+def test_float32_products_work_in_every_autograd_mode(monkeypatch):
+    """The reused buffer is made outside inference mode (a forward under torch.inference_mode, then one
+    under no_grad, must both work), and a weight that requires grad still gets its gradient."""
+    from llama import model as llama_model
+    monkeypatch.setattr(llama_model, "cpu_emulates", lambda d: True)
+    monkeypatch.setattr(llama_model, "_scratch", llama_model.threading.local())
+    linear = llama_model.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(40, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        first = linear(x)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), first, rtol=0, atol=0)
+    linear(x).float().sum().backward()
+    assert linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0
