@@ -69,6 +69,8 @@ class QuantBuilder:
             self._set(name.removesuffix(".weight"), self._linear(value, head=name == OUTPUT))
         else:
             self._set_float(name, value)
+        from llama.loading.common import return_free_memory  # here: llama.loading imports this module
+        return_free_memory()
 
     def _linear(self, value: torch.Tensor | Blocks, head: bool = False) -> nn.Module:
         kind = "int8" if head else self.quant  # a packed head: 8 bits in both kinds, as llama.cpp's Q4 mixes

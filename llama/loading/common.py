@@ -102,6 +102,15 @@ def release_pages(tensor: torch.Tensor) -> None:
         _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
+def return_free_memory() -> None:
+    """Give the allocator's free heap memory back to the system (glibc's malloc_trim; nothing elsewhere).
+    Packing a model tensor by tensor frees many mid-sized temporaries that glibc otherwise keeps resident
+    (Llama 3 8B shape built as int4: peak RSS 6.20 GiB without, 5.78-5.88 GiB with a trim after each tensor)."""
+    trim = getattr(_libc(), "malloc_trim", None) if sys.platform.startswith("linux") else None
+    if trim is not None:
+        trim(0)
+
+
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
