@@ -177,12 +177,13 @@ def stage(name: str, done: Path | None, script: str, config: Any, *, timings: di
     """Run `script --config <its config as JSON>` unless `done` exists (then its name goes to `skipped`);
     its output streams to the terminal (and is returned if `capture`). A failing stage stops the pipeline
     with a one-line error."""
+    config_file = stages / f"{name.replace(' ', '-').replace('+', 'and')}.json"
     if done is not None and done.exists():
+        check_unchanged(name, done, config, config_file)
         log.info("== %s: already done (%s), skipped", name, done)
         skipped.append(name)
         return ""
     stages.mkdir(parents=True, exist_ok=True)
-    config_file = stages / f"{name.replace(' ', '-').replace('+', 'and')}.json"
     cli.save_config(config, config_file)
     argv = [script, "--config", str(config_file)]
     log.info("== %s: python %s", name, " ".join(argv))
@@ -208,6 +209,30 @@ def previous_timings(path: Path) -> dict[str, float]:
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return {}
     return {name: value for name, value in times.items() if name != "total" and isinstance(value, (int, float))}
+
+
+def check_unchanged(name: str, done: Path, config: Any, config_file: Path) -> None:
+    """A finished stage is reused only with the settings it was made with (its saved stage config): changed
+    flags or defaults stop the run in one line instead of silently reusing a result made otherwise."""
+    if not config_file.is_file():
+        return  # made before stage configs were kept: nothing to compare with
+    before = _flat(json.loads(config_file.read_text()))
+    now = _flat(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if changed:
+        shown = ", ".join(f"{key} {before.get(key)} -> {now.get(key)}" for key in changed[:3])
+        raise cli.UsageError(f"{name}: {done} was made with other settings ({shown}); pass --runs with a new "
+                             f"folder, or delete {done.parent} to redo it")
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def stage_times_line(timings: dict[str, float], skipped: list[str], earlier: dict[str, float]) -> str:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--sample-fraction", "0.004", "--expansion", "2", "--k", "16", "--epochs", "1", "--max-latents", "48",
         "--eval-sentences", "8", "--max-new-tokens", "4", "--candidates", "1", "--sweep-steps", "2"]
@@ -68,3 +70,25 @@ def test_stage_times_of_reruns_belong_together(tmp_path):
     assert "interpret skipped;" in stage_times_line({"total": 1.0}, ["interpret"], {})  # no time known
     (tmp_path / "bad.json").write_text("{")
     assert previous_timings(tmp_path / "bad.json") == {} and previous_timings(tmp_path / "none.json") == {}
+
+
+def test_a_finished_stage_is_reused_only_with_its_own_settings(tmp_path):
+    """The saved stage config is the record: the same settings reuse the result; a changed one (here the
+    SAE's k, nested in TrainConfig) stops the run in one line naming it, before anything is reused."""
+    import cli
+    import pipeline
+    from training.config import TrainConfig
+
+    done = tmp_path / "train" / "sae" / "config.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    config_file = tmp_path / "stages" / "train.json"
+    config_file.parent.mkdir()
+    made = TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8, k=64)
+    cli.save_config(made, config_file)
+    pipeline.check_unchanged("train", done, TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8, k=64),
+                             config_file)
+    with pytest.raises(cli.UsageError, match=r"train: .* other settings \(sae\.k 64 -> 32\)"):
+        pipeline.check_unchanged("train", done, TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8,
+                                                               k=32), config_file)
+    pipeline.check_unchanged("train", done, made, tmp_path / "stages" / "absent.json")  # nothing to compare
