@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 from atomic import write_text_atomic
+from settings import SettingError
 
 T = TypeVar("T")
 
@@ -247,7 +248,13 @@ def build(cls: type[T], values: dict[str, Any], base: Any = None) -> T:
                 changes[field.name] = build(kind, values, inner)
         elif field.name in values:
             changes[field.name] = values[field.name]
-    return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
+    try:
+        return dataclasses.replace(base, **changes) if base is not None else cls(**changes)
+    except SettingError as err:  # the field as the command line spells it
+        flag = next((leaf.flag for leaf in leaves(cls) if leaf.name == err.field), None)
+        if flag is None:
+            raise
+        raise UsageError(f"{flag} {err.value}: {err.problem}") from None
 
 
 def explicit_fields(namespace: argparse.Namespace) -> set[str]:
