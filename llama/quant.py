@@ -14,6 +14,7 @@ time and re-rounded (`exact` on the module says which happened).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -24,7 +25,6 @@ INT4_GROUPS = (32, 64, 128, 256)  # the group sizes the int4 kernels accept
 # where the packed kernels are built for few rows. Measured on a 576 x 1536 matrix (2-core AVX2 EPYC): the
 # kernels cost ~23 (int8) and ~27 (int4) us a row, unpacking 2-4 ms once plus ~12 us a row in float32.
 DEQUANTIZE_MIN_ROWS = {"int8": 128, "int4": 256}
-_CPU_INT4_BLOCK = 32  # rows per block in the CPU int4 kernel's packed layout
 _CHUNK_ROWS = 1024  # rows quantized at a time: bounds the float temporaries of a big matrix
 
 
@@ -128,6 +128,26 @@ def _pack_int4(q4: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def unpack_cpu_int4(packed: torch.Tensor, rows: int, block: int) -> torch.Tensor:
+    """The CPU int4 layout back to (rows, cols) codes 0..15: per block of `block` rows, for each column
+    block // 2 bytes, the block's first half of rows in the low nibbles and its second half in the high."""
+    blocks = packed.view(rows // block, -1, block // 2)  # (rows // block, cols, block // 2)
+    return torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(rows, -1)
+
+
+@functools.cache
+def cpu_int4_block_rows() -> int | None:
+    """Rows per block of the CPU int4 kernel's packed layout on this CPU (the kernel's block width follows
+    its instruction set: 32 with AVX2, 64 with AVX-512), found by packing a known matrix; None when
+    neither layout matches (unpacking then goes through the kernel)."""
+    codes = torch.randint(0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+    for block in (32, 64):
+        if packed.numel() * 2 == codes.numel() and torch.equal(unpack_cpu_int4(packed, 128, block).int(), codes):
+            return block
+    return None
+
+
 class QuantLinear(nn.Module):
     """y = x W^T with W kept as int8 (per-channel scales) or int4 (group-wise scales and zero points).
 
@@ -188,12 +208,11 @@ class QuantLinear(nn.Module):
         (plus zero points for int4), computed in float32 from the stored (kernel-dtype) scales."""
         if self.kind == "int8":
             return (self.packed.float() * self.scales.float()[:, None]).to(dtype)
-        if self.packed.is_cuda or self.out_features % _CPU_INT4_BLOCK:  # no cheap unpacking: the kernel times the identity
+        block = None if self.packed.is_cuda else cpu_int4_block_rows()
+        if block is None or self.out_features % block:  # no cheap unpacking: the kernel times the identity
             eye = torch.eye(self.in_features, dtype=self.dtype, device=self.packed.device)
             return self._kernel_int4(eye).T.to(dtype)
-        # CPU layout: per block of 32 rows, for each column 16 bytes, rows 0-15 in the low nibbles, 16-31 high
-        blocks = self.packed.view(self.out_features // _CPU_INT4_BLOCK, self.in_features, _CPU_INT4_BLOCK // 2)
-        q4 = torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(self.out_features, -1)
+        q4 = unpack_cpu_int4(self.packed, self.out_features, block)
         scales, zeros = self.scales_zeros.float().unbind(-1)  # (in_features // group, out_features) each
         per_column = (scales.T.repeat_interleave(self.group, dim=1), zeros.T.repeat_interleave(self.group, dim=1))
         return ((q4.float() - 8) * per_column[0] + per_column[1]).to(dtype)
