@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cli
 import paths
-from sae.formats import Converted, hooks
+from sae.formats import Converted, hook_names
 from sae.formats.registry import READERS, WRITERS, check_fits_model
 
 log = logging.getLogger("convert")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.UsageError(f"--to {args.target_format}: that format is read here, not written; "
                              f"write one of {', '.join(sorted(WRITERS))}")
     if args.hook:
-        hooks.parse_hook(args.hook)
+        hook_names.parse_hook(args.hook)
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:
         raise cli.UsageError(f"{args.dst}: already exists and is not empty; pass --overwrite to replace its files")
     if not args.src.exists():

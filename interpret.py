@@ -27,7 +27,7 @@ from tqdm import tqdm
 import cli
 import paths
 import runtime
-from data.prebatch import DEFAULTS, is_validation
+from data.shuffle import DEFAULTS, is_validation
 from latents.autointerp import explain_with_llm, latent_id
 from latents.collect import LatentStats, collect_stats
 from latents.evaluate import evaluate_sae, left_padded_batches

@@ -255,7 +255,7 @@ def world(tmp_path_factory, smol, sae_dir) -> Path:
     """A corpus, its capture and batches, and an SAE: the read-only inputs every case may use."""
     import capture
     import cli
-    from data.prebatch import PrebatchConfig, prebatch
+    from data.shuffle import PrebatchConfig, prebatch
 
     root = tmp_path_factory.mktemp("world")
     (root / "corpus.txt").write_text(CORPUS)

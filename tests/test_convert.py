@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from sae import SAEConfig, SparseAutoencoder
-from sae.formats import from_sae, hooks, llamascope, openai, saelens, sparsify, to_sae
+from sae.formats import from_sae, hook_names, llamascope, openai, saelens, sparsify, to_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 D_IN, D_SAE, K = 16, 64, 5
@@ -466,20 +466,20 @@ def test_pre_6_saelens_flat_config_is_read(tmp_path):
     ("blocks.5.hook_attn_out", "layers.5.self_attn"), ("hook_embed", "embed_tokens"),
     ("blocks.2.ln1.hook_normalized", "layers.2.input_layernorm"), ("ln_final.hook_normalized", "norm")])
 def test_sparsify_hookpoints_map_both_ways(ours, hf):
-    assert hooks.to_sparsify(ours) == hf
-    assert hooks.from_sparsify(hf) == ours
+    assert hook_names.to_sparsify(ours) == hf
+    assert hook_names.from_sparsify(hf) == ours
 
 
 def test_hook_names_across_tools():
-    assert hooks.from_sparsify("model.layers.7") == "blocks.7.hook_resid_post"
-    assert hooks.to_sparsify("blocks.8.hook_resid_pre") == "layers.7"  # block 8's input = block 7's output
-    assert hooks.from_openai("resid_post_attn", 3) == "blocks.3.hook_resid_mid"
-    assert hooks.from_openai("resid_delta_mlp", 3) == "blocks.3.hook_mlp_out"
-    assert hooks.to_openai("blocks.9.hook_resid_post") == ("resid_post_mlp", 9)
-    assert hooks.to_openai("blocks.4.mlp.hook_post") == ("mlp_post_act", 4)
-    assert hooks.openai_hook_from_path("x/resid_delta_attn/v5_32k/autoencoders/11.pt") == "blocks.11.hook_attn_out"
-    for bad in (lambda: hooks.to_sparsify("blocks.1.hook_resid_mid"), lambda: hooks.from_sparsify("lm_head"),
-                lambda: hooks.parse_hook("blocks.1.hook_q"), lambda: hooks.from_openai("attn_q", 1),
-                lambda: hooks.check_hook_for_model("blocks.30.hook_resid_post", 30)):
+    assert hook_names.from_sparsify("model.layers.7") == "blocks.7.hook_resid_post"
+    assert hook_names.to_sparsify("blocks.8.hook_resid_pre") == "layers.7"  # block 8's input = block 7's output
+    assert hook_names.from_openai("resid_post_attn", 3) == "blocks.3.hook_resid_mid"
+    assert hook_names.from_openai("resid_delta_mlp", 3) == "blocks.3.hook_mlp_out"
+    assert hook_names.to_openai("blocks.9.hook_resid_post") == ("resid_post_mlp", 9)
+    assert hook_names.to_openai("blocks.4.mlp.hook_post") == ("mlp_post_act", 4)
+    assert hook_names.openai_hook_from_path("x/resid_delta_attn/v5_32k/autoencoders/11.pt") == "blocks.11.hook_attn_out"
+    for bad in (lambda: hook_names.to_sparsify("blocks.1.hook_resid_mid"), lambda: hook_names.from_sparsify("lm_head"),
+                lambda: hook_names.parse_hook("blocks.1.hook_q"), lambda: hook_names.from_openai("attn_q", 1),
+                lambda: hook_names.check_hook_for_model("blocks.30.hook_resid_post", 30)):
         with pytest.raises(ValueError):
             bad()

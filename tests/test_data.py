@@ -21,7 +21,7 @@ import data.fileio
 from data.batches import BatchDataset
 from data.chunks import iter_chunks, plan_batches
 from data.manifest import CaptureBook
-from data.prebatch import PrebatchConfig, is_validation, prebatch
+from data.shuffle import PrebatchConfig, is_validation, prebatch
 from data.prepare import SentenceOptions, chat_prefix, context_prefix, iter_records, write_sentences
 from data.sentences import SentenceSplitter
 from data.shards import CapturedDataset, ShardData, ShardWriter, read_manifest
