@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cli
 import paths
+from llama.loading import open_checkpoint
 from sae.formats import Converted, hook_names
 from sae.formats.registry import READERS, WRITERS, check_fits_model
 
@@ -28,8 +29,6 @@ log = logging.getLogger("convert")
 def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
     """Refuse an SAE whose d_in or hook does not fit the model at `model` ("default", "none" or a
     path); returns the model's identity, or None when nothing was checked."""
-    from llama.loading import open_checkpoint
-
     if model == "none":
         return None
     try:

@@ -17,8 +17,8 @@ from tqdm import tqdm
 import cli
 import paths
 from data.fileio import disk_full_error
-from data.shuffle import PrebatchConfig, prebatch
 from data.shards import CapturedDataset
+from data.shuffle import PrebatchConfig, prebatch
 
 RERUN = "the capture is untouched and the unfinished batches were removed: rerun the same command"
 

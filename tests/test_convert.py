@@ -17,8 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import convert
+import paths
+from llama.loading import open_checkpoint
 from sae import SAEConfig, SparseAutoencoder
 from sae.formats import from_sae, hook_names, llamascope, openai, saelens, sparsify, to_sae
+from sae.io import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 D_IN, D_SAE, K = 16, 64, 5
@@ -403,7 +407,6 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def _default_model_or_skip():
-    import paths
     try:
         return paths.default_model_path()
     except FileNotFoundError as err:
@@ -412,8 +415,6 @@ def _default_model_or_skip():
 
 @pytest.mark.slow
 def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, smol, gguf_path):
-    import convert
-    from sae.io import load_config
     theirs = {"architecture": "topk", "d_in": 576, "d_sae": 64, "k": 4, "apply_b_dec_to_input": True,
               "normalize_activations": "none", "metadata": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct",
               "hook_name": "blocks.20.hook_resid_post", "sae_lens_version": "6.54.12"}}
@@ -426,7 +427,6 @@ def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, sm
               str(src / "sae_weights.safetensors"))
     assert convert.main(["--from", "saelens", "--to", "ours", "--model", str(gguf_path), str(src),
                          str(tmp_path / "ours")]) == 0
-    from llama.loading import open_checkpoint
     info = open_checkpoint(gguf_path)
     assert (info.args.dim, info.args.n_layers) == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
     assert info.source == smol.source
@@ -434,7 +434,6 @@ def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, sm
 
 
 def test_cli_refuses_an_sae_of_the_wrong_width_for_the_model(tmp_path):
-    import convert
     _default_model_or_skip()
     folder = _saelens_folder(tmp_path)  # d_in 16; the default model is 576 wide
     with pytest.raises(ValueError) as err:
