@@ -4,12 +4,17 @@ Write to a temporary name beside the target, flush it to disk, then `os.replace`
 (atomic on POSIX and Windows within one filesystem); on any failure the temporary file is removed.
 Every file gets the permissions a plain `open()` would give it (0644 under the usual umask), whatever
 created the temporary file (safetensors, for one, creates its files 0600).
+
+`disk_full(err)` recognises a full disk behind any error a write raised: the one test for it that
+every script uses.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -17,6 +22,29 @@ from typing import IO, Any, Iterator
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import, while no other thread creates files
 FILE_MODE = 0o666 & ~_UMASK
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over the quota, past the size limit
+# numpy's tofile and torch.save report a short write in words, without an errno
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|file write failed|No space left on device")
+
+
+def disk_full(err: BaseException | None) -> OSError | None:
+    """The OSError saying the disk is full (ENOSPC, EDQUOT or EFBIG) anywhere in `err`'s chain (what it
+    was raised from, and what it was raised while handling: torch.save's zip writer raises a RuntimeError
+    while handling the OSError), else None. A short write that the chain reports only in words (numpy,
+    torch) gives a new OSError(ENOSPC) with that message (and the file name, where it had one)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return e
+    worded = next((e for e in chain if _SHORT_WRITE.search(str(e))), None)
+    if worded is None:
+        return None
+    return OSError(errno.ENOSPC, str(worded).strip().splitlines()[0], getattr(worded, "filename", None))
 
 
 def temporary_name(path: str | Path) -> Path:

@@ -312,7 +312,7 @@ def run_capture(cfg: CaptureConfig, model, *, folders: dict[str, Path], book: Ca
 
 
 def run_prebatch(cfg: CaptureConfig, folders: dict[str, Path]) -> None:
-    from data.prebatch import PrebatchConfig, prebatch
+    from data.shuffle import PrebatchConfig, prebatch
 
     for hook, folder in folders.items():
         target = Path(cfg.batches_out) / hook

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
-from atomic import write_text_atomic
+from atomic import disk_full, write_text_atomic
 from settings import SettingError
 
 T = TypeVar("T")
@@ -333,7 +332,7 @@ def user_message(err: BaseException) -> str | None:
     raised while cleaning up, or as torch's and numpy's own messages)."""
     if isinstance(err, OSError) and err.errno and err.strerror and err.strerror != os.strerror(err.errno):
         return _os_message(err)  # a script's own message for a system error (it knows what was kept)
-    if any(_disk_full(e) for e in _chain(err, implicit=True)):
+    if disk_full(err) is not None:
         return _disk_full_message(list(_chain(err, implicit=True)))
     if isinstance(err, MemoryError) or _OUT_OF_MEMORY.search(str(err)):
         return (f"out of memory ({_first_line(err)[:160]}); ask for less (a smaller batch, fewer tokens) "
@@ -360,18 +359,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-# numpy's tofile / torch.save say so when a write came up short
-_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written|file write failed|No space left on device")
-
-
 # torch's words for a failed allocation, on the CPU and on a GPU
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|CUDA out of memory|MPS backend out of memory")
-
-
-def _disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    return bool(_SHORT_WRITE.search(str(err)))
 
 
 def _disk_full_message(chain: list[BaseException]) -> str:

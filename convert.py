@@ -19,7 +19,8 @@ from pathlib import Path
 
 import cli
 import paths
-from sae.formats import Converted, hooks
+from llama.loading import open_checkpoint
+from sae.formats import Converted, hook_names
 from sae.formats.registry import READERS, WRITERS, check_fits_model
 
 log = logging.getLogger("convert")
@@ -28,8 +29,6 @@ log = logging.getLogger("convert")
 def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
     """Refuse an SAE whose d_in or hook does not fit the model at `model` ("default", "none" or a
     path); returns the model's identity, or None when nothing was checked."""
-    from llama.loading import open_checkpoint
-
     if model == "none":
         return None
     try:
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.UsageError(f"--to {args.target_format}: that format is read here, not written; "
                              f"write one of {', '.join(sorted(WRITERS))}")
     if args.hook:
-        hooks.parse_hook(args.hook)
+        hook_names.parse_hook(args.hook)
     if args.dst.exists() and any(args.dst.iterdir()) and not args.overwrite:
         raise cli.UsageError(f"{args.dst}: already exists and is not empty; pass --overwrite to replace its files")
     if not args.src.exists():

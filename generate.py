@@ -26,7 +26,7 @@ from pathlib import Path
 import cli
 import paths
 import runtime
-from latents.explanations import read_explanations
+from latents.report import read_explanations
 from latents.text import pieces, token_bytes_of
 from llama.tokenizers.chat import encode_prompt
 

@@ -27,20 +27,18 @@ from tqdm import tqdm
 import cli
 import paths
 import runtime
-from data.prebatch import DEFAULTS, is_validation
-from latents.autointerp import explain_with_llm, latent_id
+from data.shuffle import DEFAULTS, is_validation
 from latents.collect import LatentStats, collect_stats
 from latents.evaluate import evaluate_sae, left_padded_batches
 from latents.evidence import build_evidence
-from latents.explain import BaseRates, explain_offline
-from latents.explanation_score import explanation_scores, predicted_tokens
+from latents.explain import BaseRates, explain_offline, explain_with_llm
 from latents.heldout import collect_heldout
-from latents.llm import LLMConfig, make_client
+from latents.llm import LLMConfig, latent_id, make_client
 from latents.logit_lens import logit_lens, model_head, sae_directions
 from latents.pages import write_site
 from latents.probes import probe_report
 from latents.report import assemble, summaries, write_json, write_records
-from latents.scoring import score_detection
+from latents.scoring import explanation_scores, predicted_tokens, score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from latents.text import token_bytes_of

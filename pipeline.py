@@ -32,6 +32,7 @@ from atomic import write_text_atomic
 from capture import CaptureConfig
 from generate import GenerateConfig
 from interpret import InterpretConfig
+from latents.sweep import choose
 from latents.text import shorten
 from sae.config import SAEConfig
 from training.config import TrainConfig
@@ -144,8 +145,6 @@ def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: Gener
                   run: Callable[..., str], candidates: list[dict]) -> dict:
     """Sweep each candidate latent (generate.py --sweep), choose the latent and value that moved the
     judge toward --label on the most prompts within the fluency bound, and show it on --prompt."""
-    from latents.sweep import choose
-
     sweeps = []
     for row in candidates:
         top = round(cfg.steer_scale * row["max"], 2)

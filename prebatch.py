@@ -3,7 +3,7 @@
     python prebatch.py                                       # runs/capture/<default hook> -> runs/batches/<hook>/
     python prebatch.py --capture runs/capture/blocks.20.hook_resid_post --workers 2
 
-What it does, and the folder it writes, are described in `data.prebatch` and `data.batches`.
+What it does, and the folder it writes, are described in `data.shuffle` and `data.batches`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tqdm import tqdm
 import cli
 import paths
 from data.fileio import disk_full_error
-from data.prebatch import PrebatchConfig, prebatch
 from data.shards import CapturedDataset
+from data.shuffle import PrebatchConfig, prebatch
 
 RERUN = "the capture is untouched and the unfinished batches were removed: rerun the same command"
 

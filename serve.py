@@ -110,7 +110,7 @@ class SteeringSession:
 
     `complete` and `sweep` may be called from many threads: requests are checked in parallel,
     generations run one at a time under the session's lock. `facts`: latent -> {"max", "labels", "page"}
-    (latents.explanations.read_latent_facts); `pages`: interpret.py's folder whose index.html and
+    (latents.report.read_latent_facts); `pages`: interpret.py's folder whose index.html and
     pages/ are served; `judge`: a function returning the sweep's judge, called once, at the first sweep."""
 
     def __init__(self, loaded, sae, explanations: dict[int, str], default_mode: str = "direction", *,
@@ -506,7 +506,7 @@ class Checked(NamedTuple):
 
 def check_flags(cfg: ServeConfig) -> Checked:
     """Everything that can be checked before the model is loaded: SAE folder, explanations, device, corpus."""
-    from latents.explanations import read_explanations
+    from latents.report import read_explanations
     from sae.steering import MODES
 
     if cfg.mode not in MODES:
@@ -532,7 +532,7 @@ def check_flags(cfg: ServeConfig) -> Checked:
 
 
 def load_session(cfg: ServeConfig) -> SteeringSession:
-    from latents.explanations import read_latent_facts
+    from latents.report import read_latent_facts
     from latents.judge import cached_judge
 
     checked = check_flags(cfg)

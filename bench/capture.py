@@ -10,7 +10,7 @@ Sides, each in its own subprocess (so peak RSS is the side's own), on the same s
 - plain: what the reference papers do: transformers' LlamaForCausalLM from the same GGUF, a forward hook
   on the layer, batches of 32 sentences in corpus order (right padding), full forward, and
   `torch.save` of each batch's hidden states;
-- prebatching: `data.prebatch` on our capture (windows of 2 shards), in MB/s of activations read;
+- prebatching: `data.shuffle` on our capture (windows of 2 shards), in MB/s of activations read;
 - memory: peak RSS of capture and of prebatching for the slice and for the slice repeated 4 times;
 - model dtype: ours with the model in bfloat16 against float32 (float32 storage both), alternating
   `--repeats` times, capture tokens/s (end to end: the sentences are prepared in both).
@@ -101,7 +101,7 @@ def run_plain(sentences: Path, out: Path, batch_size: int = 32) -> dict:
 
 
 def run_prebatch(capture_folder: Path, out: Path) -> dict:
-    from data.prebatch import PrebatchConfig, prebatch
+    from data.shuffle import PrebatchConfig, prebatch
 
     nbytes = sum(p.stat().st_size for p in capture_folder.glob("acts-*.bin"))
     start = time.perf_counter()

@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the synthetic capture writer is a test helper
 
 from latents.collect import collect_stats  # noqa: E402
 from latents.source import CapturedData  # noqa: E402
 from latents.stats import StatsConfig, sae_encoder  # noqa: E402
-from latents.synthetic import random_corpus, write_captured  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
+from synthetic_capture import random_corpus, write_captured  # noqa: E402
 
 
 def make_dataset(folder: Path, rows: int, d_model: int, repeat: int, seed: int = 0) -> int:

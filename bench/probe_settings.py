@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import paths  # noqa: E402
-from data.prebatch import DEFAULTS, is_validation  # noqa: E402
+from data.shuffle import DEFAULTS, is_validation  # noqa: E402
 from latents.heldout import SentenceFeatures, collect_heldout  # noqa: E402
 from latents.probes import auroc, probe_report, split_documents  # noqa: E402
 from latents.source import CapturedData  # noqa: E402

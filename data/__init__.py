@@ -7,7 +7,7 @@ Reading order:
 - `data.chunks`: fixed chunks of records, length-sorted padded batches, running a chunk through the model.
 - `data.shards`: the captured-activation format: background writer and `CapturedDataset` reader.
 - `data.manifest`: committed shards across hook folders and ranks (resuming).
-- `data.prebatch` + `data.stats`: shuffled fixed-size batches and Welford statistics in one pass
+- `data.shuffle` + `data.running_stats`: shuffled fixed-size batches and Welford statistics in one pass
   (its command line is the top-level `prebatch.py`).
 - `data.batches`: the prebatched format and its reader, `BatchDataset`.
 - `data.fileio`: JSON reads, raw appends, sampled checksums, one-line folder and disk-full errors

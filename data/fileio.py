@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from atomic import disk_full
+
 # A sampled checksum reads SAMPLE_BLOCKS blocks of SAMPLE_BYTES spread over a file (the whole file when
 # it is smaller): about 2 MiB per file, so verifying a capture of many GB takes seconds, and it still
 # catches a truncated, zero-filled or overwritten file wherever the damage covers a sampled block.
@@ -108,9 +110,9 @@ class DiskFull(OSError):
 
 
 def disk_full_error(err: OSError, folder: Path, flag: str, after: str) -> OSError:
-    """One line for a full disk: where, and what a rerun does (`after`). Other errors, and a full disk
-    explained already, pass through."""
-    if err.errno != errno.ENOSPC or isinstance(err, DiskFull):
+    """One line for a full disk (as `atomic.disk_full` recognises it): where, and what a rerun does
+    (`after`). Other errors, and a full disk explained already, pass through."""
+    if isinstance(err, DiskFull) or disk_full(err) is None:
         return err
     return DiskFull(errno.ENOSPC, f"the disk is full while writing into {flag} {folder}; {after}")
 

@@ -1,7 +1,8 @@
-"""Offline, deterministic explanations of latents from their evidence (no model, no network).
+"""Explanations of latents from their evidence: offline (deterministic, no model, no network) and by an
+LLM (its prompt and the parser of its answer).
 
-For the top token-level contexts of a latent: the activating tokens, the n-grams around them (the
-bigram ending on it, the bigram starting on it, the trigram ending on it) and the words of the
+Offline, for the top token-level contexts of a latent: the activating tokens, the n-grams around them
+(the bigram ending on it, the bigram starting on it, the trigram ending on it) and the words of the
 surrounding context, each scored against its base rate in the whole captured corpus:
 
     lift = (share among top contexts) / (share in the corpus),   score = count * log(lift)
@@ -10,6 +11,9 @@ Unigram base rates are exact counts; n-gram base rates come from hashed counts (
 raise a base rate, so lifts are conservative). The label most associated with the latent (largest
 |AUROC - 0.5|) is added when it is clear. `certainty` measures how concentrated the evidence is: the
 share of top contexts that the best pattern covers, shrunk when there are few contexts.
+
+By an LLM, the prompt is a structured chain of thought (key words and phrases, themes, what is common,
+certainty) that ends in JSON {"common_semantic": str, "certainty": float}, as in the reference design.
 """
 
 from __future__ import annotations
@@ -17,15 +21,33 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from latents.collect import LatentStats
+from latents.llm import Report, last_json_object, latent_id, run_requests
 from latents.stats import ngram_hash
 from latents.text import TokenBytes, span_text
 
 MIN_CONTEXTS = 10        # below this many contexts the certainty is scaled down proportionally
 LABEL_STRENGTH = 0.3     # 2 * |AUROC - 0.5| from which a label is named in the explanation
+
+EXPLAIN_TEMPLATE = """You are analysing one latent (feature) of a sparse autoencoder trained on the internal \
+activations of a language model. Below are the text excerpts on which it activates most strongly. In each \
+excerpt the token where it is most active is marked like <<this>>; the number before the excerpt is its \
+activation.
+
+{examples}
+{extra}
+Work through these steps, writing your reasoning:
+1. Key words and phrases: which tokens or phrases recur at or around the marked positions?
+2. Themes: group the excerpts by topic, grammar, sentiment or style.
+3. Common semantic: what single description covers the most excerpts? Be specific.
+4. Certainty: what fraction of the excerpts does the description fit, and how clearly?
+
+End your answer with exactly one JSON object on its own line, and nothing after it:
+{{"common_semantic": "<one sentence>", "certainty": <number from 0 to 1>}}"""
 
 
 @dataclass
@@ -127,3 +149,46 @@ def explain_offline(evidence: dict, rates: BaseRates, token_bytes: TokenBytes) -
             "predicts": [t["ids"][0] for t in named],  # the tokens it names: what it predicts the latent fires on
             "evidence": {"tokens": tokens, "ngrams": ngrams, "context_words": words, "label": label,
                          "n_contexts": len(contexts)}}
+
+
+def marked_context(context: dict) -> str:
+    """A context's tokens joined, the most active one marked <<like this>>."""
+    tokens = list(context["tokens"])
+    c = context["center"]
+    tokens[c] = f"<<{tokens[c]}>>"
+    return "".join(tokens).replace("\n", " ").strip()
+
+
+def explain_prompt(evidence: dict, *, max_examples: int = 40) -> str:
+    """The explanation prompt for one latent's evidence (top contexts; label association if any)."""
+    lines = [f"{i + 1}. ({ctx['activation']:.3g}) {marked_context(ctx)}"
+             for i, ctx in enumerate(evidence["contexts"][:max_examples])]
+    extra = ""
+    strong = [lab for lab in evidence.get("labels", []) if lab.get("auroc") is not None
+              and abs(lab["auroc"] - 0.5) >= 0.15]
+    if strong:
+        extra = "\nLabel association of the sentences (AUROC, 0.5 = none): " + ", ".join(
+            f"{lab['label']}: {lab['auroc']:.2f}" for lab in strong) + "\n"
+    return EXPLAIN_TEMPLATE.format(examples="\n".join(lines), extra=extra)
+
+
+def parse_explanation(text: str) -> dict:
+    """{"common_semantic": str, "certainty": float in [0, 1]}; ValueError saying what is wrong."""
+    found = last_json_object(text or "", ("common_semantic", "certainty"))
+    if found is None:
+        raise ValueError("no JSON object with common_semantic and certainty in the answer")
+    semantic, certainty = found["common_semantic"], found["certainty"]
+    if not isinstance(semantic, str) or not semantic.strip():
+        raise ValueError("common_semantic is not a non-empty string")
+    if isinstance(certainty, bool) or not isinstance(certainty, (int, float)) or not 0 <= certainty <= 1:
+        raise ValueError(f"certainty {certainty!r} is not a number from 0 to 1")
+    return {"common_semantic": semantic.strip(), "certainty": float(certainty)}
+
+
+def explain_with_llm(client, evidence: dict[int, dict], folder: Path, *, attempts: int = 2,
+                     max_examples: int = 40) -> Report:
+    """LLM explanations {"common_semantic", "certainty"} of the latents in `evidence` (with contexts),
+    resumable (`latents.llm.run_requests`), keyed by latent_id(latent)."""
+    prompts = {latent_id(j): explain_prompt(ev, max_examples=max_examples)
+               for j, ev in evidence.items() if ev["contexts"]}
+    return run_requests(client, prompts, lambda cid, text: parse_explanation(text), folder, attempts=attempts)

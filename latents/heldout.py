@@ -3,7 +3,7 @@
 Per sentence (every document): the raw activation averaged over the sentence and at its last token,
 and the SAE latents averaged over the sentence (sparse), for the probes (latents/probes.py). Per token
 (only the documents `keep_tokens` picks, e.g. those the SAE's training held out): the token id and the
-active latents, for scoring explanations (latents/explanation_score.py).
+active latents, for scoring explanations (latents/scoring.py).
 """
 
 from __future__ import annotations

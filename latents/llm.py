@@ -1,4 +1,4 @@
-"""Clients for language-model APIs, using only the standard library (urllib).
+"""Language-model APIs, using only the standard library (urllib): clients, and resumable requests.
 
 - `OpenAIChatClient`: any OpenAI-compatible chat-completions endpoint (`{base_url}/chat/completions`):
   llama.cpp's server, vLLM, Ollama (`http://127.0.0.1:11434/v1`) and hosted services.
@@ -8,6 +8,11 @@
 
 Both take `{custom_id: prompt}` and return `{custom_id: Reply}`; one failed request never stops the
 others. API keys come from environment variables only and never appear in errors or logs.
+
+`run_requests` sends many prompts through a client resumably: each request has an id and a JSON file
+`<folder>/<id>.json`: {"ok": true, "result": ..., "response": raw text} once it has succeeded, or
+{"ok": false, "error": ..., "response": ...} after its attempts failed. A rerun skips the ids already
+ok (nothing is paid twice) and retries the failed ones.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import os
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from atomic import write_text_atomic
 
@@ -186,3 +191,80 @@ def make_client(cfg: LLMConfig, journal: Path | None = None):
     if cfg.provider == "anthropic":
         return AnthropicBatchClient(cfg, journal)
     raise ValueError(f"--llm-provider {cfg.provider!r}: expected openai or anthropic")
+
+
+@dataclass
+class Report:
+    """What a run did: results (new and earlier), ids skipped as done, failures with their reason."""
+    results: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def _write(path: Path, record: dict) -> None:
+    write_text_atomic(path, json.dumps(record, indent=1, ensure_ascii=False))
+
+
+def _done(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("ok") else None
+
+
+def run_requests(client, prompts: dict[str, str], parse: Callable[[str, str], Any], folder: Path, *,
+                 attempts: int = 2) -> Report:
+    """Send `prompts` ({id: prompt}) through `client.complete_many` (all at once: one batch where the
+    API batches), parse each answer with `parse(id, text)` (ValueError = malformed), and resend the
+    malformed or failed ones, up to `attempts` sends in all."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    todo = {}
+    for cid, prompt in prompts.items():
+        earlier = _done(folder / f"{cid}.json")
+        if earlier is not None:
+            report.results[cid] = earlier["result"]
+            report.skipped.append(cid)
+        else:
+            todo[cid] = prompt
+    for _ in range(attempts):
+        if not todo:
+            break
+        replies, retry = client.complete_many(todo), {}
+        for cid, reply in replies.items():
+            try:
+                if reply.text is None:
+                    raise ValueError(reply.error or "no answer")
+                result = parse(cid, reply.text)
+            except ValueError as err:
+                report.failures[cid] = str(err)
+                _write(folder / f"{cid}.json", {"ok": False, "error": str(err), "response": reply.text})
+                retry[cid] = todo[cid]
+                continue
+            report.failures.pop(cid, None)
+            report.results[cid] = result
+            _write(folder / f"{cid}.json", {"ok": True, "result": result, "response": reply.text})
+        todo = retry
+    return report
+
+
+def latent_id(latent: int) -> str:
+    """Request id of a latent (letters, digits, '-' only: valid as an Anthropic custom_id)."""
+    return f"latent-{latent}"
+
+
+def last_json_object(text: str, required: tuple[str, ...]) -> dict | None:
+    """The last JSON object in `text` holding all `required` keys (None if there is none)."""
+    decoder = json.JSONDecoder()
+    start = text.rfind("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+            if isinstance(value, dict) and all(key in value for key in required):
+                return value
+        except json.JSONDecodeError:
+            pass
+        start = text.rfind("{", 0, start)
+    return None

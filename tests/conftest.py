@@ -18,16 +18,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root: paths, cli, llama...
 
+import paths  # noqa: E402
+from llama import load_model  # noqa: E402
+from sae.config import SAEConfig  # noqa: E402
+from sae.io import save_sae  # noqa: E402
+from sae.model import SparseAutoencoder  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
-    import paths
     return paths.default_model_path()
 
 
 @pytest.fixture(scope="session")
 def smol(gguf_path):
-    from llama import load_model
     loaded = load_model(gguf_path, device="cpu", dtype=torch.float32)
     loaded.model.requires_grad_(False)
     return loaded
@@ -44,10 +48,6 @@ def hf_smol(gguf_path):
 @pytest.fixture(scope="session")
 def sae(smol):
     """A randomly initialised SAE at the default hook, its normalisation fitted to real activations."""
-    import paths
-    from sae.config import SAEConfig
-    from sae.model import SparseAutoencoder
-
     torch.manual_seed(0)
     cfg = SAEConfig(d_in=smol.args.dim, d_sae=512, k=8, hook_name=paths.DEFAULT_HOOK, model=smol.source)
     sae = SparseAutoencoder(cfg)
@@ -60,5 +60,4 @@ def sae(smol):
 
 @pytest.fixture(scope="session")
 def sae_dir(sae, tmp_path_factory):
-    from sae.io import save_sae
     return save_sae(sae, tmp_path_factory.mktemp("sae") / "sae")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ("torch", "numpy", "cli", "paths", "runtime", "capture", "train", "interpret", "generate", "serve",
-           "pipeline", "prebatch", "convert", "llama", "sae.io", "latents.explanations")
+           "pipeline", "prebatch", "convert", "llama", "sae.io", "latents.report")
 
 
 def run_case(argv: list[str]) -> int:

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+import capture
+import cli
+from data.shuffle import PrebatchConfig, prebatch
+
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.20.hook_resid_post"
 TMPFS_SIZE = "96k"  # sentences.jsonl fits, the first shard or checkpoint does not
@@ -253,10 +257,6 @@ def can_mount_tmpfs(probe: Path) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, smol, sae_dir) -> Path:
     """A corpus, its capture and batches, and an SAE: the read-only inputs every case may use."""
-    import capture
-    import cli
-    from data.prebatch import PrebatchConfig, prebatch
-
     root = tmp_path_factory.mktemp("world")
     (root / "corpus.txt").write_text(CORPUS)
     cfg, _ = cli.parse_config(capture.CaptureConfig, "", ["--data", str(root / "corpus.txt"), "--out",

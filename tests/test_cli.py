@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cli
+from atomic import disk_full, open_atomic
 
 
 @dataclass
@@ -134,6 +135,20 @@ def test_disk_full_in_other_words_and_chained(capsys, make):
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: the disk is full") and "Traceback" not in err
 
 
+def test_disk_full_is_found_anywhere_in_the_chain():
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded", "f.bin")
+    try:
+        try:
+            raise quota
+        except OSError:
+            raise RuntimeError("unexpected pos 64 vs 0")  # torch's zip writer, while cleaning up
+    except RuntimeError as err:
+        assert disk_full(err) is quota
+    worded = disk_full(RuntimeError("failed writing file data/0: file write failed"))
+    assert worded.errno == errno.ENOSPC and "file write failed" in worded.strerror and worded.filename is None
+    assert disk_full(PermissionError(errno.EACCES, "Permission denied")) is None and disk_full(None) is None
+
+
 def test_os_errors_name_the_flag_and_what_to_do(tmp_path, capsys):
     cli.parse_config(Outer, "test", ["--out", str(tmp_path / "run")])
     path = str(tmp_path / "run")
@@ -166,8 +181,6 @@ def test_interrupted_says_a_rerun_resumes(capsys):
 
 
 def test_disk_full_inside_the_atomic_writer_names_the_target(tmp_path, capsys):
-    from atomic import open_atomic
-
     target = tmp_path / "acts-00001.bin"
 
     def main():

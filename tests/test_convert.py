@@ -17,8 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import convert
+import paths
+from llama.loading import open_checkpoint
 from sae import SAEConfig, SparseAutoencoder
-from sae.formats import from_sae, hooks, llamascope, openai, saelens, sparsify, to_sae
+from sae.formats import from_sae, hook_names, llamascope, openai, saelens, sparsify, to_sae
+from sae.io import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 D_IN, D_SAE, K = 16, 64, 5
@@ -403,7 +407,6 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def _default_model_or_skip():
-    import paths
     try:
         return paths.default_model_path()
     except FileNotFoundError as err:
@@ -412,8 +415,6 @@ def _default_model_or_skip():
 
 @pytest.mark.slow
 def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, smol, gguf_path):
-    import convert
-    from sae.io import load_config
     theirs = {"architecture": "topk", "d_in": 576, "d_sae": 64, "k": 4, "apply_b_dec_to_input": True,
               "normalize_activations": "none", "metadata": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct",
               "hook_name": "blocks.20.hook_resid_post", "sae_lens_version": "6.54.12"}}
@@ -426,7 +427,6 @@ def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, sm
               str(src / "sae_weights.safetensors"))
     assert convert.main(["--from", "saelens", "--to", "ours", "--model", str(gguf_path), str(src),
                          str(tmp_path / "ours")]) == 0
-    from llama.loading import open_checkpoint
     info = open_checkpoint(gguf_path)
     assert (info.args.dim, info.args.n_layers) == (576, 30)  # SmolLM2-135M: dim 576, 30 layers
     assert info.source == smol.source
@@ -434,7 +434,6 @@ def test_sae_written_for_a_model_records_the_identity_it_loads_with(tmp_path, sm
 
 
 def test_cli_refuses_an_sae_of_the_wrong_width_for_the_model(tmp_path):
-    import convert
     _default_model_or_skip()
     folder = _saelens_folder(tmp_path)  # d_in 16; the default model is 576 wide
     with pytest.raises(ValueError) as err:
@@ -466,20 +465,20 @@ def test_pre_6_saelens_flat_config_is_read(tmp_path):
     ("blocks.5.hook_attn_out", "layers.5.self_attn"), ("hook_embed", "embed_tokens"),
     ("blocks.2.ln1.hook_normalized", "layers.2.input_layernorm"), ("ln_final.hook_normalized", "norm")])
 def test_sparsify_hookpoints_map_both_ways(ours, hf):
-    assert hooks.to_sparsify(ours) == hf
-    assert hooks.from_sparsify(hf) == ours
+    assert hook_names.to_sparsify(ours) == hf
+    assert hook_names.from_sparsify(hf) == ours
 
 
 def test_hook_names_across_tools():
-    assert hooks.from_sparsify("model.layers.7") == "blocks.7.hook_resid_post"
-    assert hooks.to_sparsify("blocks.8.hook_resid_pre") == "layers.7"  # block 8's input = block 7's output
-    assert hooks.from_openai("resid_post_attn", 3) == "blocks.3.hook_resid_mid"
-    assert hooks.from_openai("resid_delta_mlp", 3) == "blocks.3.hook_mlp_out"
-    assert hooks.to_openai("blocks.9.hook_resid_post") == ("resid_post_mlp", 9)
-    assert hooks.to_openai("blocks.4.mlp.hook_post") == ("mlp_post_act", 4)
-    assert hooks.openai_hook_from_path("x/resid_delta_attn/v5_32k/autoencoders/11.pt") == "blocks.11.hook_attn_out"
-    for bad in (lambda: hooks.to_sparsify("blocks.1.hook_resid_mid"), lambda: hooks.from_sparsify("lm_head"),
-                lambda: hooks.parse_hook("blocks.1.hook_q"), lambda: hooks.from_openai("attn_q", 1),
-                lambda: hooks.check_hook_for_model("blocks.30.hook_resid_post", 30)):
+    assert hook_names.from_sparsify("model.layers.7") == "blocks.7.hook_resid_post"
+    assert hook_names.to_sparsify("blocks.8.hook_resid_pre") == "layers.7"  # block 8's input = block 7's output
+    assert hook_names.from_openai("resid_post_attn", 3) == "blocks.3.hook_resid_mid"
+    assert hook_names.from_openai("resid_delta_mlp", 3) == "blocks.3.hook_mlp_out"
+    assert hook_names.to_openai("blocks.9.hook_resid_post") == ("resid_post_mlp", 9)
+    assert hook_names.to_openai("blocks.4.mlp.hook_post") == ("mlp_post_act", 4)
+    assert hook_names.openai_hook_from_path("x/resid_delta_attn/v5_32k/autoencoders/11.pt") == "blocks.11.hook_attn_out"
+    for bad in (lambda: hook_names.to_sparsify("blocks.1.hook_resid_mid"), lambda: hook_names.from_sparsify("lm_head"),
+                lambda: hook_names.parse_hook("blocks.1.hook_q"), lambda: hook_names.from_openai("attn_q", 1),
+                lambda: hook_names.check_hook_for_model("blocks.30.hook_resid_post", 30)):
         with pytest.raises(ValueError):
             bad()

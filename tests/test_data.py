@@ -17,15 +17,17 @@ import pytest
 import torch
 
 import atomic
+import cli
 import data.fileio
 from data.batches import BatchDataset
 from data.chunks import iter_chunks, plan_batches
 from data.manifest import CaptureBook
-from data.prebatch import PrebatchConfig, is_validation, prebatch
 from data.prepare import SentenceOptions, chat_prefix, context_prefix, iter_records, write_sentences
 from data.sentences import SentenceSplitter
 from data.shards import CapturedDataset, ShardData, ShardWriter, read_manifest
+from data.shuffle import PrebatchConfig, is_validation, prebatch
 from data.text import TextSource, corpus_identity, corpus_files, iter_documents
+import prebatch as prebatch_script
 
 
 # ---------------------------------------------------------------- corpus readers
@@ -349,8 +351,6 @@ def test_every_written_file_has_the_usual_permissions(tmp_path):
 
 
 def test_prebatch_on_a_full_disk_cleans_up_and_says_so(tmp_path, monkeypatch, capsys):
-    import prebatch as prebatch_script
-    import cli
 
     make_capture(tmp_path / "capture", [50, 30], d=4)
     before = {p.name: p.read_bytes() for p in (tmp_path / "capture").iterdir()}
@@ -379,8 +379,6 @@ def test_prebatch_on_a_full_disk_cleans_up_and_says_so(tmp_path, monkeypatch, ca
 
 @pytest.mark.parametrize("case", ["out-file", "capture-file", "is-dir", "same", "missing", "val-fraction"])
 def test_prebatch_command_errors_are_one_line(tmp_path, case, monkeypatch, capsys):
-    import prebatch as prebatch_script
-    import cli
 
     make_capture(tmp_path / "capture", [10], d=4)
     blocker = tmp_path / "file"

@@ -19,13 +19,13 @@ import torch
 
 import cli
 import interpret
-from data.prebatch import is_validation
+from data.shuffle import is_validation
 import llama
-from latents.synthetic import write_captured
 from llama.loading import LoadedModel
 from llama.model import ModelArgs, Transformer
 from sae import SAEConfig, SparseAutoencoder
 from sae.io import save_sae
+from synthetic_capture import write_captured
 from test_latents_llm import FakeAPI
 
 ROOT = Path(__file__).resolve().parent.parent

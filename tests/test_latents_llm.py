@@ -9,10 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from latents.autointerp import explain_with_llm
+from latents.explain import explain_with_llm, parse_explanation
 from latents.llm import AnthropicBatchClient, LLMConfig, OpenAIChatClient, parse_batch_line
-from latents.prompts import parse_detection, parse_explanation
-from latents.scoring import balanced_accuracy, score_detection
+from latents.scoring import balanced_accuracy, parse_detection, score_detection
 
 KEY = "sk-test-secret-123"
 GOOD = 'Step 1: ... Step 4: all fit.\n{"common_semantic": "the word %s", "certainty": 0.9}'

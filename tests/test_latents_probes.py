@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from latents.explanation_score import explanation_scores
 from latents.heldout import SentenceFeatures, TokenActivations
 from latents.probes import L2, auroc, fit_logistic, latent_columns, probe_report, split_documents
+from latents.scoring import explanation_scores
 
 
 def brute_auroc(scores, positive) -> float:

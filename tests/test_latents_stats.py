@@ -10,7 +10,7 @@ from latents.collect import collect_stats
 from latents.histogram import LogBins, auroc_from_histograms
 from latents.source import CapturedData
 from latents.stats import StatsConfig, dense_encoder
-from latents.synthetic import random_corpus, write_captured
+from synthetic_capture import random_corpus, write_captured
 
 D_MODEL, D_SAE, K, TOP_N, CONTEXT = 16, 40, 4, 5, 3
 

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import cli
+import pipeline
+from pipeline import previous_timings, stage_times_line
+from training.config import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--sample-fraction", "0.004", "--expansion", "2", "--k", "16", "--epochs", "1", "--max-latents", "48",
         "--eval-sentences", "8", "--max-new-tokens", "4", "--candidates", "1", "--sweep-steps", "2"]
@@ -51,8 +56,6 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 
 
 def test_stage_times_of_reruns_belong_together(tmp_path):
-    from pipeline import previous_timings, stage_times_line
-
     path = tmp_path / "pipeline.json"
     first = {"seconds": {"capture + prebatch": 285.0, "train": 151.0, "sweep 7": 30.0, "total": 466.0}}
     path.write_text(json.dumps(first))
@@ -75,10 +78,6 @@ def test_stage_times_of_reruns_belong_together(tmp_path):
 def test_a_finished_stage_is_reused_only_with_its_own_settings(tmp_path):
     """The saved stage config is the record: the same settings reuse the result; a changed one (here the
     SAE's k, nested in TrainConfig) stops the run in one line naming it, before anything is reused."""
-    import cli
-    import pipeline
-    from training.config import TrainConfig
-
     done = tmp_path / "train" / "sae" / "config.json"
     done.parent.mkdir(parents=True)
     done.write_text("{}")

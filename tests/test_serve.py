@@ -284,7 +284,7 @@ def planted_server(tmp_path_factory):
     (folder / "latents" / f"{LATENT}.json").write_text(json.dumps(
         {"latent": LATENT, "max": 2.5, "labels": [{"label": "negative", "auroc": 0.7, "mean_diff": 0.1}]}))
     built = []
-    from latents.explanations import read_latent_facts
+    from latents.report import read_latent_facts
     session = SteeringSession(loaded, sae, {LATENT: "awful", 1: "other"}, judge=lambda: built.append(1) or judge,
                               facts=read_latent_facts(folder, [LATENT, 1]), pages=folder)
     httpd, url = start(session)

@@ -26,7 +26,7 @@ import torch
 
 from sae.config import SAEConfig
 from sae.formats import Converted, Source, decoder_row_norm_note, make_state, read_tensors
-from sae.formats.hooks import openai_hook_from_path
+from sae.formats.hook_names import openai_hook_from_path
 
 LAYER_NORM_EPS = 1e-5
 _TENSORS = ("pre_bias", "encoder.weight", "latent_bias", "decoder.weight", "decoder.linear.weight")

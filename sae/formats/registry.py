@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from sae.formats import Converted, from_sae, hooks, llamascope, openai, saelens, sparsify, to_sae
+from sae.formats import Converted, from_sae, hook_names, llamascope, openai, saelens, sparsify, to_sae
 from sae.io import load_sae, save_sae
 
 
@@ -43,4 +43,4 @@ def check_fits_model(conv: Converted, width: int, n_layers: int, model_name: str
         raise ValueError(f"the SAE reads activations of width {conv.cfg.d_in}, but {model_name} has width "
                          f"{width}; pass --model with the model it was trained on, or --model none")
     if conv.cfg.hook_name:
-        hooks.check_hook_for_model(conv.cfg.hook_name, n_layers)
+        hook_names.check_hook_for_model(conv.cfg.hook_name, n_layers)

@@ -25,7 +25,7 @@ from sae.config import SAEConfig
 from sae.formats import (Converted, Source, decoder_row_norm_note, fold_decoder_norms, fold_for_export,
                          make_state, read_json, read_tensors, unfold_uniform_decoder_norm, write_json,
                          write_tensors)
-from sae.formats import hooks
+from sae.formats import hook_names
 
 CONFIG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
@@ -117,7 +117,7 @@ def read(path: str | Path, hook_name: str | None = None) -> Converted:
     config = read_json(folder / CONFIG_NAME, "a sparsify SAE folder holds cfg.json and sae.safetensors")
     if not hook_name:
         try:
-            hook_name = hooks.from_sparsify(folder.name)
+            hook_name = hook_names.from_sparsify(folder.name)
         except ValueError:
             raise ValueError(f"{folder}: the folder name is not a sparsify hookpoint (such as layers.20), "
                              f"so the hook is unknown; pass --hook") from None
@@ -131,7 +131,7 @@ def write(conv: Converted, folder: str | Path) -> tuple[Path, list[str]]:
     config, tensors, notes = to_sparsify(conv)
     folder = Path(folder)
     if conv.cfg.hook_name:
-        hookpoint = hooks.to_sparsify(conv.cfg.hook_name)
+        hookpoint = hook_names.to_sparsify(conv.cfg.hook_name)
         if folder.name != hookpoint:
             folder = folder / hookpoint
     else:

@@ -26,8 +26,8 @@ import numpy as np
 
 from data.batches import SPLITS, ChunkWriter, chunk_name, write_meta, write_remainder
 from data.fileio import check_no_folders_in_the_way, check_writable_folder, remove_quietly
+from data.running_stats import RunningStats
 from data.shards import CapturedDataset
-from data.stats import RunningStats
 from data.text import uniform_hash
 
 

@@ -1,4 +1,4 @@
-"""Write a captured dataset in the documented on-disk format from arrays (tests, benchmarks, demos).
+"""Write a captured dataset in the documented on-disk format from arrays (tests and bench/interpret.py).
 
 It writes the bytes the format describes (data/shards.py, docs/ARCHITECTURE.md) directly with numpy,
 so a test that reads them back checks the reader too.
