@@ -37,5 +37,5 @@ def test_judge_learns_a_planted_word_and_round_trips(tmp_path):
     back = load_judge(tmp_path / "j.npz")
     np.testing.assert_allclose(back.proba(["w1 awful"]), judge.proba(["w1 awful"]))
     assert back.proba(["w1 awful"])[0, back.index("neg")] > 0.9
-    with pytest.raises(ValueError, match="--label"):
+    with pytest.raises(ValueError, match="label .neutral.: the judge knows neg, pos"):
         back.index("neutral")
