@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from latents.explanations import read_latent_facts
+from latents.sweep import SweepSettings, rows_json, sweep_latent
 from llama import LoadedModel, ModelArgs, Transformer, generate
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.steering import Steer, Steering
-from latents.sweep import SweepSettings, rows_json, sweep_latent
+from steering_page import page
 from steering_page.server import SteeringServer, json_depth
 from steering_page.session import SteeringSession
 from sweep_helpers import LATENT, WordTokenizer, planted
@@ -285,7 +287,6 @@ def planted_server(tmp_path_factory):
     (folder / "latents" / f"{LATENT}.json").write_text(json.dumps(
         {"latent": LATENT, "max": 2.5, "labels": [{"label": "negative", "auroc": 0.7, "mean_diff": 0.1}]}))
     built = []
-    from latents.explanations import read_latent_facts
     session = SteeringSession(loaded, sae, {LATENT: "awful", 1: "other"}, judge=lambda: built.append(1) or judge,
                               facts=read_latent_facts(folder, [LATENT, 1]), pages=folder)
     httpd, url = start(session)
@@ -365,7 +366,7 @@ def test_latent_facts_and_pages_are_served(planted_server):
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
 def test_page_orders_latents_and_prefills_from_the_query(planted_server, tmp_path):
-    from test_interpret import chromium, console_messages
+    from test_interpret import chromium, console_messages  # a test module: imported where a browser runs
 
     url = planted_server[0]
     result = chromium(["--virtual-time-budget=10000", "--dump-dom",
@@ -384,8 +385,7 @@ def test_page_orders_latents_and_prefills_from_the_query(planted_server, tmp_pat
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
 def test_sweep_button_shows_the_table_with_the_range_marked(planted_server, tmp_path, monkeypatch):
-    from steering_page import page
-    from test_interpret import chromium, console_messages
+    from test_interpret import chromium, console_messages  # a test module: imported where a browser runs
 
     url = planted_server[0]
     click = "start().then(() => { $('s-tokens').value = 6; $('sweep').click(); });"  # as a person would
