@@ -122,9 +122,9 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 def main(cfg: GenerateConfig) -> int:
     """Validate what the config could not (the SAE's latents), load the model (and SAE), generate and
     print. Returns the exit code."""
-    steers = cfg.steers
     if cfg.sweep:
         return sweep_main(cfg)
+    steers = cfg.steers
     sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
     if sae_dir:
         with flags_named():  # the latent indices, before the model loads

@@ -103,7 +103,8 @@ def test_clamp_sets_the_latent(smol, sae):
 
 
 def test_sae_mismatch_errors(smol, sae, tmp_path):
-    for change, message in [({"d_in": 64}, "another model"), ({"hook_name": "blocks.40.hook_resid_post"}, "out of range"),
+    for change, message in [({"d_in": 64}, "another model"),
+                            ({"hook_name": "blocks.40.hook_resid_post"}, "out of range"),
                             ({"model": "other.gguf (gguf, 0123456789abcdef)"}, "was trained on other.gguf")]:
         cfg = SAEConfig(**{**sae.cfg.to_dict(), **change})
         with pytest.raises(ValueError, match=message):
