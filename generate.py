@@ -20,15 +20,28 @@ import math
 import shutil
 import sys
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 import cli
 import paths
 import runtime
+from atomic import write_text_atomic
 from latents.report import read_explanations
+from latents.judge import cached_judge
+from latents.sweep import (NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json, sweep_latent,
+                           sweep_table)
 from latents.text import pieces, token_bytes_of
+from llama import generate
+from llama.tokenizers import StreamDecoder
 from llama.tokenizers.chat import encode_prompt
+from sae.io import load_config
+from sae.steering import Steer, Steering, check_mode, check_steers, parse_steer, top_latents, unsteered
+from settings import SettingError, check_int, check_number
 
 DEFAULT_PROMPT = "Today I went to the park and"
 
@@ -45,8 +58,7 @@ class GenerateConfig:
     mode: str = field(default="direction", metadata={"help": "steering mode: direction (add VALUE x the latent's "
                                                      "decoder direction), sae (the SAE's reconstruction replaces "
                                                      "the activation, VALUE added through h_bias), clamp (hold "
-                                                     "the latent at VALUE)",
-                                               "choices": ["direction", "sae", "clamp"]})
+                                                     "the latent at VALUE)"})
     chat: bool = field(default=False, metadata={"help": "wrap prompts in the model's chat format (on by itself "
                                                         "when the SAE was trained on chat-formatted text)"})
     max_new_tokens: int = field(default=48, metadata={"help": "tokens to generate per prompt"})
@@ -75,6 +87,25 @@ class GenerateConfig:
     device: str = runtime.device_field()
     model_dtype: str = runtime.model_dtype_field()
 
+    def __post_init__(self):
+        for text in self.steer:
+            parse_steer(text)
+        if self.sweep:
+            parse_sweep(self.sweep)
+        check_mode(self.mode)
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        check_number("temperature", self.temperature)
+        if not 0 < self.top_p <= 1:  # also catches NaN
+            raise SettingError("top_p", self.top_p, "must be in (0, 1]")
+        check_int("top_features", self.top_features, 1)
+        if not self.max_ppl_ratio > 0:
+            raise SettingError("max_ppl_ratio", self.max_ppl_ratio, "must be > 0")
+
+    @property
+    def steers(self) -> list[Steer]:
+        """--steer as Steers (each was checked when the config was built)."""
+        return [parse_steer(text) for text in self.steer]
+
 
 def parse_args(argv: list[str] | None = None) -> GenerateConfig:
     def extend(parser: argparse.ArgumentParser) -> None:
@@ -89,16 +120,15 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 
 
 def main(cfg: GenerateConfig) -> int:
-    """Validate everything, load the model (and SAE), generate and print. Returns the exit code."""
-    from sae.steering import parse_steer
-
-    steers = [parse_steer(s) for s in cfg.steer]
-    check_numbers(cfg)
+    """Validate what the config could not (the SAE's latents), load the model (and SAE), generate and
+    print. Returns the exit code."""
     if cfg.sweep:
         return sweep_main(cfg)
+    steers = cfg.steers
     sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
     if sae_dir:
-        check_sae_config(sae_dir, steers)  # the latent indices, before the model loads
+        with flags_named():  # the latent indices, before the model loads
+            check_steers(steers, load_config(sae_dir).d_sae)
     prompts = read_prompts(cfg)
     device = runtime.resolve_device(cfg.device)
     loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
@@ -127,8 +157,18 @@ def check_context(cfg: GenerateConfig, context: int, token_prompts: list[list[in
                              f"model's context of {context} tokens; shorten the prompt or lower --max-new-tokens")
 
 
+@contextmanager
+def flags_named() -> Iterator[None]:
+    """A SettingError raised once the SAE or the judge is read (after cli.build checked the config) as
+    cli.build words one: `--flag value: problem`."""
+    try:
+        yield
+    except SettingError as err:
+        raise cli.UsageError(f"--{err.field.replace('_', '-')} {err.value}: {err.problem}") from None
+
+
 def parse_sweep(text: str) -> tuple[int, list[float]]:
-    """"IDX:LO:HI[:STEPS]" -> (latent, STEPS values evenly spaced from LO to HI)."""
+    """"IDX:LO:HI[:STEPS]" -> (latent, STEPS values evenly spaced from LO to HI); SettingError("sweep", ...)."""
     parts = str(text).split(":")
     try:
         if len(parts) not in (3, 4):
@@ -136,27 +176,24 @@ def parse_sweep(text: str) -> tuple[int, list[float]]:
         latent, lo, hi = int(parts[0]), float(parts[1]), float(parts[2])
         steps = int(parts[3]) if len(parts) == 4 else 5
     except ValueError:
-        raise cli.UsageError(f"--sweep {text}: expected IDX:LO:HI[:STEPS], e.g. --sweep 896:0:20:5") from None
+        raise SettingError("sweep", text, "expected IDX:LO:HI[:STEPS], e.g. 896:0:20:5") from None
     if latent < 0 or steps < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
-        raise cli.UsageError(f"--sweep {text}: IDX >= 0, finite LO and HI, STEPS >= 1")
-    from latents.sweep import evenly_spaced
+        raise SettingError("sweep", text, "IDX >= 0, finite LO and HI, STEPS >= 1")
     return latent, evenly_spaced(lo, hi, steps)
 
 
 def sweep_main(cfg: GenerateConfig) -> int:
     """--sweep: the sweep's table (latents/sweep.py) on the prompts, the range marked."""
-    from latents.judge import cached_judge
-    from latents.sweep import NEUTRAL_PROMPTS, SweepSettings, best_row, rows_json, sweep_latent, sweep_table
-    from sae.steering import Steer
-
     latent, values = parse_sweep(cfg.sweep)
-    if cfg.max_ppl_ratio <= 0:
-        raise cli.UsageError(f"--max-ppl-ratio {cfg.max_ppl_ratio}: must be > 0")
     sae_dir = resolve_sae(cfg, needed=True)
-    check_sae_config(sae_dir, [Steer(latent, 0.0)])
+    try:
+        check_steers([Steer(latent, 0.0)], load_config(sae_dir).d_sae)
+    except SettingError as err:  # the swept latent, as --sweep gave it
+        raise cli.UsageError(f"--sweep {cfg.sweep}: {err.problem}") from None
     prompts = read_prompts(cfg) if cfg.prompts or cfg.prompt_file else list(NEUTRAL_PROMPTS)
     judge = cached_judge(cfg.judge_corpus or paths.default_corpus_path(), paths.RUNS / "judge")
-    judge.index(cfg.label)
+    with flags_named():
+        judge.index(cfg.label)
     print(f"judge: bag-of-words classifier, held-out accuracy {judge.accuracy:.3f} "
           f"(always guessing the commonest label: {judge.majority:.3f})")
     device = runtime.resolve_device(cfg.device)
@@ -174,21 +211,9 @@ def sweep_main(cfg: GenerateConfig) -> int:
           f"{cfg.max_ppl_ratio:g}x, distinct-2 >= {settings.min_distinct2_ratio:g}x the unsteered): "
           + (f"try --steer {latent}:{best.value:.3g}" if best else "no value"))
     if cfg.sweep_json:
-        from atomic import write_text_atomic
         write_text_atomic(Path(cfg.sweep_json), json.dumps({"latent": latent, "label": cfg.label, "prompts": prompts,
                                                             "rows": rows_json(rows)}, indent=1) + "\n")
     return 0
-
-
-def check_numbers(cfg: GenerateConfig) -> None:
-    if cfg.max_new_tokens < 1:
-        raise cli.UsageError(f"--max-new-tokens {cfg.max_new_tokens}: must be at least 1")
-    if not cfg.temperature >= 0:  # also catches NaN
-        raise cli.UsageError(f"--temperature {cfg.temperature}: must be >= 0")
-    if not 0 < cfg.top_p <= 1:
-        raise cli.UsageError(f"--top-p {cfg.top_p}: must be in (0, 1]")
-    if cfg.top_features < 1:
-        raise cli.UsageError(f"--top-features {cfg.top_features}: must be at least 1")
 
 
 def resolve_sae(cfg: GenerateConfig, needed: bool) -> Path | None:
@@ -202,15 +227,6 @@ def resolve_sae(cfg: GenerateConfig, needed: bool) -> Path | None:
         raise cli.UsageError(f"{flags} needs a trained SAE and there is none at {paths.DEFAULT_SAE_DIR}: run "
                              f"`python pipeline.py` (or capture.py then train.py), or pass --sae FOLDER")
     return paths.DEFAULT_SAE_DIR
-
-
-def check_sae_config(folder: Path, steers):
-    from sae.io import load_config
-    from sae.steering import check_steers
-
-    sae_cfg = load_config(folder)
-    check_steers(steers, sae_cfg.d_sae)
-    return sae_cfg
 
 
 def read_prompts(cfg: GenerateConfig) -> list[str]:
@@ -232,13 +248,12 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
 
 def plan_runs(cfg: GenerateConfig, sae, steers) -> dict:
     """label -> Steering (None: the plain model, no SAE). The unsteered run of --compare is the SAE
-    spliced with no steering in "sae" mode, and the plain model (the SAE only reading) otherwise."""
-    from sae.steering import Steering
-
+    spliced with no steering in "sae" mode, and the plain model (the SAE only reading) otherwise
+    (sae.steering.unsteered)."""
     if sae is None:
         return {"plain model": None}
     base_label = "unsteered (SAE spliced)" if cfg.mode == "sae" else "unsteered"
-    base = {base_label: Steering(sae, [], "sae" if cfg.mode == "sae" else "direction")}
+    base = {base_label: unsteered(sae, cfg.mode)}
     if not steers:
         return base
     label = "steered " + ", ".join(f"{s.latent}:{s.value:+g}" for s in steers) + f" ({cfg.mode})"
@@ -247,9 +262,6 @@ def plan_runs(cfg: GenerateConfig, sae, steers) -> dict:
 
 def run_generation(cfg: GenerateConfig, loaded, prompts: list[list[int]], steering, *, stream: bool,
                    echo: str) -> list[list[int]]:
-    from llama import generate
-    from llama.tokenizers import StreamDecoder
-
     injections = {steering.sae.cfg.hook_name: steering} if steering is not None else None
     on_token = None
     if stream:
@@ -303,10 +315,6 @@ def print_side_by_side(texts: dict[str, str]) -> None:
 
 def print_features(loaded, steering, prompt: list[int], new: list[int], n: int, explanations: dict) -> None:
     """One line per generated token: the strongest latents on it (on what flows on after steering)."""
-    import torch
-
-    from sae.steering import top_latents
-
     hook = steering.sae.cfg.hook_name
     tokens = torch.tensor([prompt + new], device=steering.sae.W_dec.device)
     with torch.no_grad():  # the tap is the activation arriving at the hook, before steering

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.text import TextSource, iter_documents, uniform_hash
+from atomic import atomic_path
+from data.text import TextSource, file_identity, iter_documents, uniform_hash
+from settings import SettingError
 
 WORD = re.compile(r"[a-z0-9']+|[!?]")
 
@@ -65,8 +67,9 @@ class Judge:
         return _softmax(_scores(x, len(texts), self.weight, self.bias))
 
     def index(self, label: str) -> int:
+        """The column of `label` in `proba`; SettingError("label", ...) for a label the judge does not know."""
         if label not in self.labels:
-            raise ValueError(f"--label {label}: the judge knows {', '.join(self.labels)}")
+            raise SettingError("label", label, f"the judge knows {', '.join(self.labels)}")
         return self.labels.index(label)
 
 
@@ -121,8 +124,6 @@ def corpus_judge(path: str | Path, label_field: str = "sentiment", **kwargs) -> 
 
 def save_judge(judge: Judge, path: Path) -> None:
     """The judge as one .npz file (weights, bias, vocabulary, labels, held-out figures), written atomically."""
-    from atomic import atomic_path
-
     meta = {"labels": judge.labels, "accuracy": judge.accuracy, "majority": judge.majority,
             "test_documents": judge.test_documents}
     with atomic_path(Path(path)) as tmp:
@@ -141,8 +142,6 @@ def load_judge(path: Path) -> Judge:
 
 def cached_judge(corpus: str | Path, folder: Path, label_field: str = "sentiment") -> Judge:
     """The judge of `corpus`, trained once and kept in `folder` (retrained when the corpus file changes)."""
-    from data.text import file_identity
-
     identity = {"corpus": file_identity(Path(corpus)) if Path(corpus).is_file() else str(corpus),
                 "label_field": label_field, "version": 1}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

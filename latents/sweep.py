@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from latents.steer import latent_values, push
+from llama import generate
+from sae.steering import Steer, Steering
 
 
 # Prompts with no sentiment of their own: where steering toward a label is visible.
@@ -76,22 +77,26 @@ def _measure(model, sae, prompt: list[int], new: list[int], latent: int, injecti
         return out
 
     model(tokens, injections={hook: record}, return_logits=False, taps=(hook,))
-    on_new = latent_values(sae, seen["acts"][0, len(prompt):], latent)
+    on_new = _latent_values(sae, seen["acts"][0, len(prompt):], latent)
     logp = torch.log_softmax(model(tokens).logits[0, len(prompt) - 1:-1].float(), -1)
     nll = -logp.gather(-1, tokens[0, len(prompt):, None]).mean()
     return float(on_new.mean()), math.exp(float(nll))
 
 
+def _latent_values(sae, acts: torch.Tensor, latent: int) -> torch.Tensor:
+    """(...,) activation of `latent` on raw activations acts (..., d_in): 0 where it is not among the top k."""
+    values, indices = sae.encode(acts.to(sae.W_enc.dtype))  # (..., k) each
+    return ((indices == latent) * values).sum(-1)
+
+
 def sweep_latent(loaded, sae, prompts: list[list[int]], latent: int, values: list[float], judge, label: str,
                  settings: SweepSettings = SweepSettings()) -> list[SweepRow]:
     """One row per value (value 0 added first when absent); rows marked in_range as the docstring says."""
-    from llama import generate
-
     values = sorted(set([0.0] + [float(v) for v in values]))
     column = judge.index(label)
     rows, base = [], None
     for value in values:
-        injection = push(sae, latent, value, settings.mode) if value != 0 else None
+        injection = Steering(sae, [Steer(latent, value)], settings.mode) if value != 0 else None
         injections = {sae.cfg.hook_name: injection} if injection is not None else None
         new = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
                        injections=injections)

@@ -23,50 +23,77 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from sae.model import SparseAutoencoder
+from settings import SettingError, check_choice
 
-MODES = ("sae", "direction", "clamp")
+MODES = ("sae", "direction", "clamp")  # the one list of steering modes (the module docstring says what each does)
+
+
+def check_mode(mode: str) -> None:
+    """SettingError("mode", ...) unless `mode` is one of MODES."""
+    check_choice("mode", mode, MODES)
 
 
 @dataclass(frozen=True)
 class Steer:
-    """Push latent `latent` by `value` (see the module docstring for what value means per mode)."""
+    """Push latent `latent` by `value` (see the module docstring for what value means per mode).
+
+    The one check of a steer: a latent index >= 0 and a finite value, else SettingError("steer",
+    "IDX:VALUE", problem). Whether the index fits an SAE is `check_steers`'s (it needs the SAE)."""
 
     latent: int
     value: float
 
+    def __post_init__(self):
+        if not isinstance(self.latent, Integral) or isinstance(self.latent, bool):
+            raise SettingError("steer", self.shown, f"latent index {self.latent!r} is not an integer")
+        if self.latent < 0:
+            raise SettingError("steer", self.shown, "latent index must be >= 0")
+        if not isinstance(self.value, Real) or isinstance(self.value, bool):
+            raise SettingError("steer", self.shown, f"value {self.value!r} is not a number")
+        if not math.isfinite(self.value):
+            raise SettingError("steer", self.shown, "value must be a finite number")
+        object.__setattr__(self, "latent", int(self.latent))  # numpy integers and JSON numbers alike
+        object.__setattr__(self, "value", float(self.value))
+
+    @property
+    def shown(self) -> str:
+        """The steer as IDX:VALUE, as --steer spells it."""
+        value = f"{self.value:g}" if isinstance(self.value, Real) else str(self.value)
+        return f"{self.latent}:{value}"
+
 
 def parse_steer(text: str) -> Steer:
-    """"IDX:VALUE" -> Steer; a one-line ValueError naming the flag otherwise."""
+    """"IDX:VALUE" -> Steer; SettingError("steer", text, problem) otherwise."""
     idx, sep, value = str(text).partition(":")
     if not sep or not idx.strip() or not value.strip():
-        raise ValueError(f"--steer {text}: expected IDX:VALUE, e.g. --steer 896:20")
+        raise SettingError("steer", text, "expected IDX:VALUE, e.g. 896:20")
     try:
         latent = int(idx)
     except ValueError:
-        raise ValueError(f"--steer {text}: latent index {idx!r} is not an integer") from None
-    if latent < 0:
-        raise ValueError(f"--steer {text}: latent index must be >= 0")
+        raise SettingError("steer", text, f"latent index {idx!r} is not an integer") from None
     try:
         amount = float(value)
     except ValueError:
-        raise ValueError(f"--steer {text}: value {value!r} is not a number") from None
-    if not math.isfinite(amount):
-        raise ValueError(f"--steer {text}: value must be a finite number")
-    return Steer(latent, amount)
+        raise SettingError("steer", text, f"value {value!r} is not a number") from None
+    try:
+        return Steer(latent, amount)
+    except SettingError as err:  # the steer as it was written, not as it was read
+        raise SettingError("steer", text, err.problem) from None
 
 
 def check_steers(steers: Iterable[Steer], d_sae: int) -> None:
-    """One-line ValueError for a latent index outside the SAE."""
+    """SettingError("steer", ...) for a latent index outside an SAE of d_sae latents."""
     for steer in steers:
         if not 0 <= steer.latent < d_sae:
-            raise ValueError(f"--steer {steer.latent}:{steer.value:g}: latent index out of range, the SAE "
-                             f"has latents 0..{d_sae - 1}")
+            raise SettingError("steer", steer.shown, f"latent index out of range, the SAE has latents "
+                                                     f"0..{d_sae - 1}")
 
 
 class Steered(NamedTuple):
@@ -86,8 +113,7 @@ class Steering:
     """
 
     def __init__(self, sae: SparseAutoencoder, steers: Sequence[Steer] = (), mode: str = "sae"):
-        if mode not in MODES:
-            raise ValueError(f"--mode {mode}: choose one of {', '.join(MODES)}")
+        check_mode(mode)
         check_steers(steers, sae.cfg.d_sae)
         self.sae, self.mode, self.steers = sae, mode, tuple(steers)
         device, dtype = sae.W_dec.device, sae.W_dec.dtype
@@ -127,6 +153,14 @@ class Steering:
         if not self.steers:
             return torch.zeros_like(x)
         return (amounts @ self.rows) * self.sae.normalization.context(x).scale  # (..., d_in)
+
+
+def unsteered(sae: SparseAutoencoder, mode: str) -> Steering:
+    """What a steered run in `mode` is compared against (generate.py --compare, the steering page): in
+    "sae" mode the SAE spliced in with nothing pushed, so that the comparison shows the push and not the
+    SAE's reconstruction error; in the other modes the plain model ("direction" with no steers changes
+    nothing)."""
+    return Steering(sae, [], "sae" if mode == "sae" else "direction")
 
 
 def top_latents(values: Tensor, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:

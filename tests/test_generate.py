@@ -11,9 +11,12 @@ import pytest
 import torch
 
 import paths
+import runtime
+from generate import GenerateConfig
 from llama import generate
 from sae.config import SAEConfig
-from sae.steering import Steer, Steering, parse_steer
+from sae.steering import Steer, Steering, check_steers, parse_steer, unsteered
+from settings import SettingError
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = paths.DEFAULT_HOOK
@@ -40,10 +43,29 @@ def test_parse_steer():
             parse_steer(bad)
 
 
+def test_a_steer_is_checked_where_it_enters():
+    """Steer checks itself, so a steer from --steer text, a request's [latent, value] pair or code is
+    checked once, by one function; the error names the field and the value, never a flag."""
+    for args, problem in [((-1, 1), "latent index must be >= 0"), ((2.5, 1), "not an integer"),
+                          ((True, 1), "not an integer"), ((3, float("nan")), "finite"), ((3, "1"), "not a number")]:
+        with pytest.raises(SettingError) as caught:
+            Steer(*args)
+        assert caught.value.field == "steer" and problem in caught.value.problem
+    with pytest.raises(SettingError) as caught:
+        parse_steer("-3:1")
+    assert (caught.value.field, caught.value.value) == ("steer", "-3:1")  # as it was written
+    with pytest.raises(SettingError, match="steer '7:1': latent index out of range"):
+        check_steers([Steer(7, 1)], d_sae=7)
+    with pytest.raises(SettingError) as caught:
+        GenerateConfig(steer=["5:x"])
+    assert (caught.value.field, caught.value.value) == ("steer", "5:x")
+
+
 def test_value_zero_reproduces_unsteered(smol, sae):
     plain = _generate(smol, None)
     assert _generate(smol, Steering(sae, [Steer(7, 0.0)], "direction")) == plain
-    spliced = _generate(smol, Steering(sae, [], "sae"))
+    spliced = _generate(smol, unsteered(sae, "sae"))
+    assert _generate(smol, unsteered(sae, "clamp")) == plain  # the baseline of the other modes: the plain model
     assert _generate(smol, Steering(sae, [Steer(7, 0.0), Steer(9, 0.0)], "sae")) == spliced
     assert torch.count_nonzero(sae.h_bias) == 0  # steering never leaves the SAE changed
 
@@ -81,9 +103,8 @@ def test_clamp_sets_the_latent(smol, sae):
 
 
 def test_sae_mismatch_errors(smol, sae, tmp_path):
-    import runtime
-
-    for change, message in [({"d_in": 64}, "another model"), ({"hook_name": "blocks.40.hook_resid_post"}, "out of range"),
+    for change, message in [({"d_in": 64}, "another model"),
+                            ({"hook_name": "blocks.40.hook_resid_post"}, "out of range"),
                             ({"model": "other.gguf (gguf, 0123456789abcdef)"}, "was trained on other.gguf")]:
         cfg = SAEConfig(**{**sae.cfg.to_dict(), **change})
         with pytest.raises(ValueError, match=message):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import paths
 from latents.judge import cached_judge, load_judge, save_judge, train_judge
 
 MARGIN = 0.25  # held-out accuracy must beat always guessing the majority label by this much
 
 
 def test_judge_beats_chance_on_the_default_corpus(tmp_path):
-    import paths
     judge = cached_judge(paths.default_corpus_path(), tmp_path)
-    # measured: accuracy 0.763 against a majority share of 0.409 over 7,470 held-out documents
     assert judge.test_documents > 5000
     assert judge.accuracy >= judge.majority + MARGIN, (judge.accuracy, judge.majority)
     p = judge.proba(["I hate this, it is terrible and awful", "I love it, it is wonderful!"])
@@ -37,5 +36,5 @@ def test_judge_learns_a_planted_word_and_round_trips(tmp_path):
     back = load_judge(tmp_path / "j.npz")
     np.testing.assert_allclose(back.proba(["w1 awful"]), judge.proba(["w1 awful"]))
     assert back.proba(["w1 awful"])[0, back.index("neg")] > 0.9
-    with pytest.raises(ValueError, match="--label"):
+    with pytest.raises(ValueError, match="label .neutral.: the judge knows neg, pos"):
         back.index("neutral")

@@ -21,12 +21,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from latents.report import read_latent_facts
+from latents.sweep import SweepSettings, rows_json, sweep_latent
 from llama import LoadedModel, ModelArgs, Transformer, generate
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 from sae.steering import Steer, Steering
-from latents.sweep import SweepSettings, rows_json, sweep_latent
-from serve import SteeringServer, SteeringSession, json_depth
+from steering_page import page
+from steering_page.server import SteeringServer, json_depth
+from steering_page.session import SteeringSession
 from sweep_helpers import LATENT, WordTokenizer, planted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +120,7 @@ def test_page_and_latent_list(server):
     ({"prompt": "Hi", "steers": [[-1, 1]]}, "latent index must be >= 0"),
     ({"prompt": "Hi", "steers": [5]}, "steers: a list of [latent, value] pairs"),
     ({"prompt": "Hi", "steers": [["3", "1"]]}, "steers: latents and values are numbers"),
-    ({"prompt": "Hi", "mode": "push"}, "mode 'push'"),
+    ({"prompt": "Hi", "mode": "push"}, "mode push: choose one of sae, direction, clamp"),
     ({"prompt": "Hi", "max_new_tokens": 10_000}, "max_new_tokens 10000"),
     ({"prompt": "Hi", "max_new_tokens": True}, "max_new_tokens True"),
     ({"prompt": "Hi", "temperature": 2}, "unknown field(s) 'temperature'"),
@@ -284,7 +287,6 @@ def planted_server(tmp_path_factory):
     (folder / "latents" / f"{LATENT}.json").write_text(json.dumps(
         {"latent": LATENT, "max": 2.5, "labels": [{"label": "negative", "auroc": 0.7, "mean_diff": 0.1}]}))
     built = []
-    from latents.report import read_latent_facts
     session = SteeringSession(loaded, sae, {LATENT: "awful", 1: "other"}, judge=lambda: built.append(1) or judge,
                               facts=read_latent_facts(folder, [LATENT, 1]), pages=folder)
     httpd, url = start(session)
@@ -331,7 +333,7 @@ def test_sweep_endpoint_returns_the_table_of_a_direct_sweep(planted_server):
     ({"latent": 3, "hi": 5, "prompts": ["w9"] * 6}, "prompts: a list of 1 to 5 texts"),
     ({"latent": 3, "hi": 5, "prompts": [" "]}, "prompts: a list of 1 to 5 texts"),
     ({"latent": 3, "hi": 5, "label": "happy"}, "label happy: the judge knows negative, positive"),
-    ({"latent": 3, "hi": 5, "mode": "push"}, "mode 'push'"),
+    ({"latent": 3, "hi": 5, "mode": "push"}, "mode push: choose one of sae, direction, clamp"),
     ({"latent": 3, "hi": 5, "max_ppl_ratio": 0}, "max_ppl_ratio 0 must be > 0"),
     ({"latent": 3, "hi": 5, "prompt": "w9"}, "unknown field(s) 'prompt'"),
     ({"latent": 3, "hi": 5, "prompts": ["w9 " * 60], "max_new_tokens": 8}, "exceed the model's context of 64"),
@@ -364,7 +366,7 @@ def test_latent_facts_and_pages_are_served(planted_server):
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
 def test_page_orders_latents_and_prefills_from_the_query(planted_server, tmp_path):
-    from test_interpret import chromium, console_messages
+    from test_interpret import chromium, console_messages  # a test module: imported where a browser runs
 
     url = planted_server[0]
     result = chromium(["--virtual-time-budget=10000", "--dump-dom",
@@ -383,12 +385,11 @@ def test_page_orders_latents_and_prefills_from_the_query(planted_server, tmp_pat
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="chromium not installed (bash scripts/setup.sh --test installs Debian's chromium)")
 def test_sweep_button_shows_the_table_with_the_range_marked(planted_server, tmp_path, monkeypatch):
-    import serve
-    from test_interpret import chromium, console_messages
+    from test_interpret import chromium, console_messages  # a test module: imported where a browser runs
 
     url = planted_server[0]
     click = "start().then(() => { $('s-tokens').value = 6; $('sweep').click(); });"  # as a person would
-    monkeypatch.setattr(serve, "PAGE", serve.PAGE.replace("start();", click))
+    monkeypatch.setattr(page, "PAGE", page.PAGE.replace("start();", click))
     result = chromium(["--virtual-time-budget=20000", "--dump-dom", f"{url}/?latent={LATENT}&lo=2&hi=20&steps=3"],
                       tmp_path)
     assert result.returncode == 0 and console_messages(result.stderr) == [], result.stderr[-2000:]
