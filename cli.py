@@ -19,6 +19,7 @@ import re
 import sys
 import types
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
@@ -253,7 +254,22 @@ def build(cls: type[T], values: dict[str, Any], base: Any = None) -> T:
         flag = next((leaf.flag for leaf in leaves(cls) if leaf.name == err.field), None)
         if flag is None:
             raise
-        raise UsageError(f"{flag} {err.value}: {err.problem}") from None
+        raise as_flag(err, flag) from None
+
+
+def as_flag(err: SettingError, flag: str | None = None) -> UsageError:
+    """A setting's error as the command line words it: `--flag value: problem`."""
+    return UsageError(f"{flag or '--' + err.field.replace('_', '-')} {err.value}: {err.problem}")
+
+
+@contextmanager
+def settings_as_flags() -> Iterator[None]:
+    """Around checks that run after the config was built (those that need a loaded SAE or model): a
+    SettingError they raise is worded as `cli.build` words one."""
+    try:
+        yield
+    except SettingError as err:
+        raise as_flag(err) from None
 
 
 def explicit_fields(namespace: argparse.Namespace) -> set[str]:

@@ -20,10 +20,8 @@ import math
 import shutil
 import sys
 import textwrap
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -127,7 +125,7 @@ def main(cfg: GenerateConfig) -> int:
     steers = cfg.steers
     sae_dir = resolve_sae(cfg, needed=bool(steers) or cfg.show_features or cfg.compare)
     if sae_dir:
-        with flags_named():  # the latent indices, before the model loads
+        with cli.settings_as_flags():  # the latent indices, before the model loads
             check_steers(steers, load_config(sae_dir).d_sae)
     prompts = read_prompts(cfg)
     device = runtime.resolve_device(cfg.device)
@@ -157,16 +155,6 @@ def check_context(cfg: GenerateConfig, context: int, token_prompts: list[list[in
                              f"model's context of {context} tokens; shorten the prompt or lower --max-new-tokens")
 
 
-@contextmanager
-def flags_named() -> Iterator[None]:
-    """A SettingError raised once the SAE or the judge is read (after cli.build checked the config) as
-    cli.build words one: `--flag value: problem`."""
-    try:
-        yield
-    except SettingError as err:
-        raise cli.UsageError(f"--{err.field.replace('_', '-')} {err.value}: {err.problem}") from None
-
-
 def parse_sweep(text: str) -> tuple[int, list[float]]:
     """"IDX:LO:HI[:STEPS]" -> (latent, STEPS values evenly spaced from LO to HI); SettingError("sweep", ...)."""
     parts = str(text).split(":")
@@ -192,7 +180,7 @@ def sweep_main(cfg: GenerateConfig) -> int:
         raise cli.UsageError(f"--sweep {cfg.sweep}: {err.problem}") from None
     prompts = read_prompts(cfg) if cfg.prompts or cfg.prompt_file else list(NEUTRAL_PROMPTS)
     judge = cached_judge(cfg.judge_corpus or paths.default_corpus_path(), paths.RUNS / "judge")
-    with flags_named():
+    with cli.settings_as_flags():
         judge.index(cfg.label)
     print(f"judge: bag-of-words classifier, held-out accuracy {judge.accuracy:.3f} "
           f"(always guessing the commonest label: {judge.majority:.3f})")
