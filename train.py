@@ -40,6 +40,7 @@ from runtime import DistInfo
 from sae.config import SAEConfig
 from sae.io import save_sae
 from sae.model import SparseAutoencoder
+from sae.sparse import kernels_for
 from training import distributed
 from training.checkpoint import checkpoint_dir, list_checkpoints, load_latest, loads
 from training.checkpoint import save_checkpoint as write_checkpoint
@@ -218,9 +219,7 @@ def build_trainer(cfg: TrainConfig, sae_cfg: SAEConfig, train_data: Sequence[Ten
     stats = data_stats(train_data)
     sae.set_normalization_stats(mean=stats["mean"].float().to(device), mean_sq_norm=stats["mean_sq_norm"])
     sae.init_from_data(normalized_mean(sae, train_data, stats))
-    # torch's sparse CSR products take float32/float64 only, so under autocast the SAE runs its eager path
-    sae.use_sparse_kernels = cfg.autocast == "none"
-    objective = SAEObjective(sae, aux_gate=cfg.aux_gate)
+    objective = SAEObjective(sae, aux_gate=cfg.aux_gate, kernels=kernels_for(sae, autocast=cfg.autocast != "none"))
     optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
