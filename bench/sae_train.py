@@ -18,7 +18,7 @@ per contender in a fresh subprocess (`--only NAME`), since a process's peak only
 Contenders:
   ours             SparseAutoencoder with the sparse kernels, sae_loss, fused Adam, decoder projection
                    and renormalisation
-  ours-eager       the same with the plain eager twins (use_sparse_kernels=False) and default Adam
+  ours-eager       the same through the SAE's plain eager formula (sae.sparse.EAGER) and default Adam
   ours-bf16        ours as `train.py --autocast bf16` runs it: the forward under torch.autocast(bfloat16),
                    float32 weights and Adam states; the eager path, since torch's sparse CSR products
                    take float32/float64 only on a CPU (a default contender only where the CPU has bf16
@@ -51,6 +51,7 @@ import torch  # noqa: E402
 import cli  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sae.loss import sae_loss  # noqa: E402
+from sae.sparse import EAGER, kernels_for  # noqa: E402
 
 CONTENDERS = ("ours", "ours-eager", "ours-bf16", "saelens", "saelens-sparse", "naive", "matmul")
 
@@ -96,14 +97,14 @@ def clip(params: list[torch.Tensor]) -> None:
 
 def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False) -> Callable[[torch.Tensor], None]:
     sae = SparseAutoencoder(SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, normalization="none"))
-    sae.use_sparse_kernels = not (eager or bf16)
+    kernels = EAGER if eager else kernels_for(sae, autocast=bf16)
     params = list(sae.parameters())
     # fused Adam: one kernel over all 19M parameters instead of ~10 passes (CPU and CUDA, torch >= 2.4)
     opt = torch.optim.Adam(params, lr=1e-4, fused=not eager)
 
     def step(x: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = sae_loss(sae, x).loss
+            loss = sae_loss(sae, x, kernels=kernels).loss
         loss.backward()
         sae.project_decoder_grads()
         clip(params)
