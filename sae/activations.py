@@ -17,6 +17,8 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import Tensor
 
+ACTIVATIONS = ("topk", "batchtopk", "topk_decnorm", "relu", "jumprelu")  # the names SAEConfig allows
+
 
 class TopKOutput(NamedTuple):
     """The active latents of each row, in no particular order."""
@@ -26,7 +28,7 @@ class TopKOutput(NamedTuple):
 
 
 def topk(pre: Tensor, k: int) -> TopKOutput:
-    """h = TopK_k(ReLU(pre)): the k largest pre-activations of each row, negatives clamped to 0; indices
+    """h = ReLU(TopK_k(pre)): the k largest pre-activations of each row, negatives clamped to 0; indices
     ascend along each row (as the sparse kernel returns them)."""
     indices = pre.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # (..., k)
     return TopKOutput(pre.gather(-1, indices).relu(), indices)
@@ -85,6 +87,3 @@ def jumprelu_thresholds(pre_batches: Iterable[Tensor], k: int, decoder_norms: Te
         raise ValueError("jumprelu_thresholds needs at least one batch of pre-activations")
     cutoff = torch.stack(cutoffs).mean()
     return cutoff / decoder_norms.clamp_min(1e-8)
-
-
-ACTIVATIONS = ("topk", "batchtopk", "topk_decnorm", "relu", "jumprelu")  # SparseAutoencoder.select applies them

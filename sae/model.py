@@ -6,12 +6,10 @@
     x^_n  = h @ W_dec + b_pre                             # decoded from the k rows of W_dec only
     x^    = normalization.inverse(x^_n)
 
-`encode` and `decode` work in the model's raw activation space, as `forward` does; the losses work in
-normalised space (`forward` returns both). `h_bias` is zero in training; a saved SAE may carry one, and
-because it is added before the TopK a latent pushed through it enters the top k. Decoder rows (one per
-latent) are kept at unit norm by the trainer through `project_decoder_grads` (before the optimiser step)
-and `set_decoder_norm_to_unit_norm` (after it). This is the plain eager formula; a trainer may swap in
-the sparse kernels of sae/sparse.py, which compute the same with a cheaper backward.
+`encode`, `decode` and `forward` work in raw activation space; the losses in normalised space (`forward`
+returns both). `h_bias` is zero in training; a saved SAE may carry one (added before the TopK, it pushes
+a latent into the top k). The trainer keeps decoder rows at unit norm (`project_decoder_grads`,
+`set_decoder_norm_to_unit_norm`), and may swap in sae/sparse.py's kernels: the same results, a sparse backward.
 """
 
 from __future__ import annotations
@@ -111,10 +109,10 @@ class SparseAutoencoder(nn.Module):
         return (x_n - self.b_pre) @ self.W_enc + (self.b_enc + self.h_bias)
 
     def select(self, pre: Tensor) -> TopKOutput:
-        """pre (..., d_sae) -> the active latents under cfg.activation; for "topk", h = ReLU(TopK_k(pre))."""
+        """pre (..., d_sae) -> the active latents of cfg.activation (sae/activations.py)."""
         act, k = self.cfg.activation, self.cfg.k
         if act == "topk":
-            return activations.topk(pre, k)
+            return activations.topk(pre, k)  # h = ReLU(TopK_k(pre)): the k largest, negatives clamped to 0
         if act == "batchtopk":
             return activations.batchtopk(pre, k)
         if act == "topk_decnorm":
@@ -128,7 +126,7 @@ class SparseAutoencoder(nn.Module):
         the w selected decoder rows only. `bias=False` leaves out b_pre (the aux-k loss models a residual)."""
         lead, width = values.shape[:-1], values.shape[-1]
         rows = F.embedding_bag(indices.reshape(-1, width), self.W_dec, per_sample_weights=values.reshape(-1, width),
-                               mode="sum")  # (rows, d_in), the weighted sum of each row's w decoder rows
+                               mode="sum")  # (rows, d_in): sparsify's eager decode
         return (rows + self.b_pre if bias else rows).reshape(*lead, self.cfg.d_in)
 
     # ---- the same in raw space -----------------------------------------------------------------
@@ -175,9 +173,8 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def decoder_direction(self, idx: int) -> Tensor:
-        """The raw-space direction (d_in,) in which latent `idx` moves the reconstruction per unit of
-        activation. Exact for the linear normalisations (dataset_scale, none); for the per-token ones
-        the row is scaled by each token's std or norm, so this returns the unscaled row."""
+        """The raw-space direction (d_in,) in which latent `idx` moves the reconstruction per unit of activation;
+        for the per-token normalisations (which scale it by each token's std or norm) the unscaled row."""
         if not 0 <= idx < self.cfg.d_sae:
             raise ValueError(f"latent index {idx} is out of range [0, {self.cfg.d_sae})")
         row = self.W_dec[idx]

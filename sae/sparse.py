@@ -13,8 +13,9 @@ sparsify (EleutherAI) and OpenAI's Triton kernels use the same decomposition. Th
 (`topk_encode_eager`, `sparse_decode_eager`) are the plain autograd formulas the tests hold them to.
 
 The SAE itself (sae/model.py) is the eager formula. Whoever builds a trainer picks once how a training
-pass computes it: `kernels_for(sae, autocast=...)` returns `SPARSE` (these kernels: `sparse_forward`,
-`sparse_decode_residual`) or `EAGER` (the SAE's own methods), and the loss calls what it was given.
+pass computes it: `kernels_for(sae, autocast=...)` returns `SPARSE` (`sparse_forward` and
+`sparse_decode_residual`, through these kernels) or `EAGER` (the SAE's own methods), and the loss
+(`sae_loss(..., kernels=...)`) calls what it was given.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def sparse_decode_eager(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tenso
 
 class Kernels(NamedTuple):
     """How a training pass computes the SAE: its forward, and the decoding of latents without b_pre
-    (the aux-k loss). Both forms give the same numbers; they differ in speed and supported dtypes."""
+    (the aux-k loss). Both give the same results (up to float rounding); they differ in speed and dtypes."""
 
     forward: Callable[[SparseAutoencoder, Tensor], ForwardOutput]  # (sae, x (rows, d_in)) -> sae(x)
     decode_residual: Callable[[SparseAutoencoder, Tensor, Tensor], Tensor]  # (sae, values, indices) -> (rows, d_in)
@@ -186,12 +187,16 @@ def sparse_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tens
     return sparse_decode(values, indices, sae.W_dec)
 
 
-def _eager_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tensor) -> Tensor:
+def eager_forward(sae: SparseAutoencoder, x: Tensor) -> ForwardOutput:
+    return sae(x)
+
+
+def eager_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tensor) -> Tensor:
     return sae.decode_normalized(values, indices, bias=False)
 
 
-EAGER = Kernels(SparseAutoencoder.__call__, _eager_decode_residual)
-SPARSE = Kernels(sparse_forward, sparse_decode_residual)
+EAGER = Kernels(eager_forward, eager_decode_residual)     # the SAE's own formula (sae/model.py)
+SPARSE = Kernels(sparse_forward, sparse_decode_residual)  # the autograd Functions above
 
 
 def kernels_for(sae: SparseAutoencoder, *, autocast: bool) -> Kernels:

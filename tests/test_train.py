@@ -464,7 +464,8 @@ def test_k_beyond_the_width_names_the_flags(tmp_path, batches_folder, capsys):
     assert code == 2 and err == "error: --k 32: must not exceed d_sae (16); lower k or raise d_sae"
     code, err = run_cli(["--data", str(batches_folder), "--out", str(tmp_path / "run"), "--k", "40",
                          "--expansion", "2"], capsys)
-    assert code == 2 and "--k 40: must not exceed d_sae (32); lower k or raise d_sae (d_sae = --expansion 2 x d_in 16)" in err
+    assert code == 2 and err.endswith("--k 40: must not exceed d_sae (32); lower k or raise d_sae "
+                                      "(d_sae = --expansion 2 x d_in 16)")
     assert not (tmp_path / "run").exists()
 
 
