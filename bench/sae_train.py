@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +48,11 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import cli  # noqa: E402
+from data.batches import BatchDataset, ChunkWriter, write_meta, write_remainder  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sae.loss import sae_loss  # noqa: E402
 from sae.sparse import EAGER, kernels_for  # noqa: E402
@@ -115,6 +119,7 @@ def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False) -> Callable[[to
 
 
 def make_saelens(cfg: BenchConfig, sparse_acts: bool) -> Callable[[torch.Tensor], None]:
+    # sae-lens is an optional contender: imported only when it runs
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     # Its sparse activations fail in backward with the default rescale_acts_by_decoder_norm=True
@@ -256,10 +261,6 @@ def report(cfg: BenchConfig, times: dict[str, list[float]], rss: dict[str, float
 
 def write_batches(folder: Path, cfg: BenchConfig) -> None:
     """A batches folder in `data.batches`' format: `reader_batches` random (batch, d_in) training batches."""
-    import numpy as np
-
-    from data.batches import ChunkWriter, write_meta, write_remainder
-
     rng = np.random.default_rng(0)
     files = {}
     for split, n in (("train", cfg.reader_batches), ("val", 0)):
@@ -277,11 +278,6 @@ def write_batches(folder: Path, cfg: BenchConfig) -> None:
 def reader_rates(cfg: BenchConfig) -> dict[str, float]:
     """MB/s of `BatchDataset` reading every batch of a folder it has never read, from disk (the files
     dropped from the page cache first) and again from the page cache."""
-    import os
-    import tempfile
-
-    from data.batches import BatchDataset
-
     with tempfile.TemporaryDirectory(prefix="sae-train-bench-") as tmp:
         write_batches(Path(tmp), cfg)
         for path in Path(tmp).glob("train-*.bin"):
