@@ -106,9 +106,9 @@ class TrainConfig:
         if self.min_lr_ratio > 1:
             raise SettingError("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         if self.resume and self.overwrite:
-            raise SettingError("overwrite", True, "resume continues the run in out, overwrite deletes it: give one")
+            raise SettingError("resume", True, "continues the run in out, which overwrite deletes: give one")
         if self.epochs == 0 and self.max_steps == 0:
-            raise SettingError("epochs", 0, "give epochs or max_steps greater than 0")
+            raise SettingError("epochs", self.epochs, "must be greater than 0 unless max_steps is")
         check_choice("preset", self.preset, PRESETS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("autocast", self.autocast, AUTOCAST)
