@@ -108,7 +108,7 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise SettingError("resume", True, "continues the run in out, which overwrite deletes: give one")
         if self.epochs == 0 and self.max_steps == 0:
-            raise SettingError("epochs", self.epochs, "must be greater than 0 unless max_steps is")
+            raise SettingError("epochs", self.epochs, "must be greater than 0 when max_steps is 0")
         check_choice("preset", self.preset, PRESETS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("autocast", self.autocast, AUTOCAST)
