@@ -8,12 +8,12 @@
     torchrun --nproc_per_node 4 train.py ...          # data parallel (NCCL on GPUs, Gloo on CPUs)
 
 `train(cfg, ...)` reads top to bottom: data, every check of the run folder (nothing is written until all
-have passed), model, optimiser, resume, run folder, loop, save. What a checkpoint restores lives in
-`TrainState` and the state dicts of the SAE, the optimiser, the schedule and the loss scaler; the rest
+have passed), model, optimiser, resume, run folder, loop, save. One optimiser step is `training.step`
+(loss, backward, decoder-gradient projection, clip, step, renormalise). What a checkpoint restores lives
+in `TrainState` and the state dicts of the SAE, the optimiser, the schedule and the loss scaler; the rest
 are locals. Each rank reads its own share of the batches (`training.data`); the SAE and its loss sit
-behind one DistributedDataParallel wrapper (`training.objective`). After every backward pass (where DDP
-averages the gradients) the decoder gradient loses its component along each decoder row, and after
-every optimiser step the rows are set back to unit norm.
+behind one DistributedDataParallel wrapper (`training.objective`), which computes the SAE through the
+sparse kernels where they apply (`sae.sparse.kernels_for`).
 """
 
 from __future__ import annotations
@@ -24,71 +24,44 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import cli
 import runtime
+from data.batches import BatchDataset
 from runtime import DistInfo
 from sae.config import SAEConfig
 from sae.io import save_sae
 from sae.model import SparseAutoencoder
+from sae.sparse import kernels_for
 from training import distributed
 from training.checkpoint import checkpoint_dir, list_checkpoints, load_latest, loads
 from training.checkpoint import save_checkpoint as write_checkpoint
-from training.config import AUTOCAST, TrainConfig, flatten, parse_train_config
+from training.config import TrainConfig, flatten, parse_train_config
 from training.curves import write_curves
 from training.data import RankShare, Rebatched, data_identity, data_stats, identity_mismatch, normalized_mean
 from training.metrics import MetricsLogger, decoder_orthogonality, read_metrics, require_mirrors, truncate_metrics
+from training.nonfinite import NonFiniteLossError
 from training.objective import SAEObjective
+from training.precision import autocast, grad_scaler
 from training.state import TrainState
+from training.step import Trainer, get_lr, train_step
 
 log = logging.getLogger("train")
 ORTHO_ROWS = 2048  # decoder rows sampled for the orthogonality figure (all of them when fewer)
 RESUME_MUST_MATCH = ("d_sae", "expansion", "k", "activation", "normalization", "batch_size", "seed")
 
 
-class NonFiniteLossError(ValueError):
-    """The loss, its gradient or a validation figure became NaN or infinite; the run stops without
-    saving that step."""
-
-
 class DiskFullError(OSError):
     """The disk filled up while the run wrote a file; what was written before is intact."""
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """The SAE and what updates it, built once and never reassigned. Their state dicts, with the
-    `TrainState`, are what a checkpoint holds."""
-
-    sae: SparseAutoencoder
-    objective: SAEObjective                      # unwrapped: checkpoints and evaluation call it
-    model: nn.Module                             # what training calls: the DDP wrapper, or the objective
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler                 # fp16 loss scaling; a pass-through when disabled
-
-
-def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Learning rate of optimiser step `step` (0-based): linear warm-up, then cosine/linear/constant
-    decay to lr x min_lr_ratio at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
-    low = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "linear":
-        return cfg.lr - (cfg.lr - low) * progress
-    return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))
 
 
 def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
@@ -143,8 +116,6 @@ def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
 def open_data(cfg: TrainConfig, train_data, val_data):
     """The training and validation batch sequences, re-batched to --batch-size when asked."""
     if train_data is None:
-        from data.batches import BatchDataset
-
         train_data = BatchDataset(cfg.data_dir, "train")
         val_data = BatchDataset(cfg.data_dir, "val")
     if len(train_data) == 0:
@@ -218,13 +189,12 @@ def build_trainer(cfg: TrainConfig, sae_cfg: SAEConfig, train_data: Sequence[Ten
     stats = data_stats(train_data)
     sae.set_normalization_stats(mean=stats["mean"].float().to(device), mean_sq_norm=stats["mean_sq_norm"])
     sae.init_from_data(normalized_mean(sae, train_data, stats))
-    # torch's sparse CSR products take float32/float64 only, so under autocast the SAE runs its eager path
-    sae.use_sparse_kernels = cfg.autocast == "none"
-    objective = SAEObjective(sae, aux_gate=cfg.aux_gate)
+    kernels = kernels_for(sae, autocast=cfg.autocast != "none")  # the one choice of fast or eager path
+    objective = SAEObjective(sae, aux_gate=cfg.aux_gate, kernels=kernels)
     optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.autocast == "fp16")
+    scaler = grad_scaler(cfg, device)
     return Trainer(sae, objective, objective, optimizer, scheduler, scaler)
 
 
@@ -263,58 +233,6 @@ def native_autocast(cfg: TrainConfig, device: torch.device) -> bool:
         return bool(check[cfg.autocast]())
     except (AttributeError, RuntimeError):  # a build without oneDNN: assume emulation
         return False
-
-
-def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    """The --autocast region: matmuls in bf16/fp16, parameters and what the optimiser sees in float32."""
-    dtype = AUTOCAST[cfg.autocast]
-    return torch.autocast(device.type, dtype=getattr(torch, dtype or "bfloat16"), enabled=dtype is not None)
-
-
-def train_step(trainer: Trainer, state: TrainState, x: Tensor, *, cfg: TrainConfig, dist: DistInfo,
-               batch_index: int) -> dict[str, Tensor]:
-    """One optimiser step on this rank's batch x (batch, d_in) -> its figures by name (0-dim tensors:
-    reading them would wait for the device); raises NonFiniteLossError on NaN/Inf."""
-    global_batch = x.shape[0] * dist.world_size
-    with autocast(cfg, dist.device):
-        out = trainer.model(x, state.dead_mask(cfg.dead_steps(global_batch)))
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(out.losses.loss).backward()  # under DDP the gradients are averaged over ranks here
-    trainer.scaler.unscale_(trainer.optimizer)
-    trainer.sae.project_decoder_grads()  # after the all-reduce: every rank projects the same gradient
-    params = [p for p in trainer.sae.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-    loss = out.losses.loss.item()
-    # The norm is global, so every rank takes the same decision. Under fp16 loss scaling an overflowing
-    # gradient with a finite loss is expected: the scaler skips that update and lowers its scale.
-    if not math.isfinite(norm.item()) and not (trainer.scaler.is_enabled() and math.isfinite(loss)):
-        raise NonFiniteLossError(non_finite_cause(state, x, loss, norm, dist.device, batch_index))
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.scheduler.step()
-    trainer.sae.set_decoder_norm_to_unit_norm()
-    state.record_fired(distributed.all_reduce_any(out.losses.fired))
-    state.step += 1
-    state.tokens += global_batch
-    losses = out.losses
-    return {"loss": losses.loss, "mse": losses.mse, "nmse": out.nmse, "aux_mse": losses.aux_mse,
-            "fvu": losses.fvu, "l0": losses.l0, "grad_norm": norm}
-
-
-def non_finite_cause(state: TrainState, x: Tensor, loss: float, norm: Tensor, device: torch.device,
-                     batch_index: int) -> str:
-    """What became NaN/Inf at this step, and why. Every rank calls it at the same step (the gradient
-    norm is global), so the collective below is safe."""
-    local_bad = torch.tensor([not bool(torch.isfinite(x).all())], device=device)
-    any_bad = bool(distributed.all_reduce_any(local_bad).item())
-    if local_bad.item():
-        cause = f"training batch {batch_index} contains NaN or Inf values"
-    elif any_bad:
-        cause = "a training batch on another rank contains NaN or Inf values"
-    else:
-        cause = "the optimisation diverged; lower --lr"
-    what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {norm.item()}"
-    return f"{what} at step {state.step + 1}: {cause}"
 
 
 def last_good(out: Path) -> str:

@@ -18,7 +18,7 @@ per contender in a fresh subprocess (`--only NAME`), since a process's peak only
 Contenders:
   ours             SparseAutoencoder with the sparse kernels, sae_loss, fused Adam, decoder projection
                    and renormalisation
-  ours-eager       the same with the plain eager twins (use_sparse_kernels=False) and default Adam
+  ours-eager       the same through the SAE's plain eager formula (sae.sparse.EAGER) and default Adam
   ours-bf16        ours as `train.py --autocast bf16` runs it: the forward under torch.autocast(bfloat16),
                    float32 weights and Adam states; the eager path, since torch's sparse CSR products
                    take float32/float64 only on a CPU (a default contender only where the CPU has bf16
@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +48,14 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import cli  # noqa: E402
+from data.batches import BatchDataset, ChunkWriter, write_meta, write_remainder  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sae.loss import sae_loss  # noqa: E402
+from sae.sparse import EAGER, kernels_for  # noqa: E402
 
 CONTENDERS = ("ours", "ours-eager", "ours-bf16", "saelens", "saelens-sparse", "naive", "matmul")
 
@@ -96,14 +101,14 @@ def clip(params: list[torch.Tensor]) -> None:
 
 def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False) -> Callable[[torch.Tensor], None]:
     sae = SparseAutoencoder(SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, normalization="none"))
-    sae.use_sparse_kernels = not (eager or bf16)
+    kernels = EAGER if eager else kernels_for(sae, autocast=bf16)
     params = list(sae.parameters())
     # fused Adam: one kernel over all 19M parameters instead of ~10 passes (CPU and CUDA, torch >= 2.4)
     opt = torch.optim.Adam(params, lr=1e-4, fused=not eager)
 
     def step(x: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = sae_loss(sae, x).loss
+            loss = sae_loss(sae, x, kernels=kernels).loss
         loss.backward()
         sae.project_decoder_grads()
         clip(params)
@@ -114,6 +119,7 @@ def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False) -> Callable[[to
 
 
 def make_saelens(cfg: BenchConfig, sparse_acts: bool) -> Callable[[torch.Tensor], None]:
+    # sae-lens is an optional contender: imported only when it runs
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     # Its sparse activations fail in backward with the default rescale_acts_by_decoder_norm=True
@@ -255,10 +261,6 @@ def report(cfg: BenchConfig, times: dict[str, list[float]], rss: dict[str, float
 
 def write_batches(folder: Path, cfg: BenchConfig) -> None:
     """A batches folder in `data.batches`' format: `reader_batches` random (batch, d_in) training batches."""
-    import numpy as np
-
-    from data.batches import ChunkWriter, write_meta, write_remainder
-
     rng = np.random.default_rng(0)
     files = {}
     for split, n in (("train", cfg.reader_batches), ("val", 0)):
@@ -276,11 +278,6 @@ def write_batches(folder: Path, cfg: BenchConfig) -> None:
 def reader_rates(cfg: BenchConfig) -> dict[str, float]:
     """MB/s of `BatchDataset` reading every batch of a folder it has never read, from disk (the files
     dropped from the page cache first) and again from the page cache."""
-    import os
-    import tempfile
-
-    from data.batches import BatchDataset
-
     with tempfile.TemporaryDirectory(prefix="sae-train-bench-") as tmp:
         write_batches(Path(tmp), cfg)
         for path in Path(tmp).glob("train-*.bin"):

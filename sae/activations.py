@@ -5,15 +5,19 @@ and `indices` have one fixed width per call: k for TopK, the largest number of a
 row for the others (rows with fewer are padded with value 0, which decodes to nothing). Gradients
 reach `pre` only at the selected positions, through `gather`.
 
-`jumprelu_thresholds` turns a trained TopK SAE into a JumpReLU one, as Llama Scope does after training.
+Each takes exactly what it uses (k, per-latent thresholds, decoder-row norms); `SparseAutoencoder.select`
+picks the one its config names. `jumprelu_thresholds` turns a trained TopK SAE into a JumpReLU one, as
+Llama Scope does after training. Only "relu" trains with an L1 penalty (sae/loss.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
 import torch
 from torch import Tensor
+
+ACTIVATIONS = ("topk", "batchtopk", "topk_decnorm", "relu", "jumprelu")  # the names SAEConfig allows
 
 
 class TopKOutput(NamedTuple):
@@ -24,7 +28,7 @@ class TopKOutput(NamedTuple):
 
 
 def topk(pre: Tensor, k: int) -> TopKOutput:
-    """h = TopK_k(ReLU(pre)): the k largest pre-activations of each row, negatives clamped to 0; indices
+    """h = ReLU(TopK_k(pre)): the k largest pre-activations of each row, negatives clamped to 0; indices
     ascend along each row (as the sparse kernel returns them)."""
     indices = pre.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # (..., k)
     return TopKOutput(pre.gather(-1, indices).relu(), indices)
@@ -83,21 +87,3 @@ def jumprelu_thresholds(pre_batches: Iterable[Tensor], k: int, decoder_norms: Te
         raise ValueError("jumprelu_thresholds needs at least one batch of pre-activations")
     cutoff = torch.stack(cutoffs).mean()
     return cutoff / decoder_norms.clamp_min(1e-8)
-
-
-class Activation(NamedTuple):
-    """One row of the activation table: how latents are selected, and what sets the sparsity."""
-
-    select: Callable[[Tensor, Any], TopKOutput]  # (pre (..., d_sae), the SAE) -> the active latents
-    uses_k: bool      # sparsity set by k (the TopK family); otherwise by a threshold or an L1 penalty
-    l1_penalty: bool  # trained with an L1 penalty on activation x decoder-row norm (plain ReLU)
-
-
-ACTIVATIONS: dict[str, Activation] = {
-    "topk": Activation(lambda pre, sae: topk(pre, sae.cfg.k), True, False),
-    "batchtopk": Activation(lambda pre, sae: batchtopk(pre, sae.cfg.k), True, False),
-    "topk_decnorm": Activation(lambda pre, sae: topk_decnorm(pre, sae.cfg.k, sae.W_dec.detach().norm(dim=-1)),
-                               True, False),
-    "relu": Activation(lambda pre, sae: relu(pre), False, True),
-    "jumprelu": Activation(lambda pre, sae: jumprelu(pre, sae.threshold), False, False),
-}

@@ -7,19 +7,16 @@ hook and preprocessing it belongs to.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sae import activations, normalization
-
-ACTIVATIONS = tuple(activations.ACTIVATIONS)          # names; the functions are in sae/activations.py
-NORMALIZATIONS = tuple(normalization.NORMALIZATIONS)  # names; the modules are in sae/normalization.py
+from sae.activations import ACTIVATIONS
+from sae.normalization import NORMALIZATIONS
+from settings import SettingError, check_choice, check_int, check_number
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
-    """A field whose help text a command line can show: train.py's flags are these fields, so messages
-    name them as flags (in a config.json, the field of the same name)."""
+    """A field whose help text a command line can show (train.py's flags are these fields)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -47,27 +44,22 @@ class SAEConfig:
     chat: bool = _f(False, "whether the training text was wrapped in the chat template", cli=False)
 
     def __post_init__(self) -> None:
+        if self.k_aux is None:  # format-1 configs wrote null for "derived"
+            self.k_aux = 0
         for name, lowest in (("d_in", 0), ("d_sae", 0), ("k", 1), ("k_aux", 0)):
-            value = getattr(self, name)
-            if value is None and name == "k_aux":  # format-1 configs wrote null for "derived"
-                value = self.k_aux = 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise ValueError(f"--{_flag(name)} must be an integer >= {lowest}, got {value!r}")
-        for name, allowed in (("activation", ACTIVATIONS), ("normalization", NORMALIZATIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            check_int(name, getattr(self, name), lowest)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         for name in ("norm_eps", "l1_coeff", "aux_coeff"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"--{_flag(name)} must be a finite number >= 0, got {value!r}")
+            check_number(name, getattr(self, name))
         if self.d_sae:
             if self.k > self.d_sae:
-                raise ValueError(f"--k {self.k} must not exceed --d-sae {self.d_sae}; lower --k or raise --d-sae")
+                raise SettingError("k", self.k, f"must not exceed d_sae ({self.d_sae}); lower k or raise d_sae")
             if self.k_aux == 0:
                 self.k_aux = max(1, min(2048, self.d_sae // 2))
             if self.k_aux > self.d_sae:
-                raise ValueError(f"--k-aux {self.k_aux} must not exceed --d-sae {self.d_sae}; lower --k-aux or "
-                                 f"raise --d-sae")
+                raise SettingError("k_aux", self.k_aux, f"must not exceed d_sae ({self.d_sae}); lower k_aux or "
+                                                        f"raise d_sae")
 
     @property
     def is_complete(self) -> bool:
@@ -93,7 +85,3 @@ class SAEConfig:
         if not cfg.is_complete:
             raise ValueError(f"SAE config needs d_in and d_sae greater than 0, got {cfg.d_in} and {cfg.d_sae}")
         return cfg
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from sae.model import SparseAutoencoder
+from sae.sparse import EAGER, Kernels
 
 
 class LossOutput(NamedTuple):
@@ -23,28 +24,28 @@ class LossOutput(NamedTuple):
     l1: Tensor       # () mean over rows of sum_i h_i * ||W_dec[i]|| for relu (its penalty), of sum_i h_i otherwise
 
 
-def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k_aux: int) -> Tensor:
+def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k_aux: int,
+                       kernels: Kernels = EAGER) -> Tensor:
     """Decode the top `k_aux` pre-activations among dead latents (ReLU) -> (rows, d_in), WITHOUT b_pre:
     it models the residual x_n - x_hat_n, which carries no bias (OpenAI TopK paper, A.2)."""
     k = min(k_aux, int(dead_mask.sum().item()))
     ranked = pre.detach().masked_fill(~dead_mask, -torch.inf)  # (rows, d_sae), only dead latents compete
     indices = ranked.topk(k, dim=-1, sorted=False).indices     # (rows, k)
     values = pre.gather(-1, indices).relu()
-    return sae.decode_normalized(values, indices, bias=False)
+    return kernels.decode_residual(sae, values, indices)
 
 
 def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = None,
-             aux_gate_requires_k_aux_dead: bool = False) -> LossOutput:
+             aux_gate_requires_k_aux_dead: bool = False, kernels: Kernels = EAGER) -> LossOutput:
     """Forward `x` (rows, d_in) raw and compute the loss (weights from the SAE's config: l1_coeff,
-    k_aux, aux_coeff).
+    k_aux, aux_coeff), through `kernels` (sae/sparse.py: the SAE's eager methods, or the sparse kernels).
 
     dead_mask (d_sae,) bool marks latents the trainer considers dead (silent for its threshold of steps);
     the aux-k term is added when any are dead, or, with `aux_gate_requires_k_aux_dead` (the reference
     design's gate), only when at least k_aux are.
     """
     cfg = sae.cfg
-    aux_coeff, k_aux = cfg.aux_coeff, cfg.k_aux
-    out = sae(x.reshape(-1, cfg.d_in))
+    out = kernels.forward(sae, x.reshape(-1, cfg.d_in))
     err = out.x_hat_n - out.x_n                                  # (rows, d_in)
     sq = err.pow(2)
     mse = sq.mean()
@@ -55,15 +56,15 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = No
         l0 = active.sum(-1).float().mean()
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[out.indices[active]] = True
-    if sae.activation.l1_penalty:
+    if cfg.activation == "relu":  # the one activation whose sparsity comes from an L1 penalty
         l1 = (out.values * sae.W_dec.norm(dim=1)[out.indices]).sum(-1).mean()
         loss = mse + cfg.l1_coeff * l1
     else:  # decoder rows are unit-norm in training: the plain sum, without a pass over W_dec
         l1, loss = out.values.detach().sum(-1).mean(), mse
     aux_mse = torch.zeros((), dtype=mse.dtype, device=mse.device)
     n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
-    if n_dead > 0 and aux_coeff > 0 and (not aux_gate_requires_k_aux_dead or n_dead >= k_aux):
+    if n_dead > 0 and cfg.aux_coeff > 0 and (not aux_gate_requires_k_aux_dead or n_dead >= cfg.k_aux):
         residual = (out.x_n - out.x_hat_n).detach()              # the target must not train the main path
-        aux_mse = (aux_reconstruction(sae, out.pre, dead_mask, k_aux) - residual).pow(2).mean()
-        loss = loss + aux_coeff * aux_mse
+        aux_mse = (aux_reconstruction(sae, out.pre, dead_mask, cfg.k_aux, kernels) - residual).pow(2).mean()
+        loss = loss + cfg.aux_coeff * aux_mse
     return LossOutput(loss, mse, aux_mse.detach(), fvu, l0, fired, l1.detach())

@@ -11,16 +11,23 @@ sparse CSR matrix S (B, d_sae) and every product becomes a sparse one:
     sampled at the k positions (`torch.sparse.sampled_addmm`), never a dense (B, d_sae) matrix.
 sparsify (EleutherAI) and OpenAI's Triton kernels use the same decomposition. The eager twins
 (`topk_encode_eager`, `sparse_decode_eager`) are the plain autograd formulas the tests hold them to.
+
+The SAE itself (sae/model.py) is the eager formula. Whoever builds a trainer picks once how a training
+pass computes it: `kernels_for(sae, autocast=...)` returns `SPARSE` (`sparse_forward` and
+`sparse_decode_residual`, through these kernels) or `EAGER` (the SAE's own methods), and the loss
+(`sae_loss(..., kernels=...)`) calls what it was given.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae.model import ForwardOutput, SparseAutoencoder
 
 
 def _sparse_csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -150,3 +157,49 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
 def sparse_decode_eager(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """The eager twin of `sparse_decode`: gather the k rows and sum them, plain autograd."""
     return (values.unsqueeze(-1) * W_dec[indices]).sum(-2)
+
+
+# ---- the choice a trainer makes -----------------------------------------------------------------
+
+class Kernels(NamedTuple):
+    """How a training pass computes the SAE: its forward, and the decoding of latents without b_pre
+    (the aux-k loss). Both give the same results (up to float rounding); they differ in speed and dtypes."""
+
+    forward: Callable[[SparseAutoencoder, Tensor], ForwardOutput]  # (sae, x (rows, d_in)) -> sae(x)
+    decode_residual: Callable[[SparseAutoencoder, Tensor, Tensor], Tensor]  # (sae, values, indices) -> (rows, d_in)
+
+
+def sparse_forward(sae: SparseAutoencoder, x: Tensor) -> ForwardOutput:
+    """`sae(x)` for x (rows, d_in) through the kernels: TopK's encoder (the other activations select on
+    the eager pre-activations) and the sparse decoder."""
+    x_n, ctx = sae.normalize(x)
+    if sae.cfg.activation == "topk":
+        values, indices, pre = topk_encode(x_n, sae.W_enc, sae.b_enc, sae.b_pre, sae.h_bias, sae.cfg.k)
+    else:
+        pre = sae.pre_activations(x_n)
+        values, indices = sae.select(pre)
+    x_hat_n = sparse_decode(values, indices, sae.W_dec) + sae.b_pre
+    return ForwardOutput(sae.normalization.inverse(x_hat_n, ctx), x_hat_n, x_n, values, indices, pre)
+
+
+def sparse_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tensor) -> Tensor:
+    """`sae.decode_normalized(values, indices, bias=False)` for (rows, w) latents, through `sparse_decode`."""
+    return sparse_decode(values, indices, sae.W_dec)
+
+
+def eager_forward(sae: SparseAutoencoder, x: Tensor) -> ForwardOutput:
+    return sae(x)
+
+
+def eager_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tensor) -> Tensor:
+    return sae.decode_normalized(values, indices, bias=False)
+
+
+EAGER = Kernels(eager_forward, eager_decode_residual)     # the SAE's own formula (sae/model.py)
+SPARSE = Kernels(sparse_forward, sparse_decode_residual)  # the autograd Functions above
+
+
+def kernels_for(sae: SparseAutoencoder, *, autocast: bool) -> Kernels:
+    """SPARSE where the kernels apply, else EAGER. torch's sparse CSR products (sampled_addmm, CSR @ dense)
+    take float32/float64 only on CPU, so half-precision SAEs and autocast regions take the eager path."""
+    return SPARSE if not autocast and sae.W_dec.dtype in (torch.float32, torch.float64) else EAGER

@@ -134,7 +134,7 @@ class Steering:
         x = act.to(self.sae.W_dec.dtype)  # the SAE runs in its own dtype
         if self.mode == "sae":
             x_n, ctx = self.sae.normalize(x)
-            values, indices, _ = self.sae.encode_normalized(x_n, push=self.push)
+            values, indices = self.sae.select(self.sae.pre_activations(x_n) + self.push)
             out = self.sae.normalization.inverse(self.sae.decode_normalized(values, indices), ctx)
             return Steered(out.to(act.dtype), values, indices)
         if self.mode == "direction":

@@ -215,13 +215,14 @@ def time_sae_step(device: torch.device, shapes) -> dict:
     """One training step (forward, backward, Adam) of ours, of a naive dense TopK SAE, and the encoder matmul."""
     from sae.config import SAEConfig
     from sae.model import SparseAutoencoder
+    from sae.sparse import SPARSE
     from training.objective import SAEObjective
 
     d_in, d_sae, k, batch = shapes.sae_step
     torch.manual_seed(0)
     x = synthetic_activations(d_in, batch).to(device)
     sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_sae, k=k), device=device)
-    objective = SAEObjective(sae, aux_gate=False)  # aux-k weights from the SAE's config
+    objective = SAEObjective(sae, aux_gate=False, kernels=SPARSE)  # aux-k weights from the SAE's config
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
     def ours():

@@ -143,8 +143,8 @@ CASES = [
     Case("prebatch-disk-full", pb("--capture", "{capture}", "--out", "{full}/b", "--batch-size", "16",
                                   "--file-mb", "1"), "the disk is full", tmpfs=True),
     # train.py
-    Case("train-k-0", tr("--k", "0"), "--k must be an integer >= 1"),
-    Case("train-k-over-d-sae", tr("--k", "64", "--d-sae", "32"), "--k 64 must not exceed --d-sae 32",
+    Case("train-k-0", tr("--k", "0"), "--k 0: must be an integer >= 1"),
+    Case("train-k-over-d-sae", tr("--k", "64", "--d-sae", "32"), "--k 64: must not exceed d_sae (32)",
          forbid=("SAEConfig",)),
     Case("train-data-missing", tr("--data", "{case}/none"), "none"),
     Case("train-data-is-capture", tr("--data", "{capture}"), "prebatch the captured activations first"),

@@ -7,6 +7,7 @@ import torch
 
 from sae import SAEConfig, SparseAutoencoder, sparse
 from sae.loss import sae_loss
+from sae.sparse import EAGER, SPARSE, kernels_for
 
 B, D_IN, D_SAE, K = 48, 20, 96, 6
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -73,7 +74,8 @@ def test_sparse_decode_equals_eager_and_dense(device):
 
 @pytest.mark.parametrize("with_aux", [False, True])
 def test_model_fast_path_equals_eager_path(with_aux):
-    """A whole loss.backward() through the model, sparse kernels on and off, float32 as in training."""
+    """A whole loss.backward() through the sparse kernels and through the SAE's eager formula, float32 as in
+    training."""
     torch.manual_seed(3)
     cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="dataset_scale", k_aux=10)
     sae = SparseAutoencoder(cfg)
@@ -84,9 +86,8 @@ def test_model_fast_path_equals_eager_path(with_aux):
     x = torch.randn(256, D_IN)
     dead = torch.arange(D_SAE) % 3 == 0 if with_aux else None
     grads = []
-    for fast in (True, False):
-        sae.use_sparse_kernels = fast
-        out = sae_loss(sae, x, dead_mask=dead)
+    for kernels in (SPARSE, EAGER):
+        out = sae_loss(sae, x, dead_mask=dead, kernels=kernels)
         grads.append([out.loss.detach(), *torch.autograd.grad(out.loss, list(sae.parameters()))])
     for name, a, e in zip(("loss", "W_enc", "b_enc", "W_dec", "b_pre"), *grads):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
@@ -96,9 +97,12 @@ def test_half_precision_falls_back_to_the_eager_path():
     torch.manual_seed(4)
     sae32 = SparseAutoencoder(SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="none"))
     sae16 = SparseAutoencoder(SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="none"), dtype=torch.bfloat16)
+    assert kernels_for(sae16, autocast=False) is EAGER and kernels_for(sae32, autocast=True) is EAGER
+    assert kernels_for(sae32, autocast=False) is SPARSE
     sae16.load_state_dict({n: t.to(torch.bfloat16) for n, t in sae32.state_dict().items()})
     x = torch.randn(64, D_IN)
-    out = sae_loss(sae16, x.to(torch.bfloat16), dead_mask=torch.ones(D_SAE, dtype=torch.bool))
+    out = sae_loss(sae16, x.to(torch.bfloat16), dead_mask=torch.ones(D_SAE, dtype=torch.bool),
+                   kernels=kernels_for(sae16, autocast=False))
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in sae16.parameters())
     ref = sae32(x)  # bf16 rounding may swap near-tied latents, so compare on fp32's selection

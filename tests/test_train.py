@@ -243,9 +243,9 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--k", "0"], "--k must be an integer >= 1"),
-    (["--lr", "-1"], "--lr must be a finite number >= 0"),
-    (["--betas", "0.9"], "--betas takes two numbers"),
+    (["--k", "0"], "--k 0: must be an integer >= 1"),
+    (["--lr", "-1"], "--lr -1.0: must be a finite number >= 0"),
+    (["--betas", "0.9"], "--betas [0.9]: takes two numbers"),
     (["--resume", "--overwrite"], "give one"),
     (["--data", "/nonexistent/batches"], "/nonexistent/batches/batches.json: not found"),
 ])
@@ -461,10 +461,11 @@ def test_a_full_disk_while_checkpointing_says_so_in_one_line_and_loses_nothing(t
 
 def test_k_beyond_the_width_names_the_flags(tmp_path, batches_folder, capsys):
     code, err = run_cli(["--k", "32", "--d-sae", "16", "--out", str(tmp_path)], capsys)
-    assert code == 2 and err == "error: --k 32 must not exceed --d-sae 16; lower --k or raise --d-sae"
+    assert code == 2 and err == "error: --k 32: must not exceed d_sae (16); lower k or raise d_sae"
     code, err = run_cli(["--data", str(batches_folder), "--out", str(tmp_path / "run"), "--k", "40",
                          "--expansion", "2"], capsys)
-    assert code == 2 and "--k 40 must not exceed d_sae = --expansion 2 x d_in 16 = 32" in err
+    assert code == 2 and err.endswith("--k 40: must not exceed d_sae (32); lower k or raise d_sae "
+                                      "(d_sae = --expansion 2 x d_in 16)")
     assert not (tmp_path / "run").exists()
 
 

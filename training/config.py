@@ -18,6 +18,7 @@ import cli
 import paths
 import runtime
 from sae.config import SAEConfig
+from settings import SettingError, check_choice, check_int, check_number
 
 SCHEDULES = ("cosine", "linear", "constant")
 AUTOCAST = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --autocast -> torch dtype name
@@ -90,46 +91,37 @@ class TrainConfig:
     tensorboard: bool = _f(False, "mirror metrics to TensorBoard in <out>/tensorboard (needs tensorboard)")
 
     def __post_init__(self) -> None:
-        positive = ("expansion", "log_every", "keep_checkpoints")
-        at_least_zero = ("dead_after_tokens", "batch_size", "warmup_steps", "max_steps",
-                         "val_every", "val_batches", "patience", "checkpoint_every")
-        for name in positive + at_least_zero:
-            value = getattr(self, name)
-            lowest = 1 if name in positive else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise cli.UsageError(f"--{_flag(name)} must be an integer >= {lowest}, got {value!r}")
-        for name in ("lr", "eps", "weight_decay", "grad_clip", "min_delta",
-                     "epochs", "min_lr_ratio"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise cli.UsageError(f"--{_flag(name)} must be a finite number >= 0, got {value!r}")
-        if self.lr == 0 or self.eps == 0:
-            raise cli.UsageError("--lr and --eps must be greater than 0")
+        for name in ("expansion", "log_every", "keep_checkpoints"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("dead_after_tokens", "batch_size", "warmup_steps", "max_steps", "val_every", "val_batches",
+                     "patience", "checkpoint_every"):
+            check_int(name, getattr(self, name), 0)
+        for name in ("lr", "eps", "weight_decay", "grad_clip", "min_delta", "epochs", "min_lr_ratio"):
+            check_number(name, getattr(self, name))
+        for name in ("lr", "eps"):
+            if getattr(self, name) == 0:
+                raise SettingError(name, 0, "must be greater than 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise cli.UsageError(f"--betas takes two numbers in [0, 1), got {self.betas}")
+            raise SettingError("betas", self.betas, "takes two numbers in [0, 1)")
         if self.min_lr_ratio > 1:
-            raise cli.UsageError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise SettingError("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         if self.resume and self.overwrite:
-            raise cli.UsageError("--resume continues the run in --out, --overwrite deletes it: give one")
+            raise SettingError("resume", True, "continues the run in out, which overwrite deletes: give one")
         if self.epochs == 0 and self.max_steps == 0:
-            raise cli.UsageError("give --epochs or --max-steps greater than 0")
-        for name, allowed in (("preset", PRESETS), ("schedule", SCHEDULES), ("autocast", AUTOCAST)):
-            if getattr(self, name) not in allowed:
-                raise cli.UsageError(f"--{_flag(name)} must be one of {', '.join(allowed)}, "
-                                     f"got {getattr(self, name)!r}")
+            raise SettingError("epochs", self.epochs, "must be greater than 0 when max_steps is 0")
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("autocast", self.autocast, AUTOCAST)
 
     def sae_config(self, d_in: int, **provenance: Any) -> SAEConfig:
         """The SAE's config for inputs of width `d_in` (d_sae: --d-sae, else --expansion x d_in), with the
-        data's provenance; UsageError naming the flags when --k or --k-aux exceeds d_sae."""
-        sae = self.sae
-        width = sae.d_sae or self.expansion * d_in
-        source = f"--d-sae {sae.d_sae}" if sae.d_sae else f"d_sae = --expansion {self.expansion} x d_in {d_in}"
-        for name in ("k", "k_aux"):
-            if getattr(sae, name) > width:
-                raise cli.UsageError(f"--{_flag(name)} {getattr(sae, name)} must not exceed {source}"
-                                     f"{'' if sae.d_sae else f' = {width}'}; lower --{_flag(name)} or "
-                                     f"raise {'--d-sae' if sae.d_sae else '--expansion'}")
-        return sae.complete(d_in=d_in, expansion=self.expansion, **provenance)
+        data's provenance. SAEConfig checks k and k_aux against the width; the message says where the
+        width came from."""
+        try:
+            return self.sae.complete(d_in=d_in, expansion=self.expansion, **provenance)
+        except SettingError as err:
+            where = "" if self.sae.d_sae else f" (d_sae = --expansion {self.expansion} x d_in {d_in})"
+            raise cli.UsageError(f"--{_flag(err.field)} {err.value}: {err.problem}{where}") from None
 
     @classmethod
     def of(cls, **values: Any) -> "TrainConfig":

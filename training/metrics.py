@@ -8,6 +8,7 @@ file tells the story of the weights the run ends with.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -103,8 +104,6 @@ def require_mirrors(*, wandb_project: str, tensorboard: bool) -> None:
 
 
 def _import_optional(module: str, flag: str, package: str | None = None):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
