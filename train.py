@@ -36,6 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import cli
 import runtime
+from atomic import disk_full
 from data.batches import BatchDataset
 from runtime import DistInfo
 from sae.config import SAEConfig
@@ -239,18 +240,6 @@ def last_good(out: Path) -> str:
     """'the last good checkpoint is <path>', or that none was written, for messages that stop a run."""
     good = [path for _, path in reversed(list_checkpoints(checkpoint_dir(out))) if loads(path)]
     return f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
-
-
-def disk_full(err: BaseException | None) -> OSError | None:
-    """The ENOSPC error behind `err`, if any: torch.save reports a full disk as a RuntimeError of its zip
-    writer raised while handling the OSError, so the whole chain is searched."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def disk_full_message(err: OSError, out: Path) -> str:
