@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from llama.cpu_16bit import upcast_linears
 from llama.model import ModelArgs, Transformer
 
 Tensors = Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]
@@ -40,6 +41,7 @@ def build_model(args: ModelArgs, tensors: Tensors, *, device: torch.device | str
     `device` and `dtype` (no copy when it is already there), then passed through `transform(name,
     tensor)` when given (e.g. to quantize it); the result becomes the parameter. The model is built on
     the meta device (no memory, no random init), so the weights exist once in memory, never twice.
+    16-bit linears on a CPU that only emulates 16-bit products become `llama.cpu_16bit.UpcastLinear`.
     """
     with torch.device("meta"):
         model = Transformer(args)
@@ -63,6 +65,7 @@ def build_model(args: ModelArgs, tensors: Tensors, *, device: torch.device | str
         raise ValueError(f"checkpoint does not match the model: missing {missing[:3]}"
                          f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}")
     model.tie_weights()
+    upcast_linears(model)  # a speed path, swapped in only for 16-bit weights on a CPU that emulates them
     return model.eval()
 
 
