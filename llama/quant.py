@@ -14,6 +14,7 @@ time and re-rounded (`exact` on the module says which happened).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -24,7 +25,6 @@ INT4_GROUPS = (32, 64, 128, 256)  # the group sizes the int4 kernels accept
 # where the packed kernels are built for few rows. Measured on a 576 x 1536 matrix (2-core AVX2 EPYC): the
 # kernels cost ~23 (int8) and ~27 (int4) us a row, unpacking 2-4 ms once plus ~12 us a row in float32.
 DEQUANTIZE_MIN_ROWS = {"int8": 128, "int4": 256}
-_CPU_INT4_BLOCK = 32  # rows per block in the CPU int4 kernel's packed layout
 _CHUNK_ROWS = 1024  # rows quantized at a time: bounds the float temporaries of a big matrix
 
 
@@ -188,12 +188,11 @@ class QuantLinear(nn.Module):
         (plus zero points for int4), computed in float32 from the stored (kernel-dtype) scales."""
         if self.kind == "int8":
             return (self.packed.float() * self.scales.float()[:, None]).to(dtype)
-        if self.packed.is_cuda or self.out_features % _CPU_INT4_BLOCK:  # no cheap unpacking: the kernel times the identity
+        block = None if self.packed.is_cuda else cpu_int4_block()
+        if block is None or self.out_features % block:  # no cheap unpacking: the kernel times the identity
             eye = torch.eye(self.in_features, dtype=self.dtype, device=self.packed.device)
             return self._kernel_int4(eye).T.to(dtype)
-        # CPU layout: per block of 32 rows, for each column 16 bytes, rows 0-15 in the low nibbles, 16-31 high
-        blocks = self.packed.view(self.out_features // _CPU_INT4_BLOCK, self.in_features, _CPU_INT4_BLOCK // 2)
-        q4 = torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(self.out_features, -1)
+        q4 = _unpack_cpu_int4(self.packed, self.out_features, block)
         scales, zeros = self.scales_zeros.float().unbind(-1)  # (in_features // group, out_features) each
         per_column = (scales.T.repeat_interleave(self.group, dim=1), zeros.T.repeat_interleave(self.group, dim=1))
         return ((q4.float() - 8) * per_column[0] + per_column[1]).to(dtype)
@@ -206,6 +205,24 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}, "
                 f"group={self.group}, exact={self.exact}")
+
+
+@functools.cache
+def cpu_int4_block() -> int | None:
+    """Rows per block of the CPU int4 kernel's packed layout, read off a packed sample once: torch packs
+    64 rows a block on CPUs it runs with AVX-512 kernels, 32 elsewhere. None: neither layout (then
+    `dequantized` goes through the kernel)."""
+    sample = (torch.arange(128)[:, None] * 7 + torch.arange(64) * 3).remainder(16).int()  # (rows, cols) 0..15
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(sample, 2)
+    return next((block for block in (32, 64) if torch.equal(_unpack_cpu_int4(packed, 128, block).int(), sample)),
+                None)
+
+
+def _unpack_cpu_int4(packed: torch.Tensor, rows: int, block: int) -> torch.Tensor:
+    """The CPU int4 layout's (rows, cols) values 0..15: per block of `block` rows, for each column
+    block // 2 bytes, the block's first half in the low nibbles, the second half in the high ones."""
+    blocks = packed.view(rows // block, -1, block // 2)  # (row blocks, cols, block // 2)
+    return torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(rows, -1)
 
 
 class CastLinear(nn.Linear):
