@@ -22,8 +22,8 @@ from torch import nn
 
 INT4_GROUPS = (32, 64, 128, 256)  # the group sizes the int4 kernels accept
 # Inputs of at least this many rows (a prompt) are multiplied in float32 by the unpacked weight on a CPU,
-# where the packed kernels are built for few rows. Measured on a 576 x 1536 matrix (2-core AVX2 EPYC): the
-# kernels cost ~23 (int8) and ~27 (int4) us a row, unpacking 2-4 ms once plus ~12 us a row in float32.
+# where the packed kernels are built for few rows: past these counts, unpacking once and a float32 product
+# cost less than the kernel's per-row time.
 DEQUANTIZE_MIN_ROWS = {"int8": 128, "int4": 256}
 _CHUNK_ROWS = 1024  # rows quantized at a time: bounds the float temporaries of a big matrix
 
@@ -145,7 +145,7 @@ class QuantLinear(nn.Module):
                     group: int = 64) -> "QuantLinear":
         """Pack `blocks` for the `kind` ("int8" / "int4") kernel; `group`: int4 group size when re-rounding.
         Blocks that are already 4-bit stay exact in the int4 kernel for both kinds: re-rounding them to
-        per-channel int8 only adds error (default model: top-1 agreement with float32 92.5% instead of 97%)."""
+        per-channel int8 only adds error (the default model's top-1 agreement with float32 drops)."""
         rows, cols = blocks.shape
         if (kind == "int4" and rows % 16 == 0) or fits_int4(blocks):
             form, exact = int4_form(blocks, group)

@@ -107,8 +107,8 @@ def release_pages(tensor: torch.Tensor) -> None:
 
 def return_free_memory() -> None:
     """Give the allocator's free heap memory back to the system (glibc's malloc_trim; nothing elsewhere).
-    Packing a model tensor by tensor frees many mid-sized temporaries that glibc otherwise keeps resident
-    (Llama 3 8B shape built as int4: peak RSS 6.20 GiB without, 5.78-5.88 GiB with a trim after each tensor)."""
+    Packing a model tensor by tensor frees many mid-sized temporaries that glibc otherwise keeps resident,
+    which raises the peak memory of a large int4 build."""
     trim = getattr(_libc(), "malloc_trim", None) if sys.platform.startswith("linux") else None
     if trim is not None:
         trim(0)
