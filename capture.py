@@ -32,11 +32,14 @@ from atomic import atomic_path
 from data.chunks import capture_chunk, chunk_arrays, iter_chunks
 from data.fileio import check_no_folders_in_the_way, check_writable_folder, disk_full_error, file_check
 from data.manifest import CaptureBook
+from data.shuffle import PrebatchConfig, prebatch
 from data.prepare import (SentenceOptions, context_prefix, iter_records, read_sentences,
                           write_sentences)
 from data.sentences import SentenceSplitter
 from data.shards import DTYPES, ShardData, ShardWriter, read_manifest
 from data.text import TextSource, corpus_identity, iter_documents
+from llama.hooks import parse_hook_name
+from llama.loading import open_checkpoint
 from runtime import DistInfo
 
 log = logging.getLogger("capture")
@@ -120,8 +123,6 @@ def resolve_source(cfg: CaptureConfig) -> TextSource:
 def capture(cfg: CaptureConfig, dist: DistInfo | None = None, loaded=None) -> dict[str, Path]:
     """Capture every hook of `cfg`; returns hook -> capture folder. `loaded` reuses a loaded model
     (which then decides the device); `dist` is this process's place (default: a single process)."""
-    from llama.hooks import parse_hook_name
-
     source, options = check_inputs(cfg, loaded)
     if dist is None:
         device = next(loaded.model.parameters()).device if loaded else runtime.resolve_device(cfg.device)
@@ -170,8 +171,6 @@ def check_inputs(cfg: CaptureConfig, loaded=None) -> tuple[TextSource, SentenceO
 def check_hook_forms(hooks: list[str], model_flag: str, loaded=None) -> None:
     """Hook names of a valid form; the layer range is checked once the model is loaded. A wrong name's
     message lists the model's own layers, read from its header when it is not loaded yet."""
-    from llama.hooks import parse_hook_name
-
     for hook in hooks:
         try:
             parse_hook_name(hook, loaded.args.n_layers if loaded else 1 << 30)
@@ -186,8 +185,6 @@ def check_hook_forms(hooks: list[str], model_flag: str, loaded=None) -> None:
 def header_layers(model_flag: str) -> int | None:
     """The model's number of layers from its header alone (config.json, params.json, GGUF metadata),
     for a message before the model loads; None when it cannot be read (loading will say why)."""
-    from llama.loading import open_checkpoint
-
     try:
         return open_checkpoint(Path(model_flag) if model_flag else paths.default_model_path()).args.n_layers
     except Exception:  # any unreadable header: the message falls back to the forms alone
@@ -198,9 +195,14 @@ def capture_settings(cfg: CaptureConfig, source: TextSource, loaded, prefix: lis
     """Everything that determines the stored bytes; a resume must match it exactly."""
     keys = ("dtype", "bos", "chat", "max_tokens", "max_documents", "sample_fraction", "max_total_tokens", "batch_tokens",
             "shard_tokens", "punkt_chars")
-    model_dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")  # as resolved, not "auto"
-    return {"model": loaded.source, "model_dtype": model_dtype, "corpus": corpus_identity(source),
+    return {"model": loaded.source, "model_dtype": resolved_model_dtype(loaded), "corpus": corpus_identity(source),
             "context_prefix": prefix, **{k: getattr(cfg, k) for k in keys}}
+
+
+def resolved_model_dtype(loaded) -> str:
+    """The dtype the model runs in as loaded (int8 and int4 included), never "auto"; for a LoadedModel
+    assembled by hand, its float weights' dtype."""
+    return loaded.model_dtype or str(loaded.model.norm.weight.dtype).removeprefix("torch.")
 
 
 def check_resumable(folder: Path, settings: dict) -> None:
@@ -312,8 +314,6 @@ def run_capture(cfg: CaptureConfig, model, *, folders: dict[str, Path], book: Ca
 
 
 def run_prebatch(cfg: CaptureConfig, folders: dict[str, Path]) -> None:
-    from data.shuffle import PrebatchConfig, prebatch
-
     for hook, folder in folders.items():
         target = Path(cfg.batches_out) / hook
         try:

@@ -18,12 +18,15 @@ import torch
 import torch.distributed as dist
 
 import cli
+import paths
+from llama import LoadedModel
+from llama import load_model as load_checkpoint
+from llama.hooks import parse_hook_name
+from llama.loading.precision import MODEL_DTYPES
+from sae.io import load_config, load_sae
 
 log = logging.getLogger("runtime")
 
-# --model-dtype: "auto" picks per device and memory (llama.loading.precision says how and why);
-# int8 / int4 keep the linear weights quantized (llama.quant).
-MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8", "int4")
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
 
@@ -33,7 +36,9 @@ def device_field() -> Any:
 
 
 def model_dtype_field() -> Any:
-    """The `--model-dtype` field every script that loads a model shares."""
+    """The `--model-dtype` field every script that loads a model shares. Its choices are llama's one list
+    (llama.loading.precision.MODEL_DTYPES): the command line and config files are checked against it, and
+    `llama.load_model` refuses anything else for configs built in Python."""
     return field(default="auto", metadata={
         "help": "precision the model runs in: auto (float32 on a CPU when it fits, else bfloat16; the "
                 "checkpoint's 16-bit type on CUDA), float32, bfloat16, float16, int8 or int4 (weights kept "
@@ -116,18 +121,14 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def load_model(model_flag: str, *, device: torch.device, model_dtype: str = "auto", tokenizer: bool = True):
+def load_model(model_flag: str, *, device: torch.device, model_dtype: str = "auto",
+               tokenizer: bool = True) -> LoadedModel:
     """--model (empty: the embedded default) in --model-dtype on `device` -> llama.LoadedModel.
 
     The precision chosen for "auto", and why, is logged in one line.
     """
-    import paths
-    from llama import load_model as load
-
     path = Path(model_flag) if model_flag else paths.default_model_path()
-    if model_dtype not in MODEL_DTYPES:
-        raise cli.UsageError(f"--model-dtype {model_dtype}: choose one of {', '.join(MODEL_DTYPES)}")
-    loaded = load(path, device=device, dtype=model_dtype, tokenizer=tokenizer)
+    loaded = load_checkpoint(path, device=device, dtype=model_dtype, tokenizer=tokenizer)
     if loaded.precision_note:
         log.info("model precision: %s", loaded.precision_note)
     return loaded
@@ -137,8 +138,6 @@ def load_sae_for(folder: str | Path, loaded, *, device: torch.device, hook: str 
                  dtype: torch.dtype = torch.float32, flag: str = "--sae"):
     """Load the SAE in `folder` after checking it belongs to `loaded`: width, hook (a real hook of this
     model, and `hook` when given) and model identity. One-line errors name `flag`."""
-    from sae.io import load_config, load_sae
-
     sae_cfg = load_config(folder)
     check_sae_matches(sae_cfg, loaded, folder=folder, hook=hook, flag=flag)
     return load_sae(folder, device=device, dtype=dtype)
@@ -146,8 +145,6 @@ def load_sae_for(folder: str | Path, loaded, *, device: torch.device, hook: str 
 
 def check_sae_matches(sae_cfg, loaded, *, folder, hook: str | None = None, flag: str = "--sae") -> None:
     """One-line ValueError unless an SAE with config `sae_cfg` reads activations of `loaded`."""
-    from llama.hooks import parse_hook_name
-
     if sae_cfg.d_in != loaded.args.dim:
         raise cli.UsageError(f"{flag} {folder}: the SAE reads {sae_cfg.d_in}-dim activations but the model's "
                              f"are {loaded.args.dim}-dim: it was trained on another model")

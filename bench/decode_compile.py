@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import paths  # noqa: E402
 from llama import generate, load_model  # noqa: E402
+from llama.loading.precision import MODEL_DTYPES  # noqa: E402
 from llama.model import apply_rotary_emb  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def ms_per_token(step, tokens: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dtype", default="int4", choices=("float32", "bfloat16", "int8", "int4"))
+    parser.add_argument("--model-dtype", default="int4", choices=MODEL_DTYPES)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()

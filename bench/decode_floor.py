@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import paths  # noqa: E402
 from llama import load_model  # noqa: E402
+from llama.loading.precision import MODEL_DTYPES  # noqa: E402
 from llama.quant import QuantLinear  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "int8", "int4"))
+    parser.add_argument("--model-dtype", default="float32", choices=MODEL_DTYPES)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(paths.default_model_path(), dtype=args.model_dtype)

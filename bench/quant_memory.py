@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama.loading.common import vocabulary_first  # noqa: E402
+from llama.loading.precision import QUANTIZED  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
 from llama.quant_build import QuantBuilder  # noqa: E402
 
@@ -32,7 +33,7 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("quant", choices=("int8", "int4"))
+    parser.add_argument("quant", choices=QUANTIZED)
     parser.add_argument("--layers", type=int, default=32)
     args = parser.parse_args()
     shape = ModelArgs(n_layers=args.layers, n_kv_heads=8)  # Llama 3 8B

@@ -5,7 +5,8 @@
     model, tokenizer = loaded.model, loaded.tokenizer
     out = model(tokens, taps=("blocks.20.hook_resid_post",), return_logits=False)
 
-Reading order: model.py (the network), hooks.py (hook names), kv_cache.py, generation.py, loading/.
+Reading order: model.py (the network), hooks.py (hook names), kv_cache.py, generation.py, loading/;
+then the modules the loader swaps in for speed: cpu_16bit.py (16-bit on CPUs that emulate it), quant.py.
 """
 
 from llama.generation import generate

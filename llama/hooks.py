@@ -15,8 +15,9 @@ hook's injection; the injection's return value is what flows on.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Callable, Iterable, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 
@@ -75,12 +76,23 @@ def block_hook_names(layer: int) -> dict[str, str]:
     return {site: f"blocks.{layer}.{site}" for site in BLOCK_SITES}
 
 
+@functools.lru_cache(maxsize=256)
+def check_hook_names(taps: tuple[str, ...], injected: tuple[str, ...], n_layers: int) -> int:
+    """Validate the names of a forward's taps and injections (one-line ValueError otherwise) and return the
+    deepest layer a tap needs (-1: the embeddings only, n_layers: the final norm; -1 without taps).
+    Cached: decoding calls forward with the same names at every step, and they are parsed once."""
+    for name in injected:
+        parse_hook_name(name, n_layers)
+    return max((parse_hook_name(name, n_layers).layer for name in taps), default=-1)
+
+
 class Hooks:
     """The taps and injections of one forward call. Calling it at a hook point records and edits."""
 
-    def __init__(self, taps: Iterable[str], injections: Mapping[str, Injection] | None):
-        self.taps = frozenset(taps)
+    def __init__(self, taps: tuple[str, ...], injections: Mapping[str, Injection] | None, n_layers: int):
         self.injections = dict(injections or {})
+        self.deepest_tap = check_hook_names(taps, tuple(self.injections), n_layers)
+        self.taps = frozenset(taps)
         self.recorded: dict[str, torch.Tensor] = {}
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -94,10 +106,6 @@ class Hooks:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"injection at {name} must return a tensor of shape {tuple(x.shape)}, got {got}")
         return out
-
-    def deepest_layer(self, n_layers: int) -> int:
-        """The last layer any tap needs (-1: embeddings only; n_layers: the final norm)."""
-        return max(parse_hook_name(name, n_layers).layer for name in self.taps)
 
 
 def no_hooks(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,7 @@ Every hook point of llama/hooks.py is a call `hook(name, x)` in the forward code
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -17,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llama.hooks import EMBED, FINAL_NORM, Hooks, Injection, ModelOutput, block_hook_names, no_hooks, \
-    parse_hook_name
+from llama.hooks import EMBED, FINAL_NORM, Hooks, Injection, ModelOutput, block_hook_names, no_hooks
 from llama.kv_cache import KVCache
 
 HookFn = Callable[[str, torch.Tensor], torch.Tensor]
@@ -82,65 +79,6 @@ class ModelArgs:
         return cls(**(values | overrides))
 
 
-# A CPU without native 16-bit matrix units (AVX2; AVX-512 without BF16/FP16) emulates 16-bit products: measured
-# on a 2-core AVX2 EPYC, a 512 x 2048 x 8192 bf16 product ran at 21 GFLOP/s against 102 in float32, while the
-# conversion of the weight into a reused float32 buffer costs ~0.6 ns an element (2.6-4.3 into fresh memory).
-# Converting pays from a few rows up; 32 leaves a margin. Fewer rows (decoding) stay in 16 bits, where
-# reading half the bytes is what counts.
-UPCAST_MIN_ROWS = 32
-
-
-@functools.cache
-def cpu_emulates(dtype: torch.dtype) -> bool:
-    """True when this CPU has no native matrix instructions for the 16-bit `dtype` (oneDNN's own test; a
-    torch build without oneDNN's test counts as native, the kernels torch would use anyway)."""
-    test = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
-    try:
-        return test is not None and not getattr(torch.ops.mkldnn, test)()
-    except (AttributeError, RuntimeError):
-        return False
-
-
-class Linear(nn.Linear):
-    """y = x W^T (no bias). 16-bit weights on a CPU that only emulates 16-bit products are multiplied in
-    float32 for inputs of UPCAST_MIN_ROWS rows or more; the result is rounded back to the input's dtype,
-    as the 16-bit kernel's float32 accumulator would be."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (w.dtype in (torch.bfloat16, torch.float16) and w.device.type == "cpu"
-                and x.numel() >= UPCAST_MIN_ROWS * x.shape[-1] and cpu_emulates(w.dtype)):
-            return linear_in_float32(x, w)
-        return F.linear(x, w)
-
-
-# Weights are converted this many elements (64 MB of float32) at a time into memory reused between calls:
-# a fresh float32 copy costs ~7x the conversion itself (page faults: 4.3 against 0.6 ns an element).
-SCRATCH_ELEMENTS = 1 << 24
-_scratch = threading.local()  # one buffer per thread: two threads may run models at once
-
-
-def linear_in_float32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x W^T for a 16-bit CPU weight, multiplied in float32 a block of output features at a time, rounded
-    to x's dtype."""
-    x32 = x.float()
-    if torch.is_grad_enabled() and w.requires_grad:  # a gradient must reach w: an ordinary converted copy
-        return F.linear(x32, w.float()).to(x.dtype)
-    rows = max(1, SCRATCH_ELEMENTS // w.shape[1])
-    parts = []
-    for start in range(0, w.shape[0], rows):
-        block = w[start:start + rows]
-        buffer = getattr(_scratch, "buffer", None)
-        if buffer is None or buffer.numel() < block.numel():
-            with torch.inference_mode(False):  # a normal tensor, writable in and out of inference mode
-                buffer = _scratch.buffer = torch.empty(max(block.numel(), min(SCRATCH_ELEMENTS, w.numel())))
-        parts.append(F.linear(x32, buffer[:block.numel()].view(block.shape).copy_(block)).to(x.dtype))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-
-
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, the mean taken over the last dimension."""
 
@@ -150,8 +88,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Meta's formula, in float32 for half-precision inputs. Written out because torch 2.13's F.rms_norm
-        # is about 10x slower on CPU for (batch, seq, dim) inputs (2.2 ms vs 0.18 ms for 8 x 128 x 576).
+        # Meta's formula, in float32 for half-precision inputs. Written out: torch 2.13's F.rms_norm is
+        # several times slower on a CPU for (batch, seq, dim) inputs.
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
@@ -205,10 +143,10 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = Linear(args.dim, args.n_heads * self.head_dim)
-        self.wk = Linear(args.dim, self.n_kv_heads * self.head_dim)
-        self.wv = Linear(args.dim, self.n_kv_heads * self.head_dim)
-        self.wo = Linear(args.n_heads * self.head_dim, args.dim)
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
@@ -229,9 +167,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.w1 = Linear(dim, hidden_dim)  # gate
-        self.w2 = Linear(hidden_dim, dim)  # down
-        self.w3 = Linear(dim, hidden_dim)  # up
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -269,10 +207,11 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding.from_pretrained(weight, freeze=False)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
-        self.output = Linear(args.dim, args.vocab_size)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.tie_weights()
         # Not a buffer (as in Meta's code): model.to(bfloat16) must not round the rotation speeds. Computed on
-        # the CPU even while the model is built on the meta device (maths there would import torch._dynamo).
+        # the CPU even while the model is built on the meta device (maths there would import torch._dynamo),
+        # and copied to the tokens' device where used.
         self.freqs = rope_frequencies(args, device="cpu")  # (head_dim // 2,) float32
 
     def tie_weights(self) -> None:
@@ -300,14 +239,12 @@ class Transformer(nn.Module):
         last_logits_only: logits of the last position only, (bsz, 1, vocab) (generation needs no more).
         """
         taps = (taps,) if isinstance(taps, str) else tuple(taps)
-        for name in (*taps, *(injections or {})):
-            parse_hook_name(name, self.args.n_layers)
-        hooks = Hooks(taps, injections) if taps or injections else None
+        hooks = Hooks(taps, injections, self.args.n_layers) if taps or injections else None  # names checked here
         last = self.args.n_layers
         if not return_logits:
             if not taps:
                 raise ValueError("forward: return_logits=False needs at least one tap, or there is nothing to compute")
-            last = hooks.deepest_layer(self.args.n_layers)
+            last = hooks.deepest_tap
             if cache is not None and last < self.args.n_layers:
                 raise ValueError("forward: a KV cache needs every layer run; pass return_logits=True")
         hook = hooks or no_hooks
@@ -342,9 +279,7 @@ class Transformer(nn.Module):
         if cache is not None and cache.rotations is not None:
             freqs_cis = cache.rotations[positions]  # a lookup, not a table per step
         else:
-            if self.freqs.device != device:
-                self.freqs = self.freqs.to(device)
-            freqs_cis = rotary_table(self.freqs, positions)
+            freqs_cis = rotary_table(self.freqs.to(device), positions)
         if not padded and (start == 0 or seqlen == 1):
             # causal from slot 0, or one new query that may see every key: no mask tensor at all
             return AttentionContext(freqs_cis, None, start == 0 and seqlen > 1, cache, start)

@@ -22,8 +22,8 @@ from torch import nn
 
 INT4_GROUPS = (32, 64, 128, 256)  # the group sizes the int4 kernels accept
 # Inputs of at least this many rows (a prompt) are multiplied in float32 by the unpacked weight on a CPU,
-# where the packed kernels are built for few rows. Measured on a 576 x 1536 matrix (2-core AVX2 EPYC): the
-# kernels cost ~23 (int8) and ~27 (int4) us a row, unpacking 2-4 ms once plus ~12 us a row in float32.
+# where the packed kernels are built for few rows: past these counts, unpacking once and a float32 product
+# cost less than the kernel's per-row time.
 DEQUANTIZE_MIN_ROWS = {"int8": 128, "int4": 256}
 _CHUNK_ROWS = 1024  # rows quantized at a time: bounds the float temporaries of a big matrix
 
@@ -128,26 +128,6 @@ def _pack_int4(q4: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def unpack_cpu_int4(packed: torch.Tensor, rows: int, block: int) -> torch.Tensor:
-    """The CPU int4 layout back to (rows, cols) codes 0..15: per block of `block` rows, for each column
-    block // 2 bytes, the block's first half of rows in the low nibbles and its second half in the high."""
-    blocks = packed.view(rows // block, -1, block // 2)  # (rows // block, cols, block // 2)
-    return torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(rows, -1)
-
-
-@functools.cache
-def cpu_int4_block_rows() -> int | None:
-    """Rows per block of the CPU int4 kernel's packed layout on this CPU (the kernel's block width follows
-    its instruction set: 32 with AVX2, 64 with AVX-512), found by packing a known matrix; None when
-    neither layout matches (unpacking then goes through the kernel)."""
-    codes = torch.randint(0, 16, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
-    for block in (32, 64):
-        if packed.numel() * 2 == codes.numel() and torch.equal(unpack_cpu_int4(packed, 128, block).int(), codes):
-            return block
-    return None
-
-
 class QuantLinear(nn.Module):
     """y = x W^T with W kept as int8 (per-channel scales) or int4 (group-wise scales and zero points).
 
@@ -165,7 +145,7 @@ class QuantLinear(nn.Module):
                     group: int = 64) -> "QuantLinear":
         """Pack `blocks` for the `kind` ("int8" / "int4") kernel; `group`: int4 group size when re-rounding.
         Blocks that are already 4-bit stay exact in the int4 kernel for both kinds: re-rounding them to
-        per-channel int8 only adds error (default model: top-1 agreement with float32 92.5% instead of 97%)."""
+        per-channel int8 only adds error (the default model's top-1 agreement with float32 drops)."""
         rows, cols = blocks.shape
         if (kind == "int4" and rows % 16 == 0) or fits_int4(blocks):
             form, exact = int4_form(blocks, group)
@@ -208,11 +188,11 @@ class QuantLinear(nn.Module):
         (plus zero points for int4), computed in float32 from the stored (kernel-dtype) scales."""
         if self.kind == "int8":
             return (self.packed.float() * self.scales.float()[:, None]).to(dtype)
-        block = None if self.packed.is_cuda else cpu_int4_block_rows()
+        block = None if self.packed.is_cuda else cpu_int4_block()
         if block is None or self.out_features % block:  # no cheap unpacking: the kernel times the identity
             eye = torch.eye(self.in_features, dtype=self.dtype, device=self.packed.device)
             return self._kernel_int4(eye).T.to(dtype)
-        q4 = unpack_cpu_int4(self.packed, self.out_features, block)
+        q4 = _unpack_cpu_int4(self.packed, self.out_features, block)
         scales, zeros = self.scales_zeros.float().unbind(-1)  # (in_features // group, out_features) each
         per_column = (scales.T.repeat_interleave(self.group, dim=1), zeros.T.repeat_interleave(self.group, dim=1))
         return ((q4.float() - 8) * per_column[0] + per_column[1]).to(dtype)
@@ -225,6 +205,24 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}, "
                 f"group={self.group}, exact={self.exact}")
+
+
+@functools.cache
+def cpu_int4_block() -> int | None:
+    """Rows per block of the CPU int4 kernel's packed layout, read off a packed sample once: torch packs
+    64 rows a block on CPUs it runs with AVX-512 kernels, 32 elsewhere. None: neither layout (then
+    `dequantized` goes through the kernel)."""
+    sample = (torch.arange(128)[:, None] * 7 + torch.arange(64) * 3).remainder(16).int()  # (rows, cols) 0..15
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(sample, 2)
+    return next((block for block in (32, 64) if torch.equal(_unpack_cpu_int4(packed, 128, block).int(), sample)),
+                None)
+
+
+def _unpack_cpu_int4(packed: torch.Tensor, rows: int, block: int) -> torch.Tensor:
+    """The CPU int4 layout's (rows, cols) values 0..15: per block of `block` rows, for each column
+    block // 2 bytes, the block's first half in the low nibbles, the second half in the high ones."""
+    blocks = packed.view(rows // block, -1, block // 2)  # (row blocks, cols, block // 2)
+    return torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(rows, -1)
 
 
 class CastLinear(nn.Linear):

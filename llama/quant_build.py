@@ -14,16 +14,17 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from llama.loading.common import return_free_memory
+from llama.loading.precision import QUANTIZED
 from llama.model import ModelArgs, Transformer
-from llama.quant import Blocks, CastLinear, QuantEmbedding, QuantLinear, quantize_int8
-
-QUANT_KINDS = ("int8", "int4")
+from llama.quant import Blocks, CastLinear, QuantEmbedding, QuantLinear, by_rows, int4_group, quantize_int4, \
+    quantize_int8
 
 
 def activation_dtype(device: torch.device, kernel_dtype: torch.dtype) -> torch.dtype:
-    """The residual stream's dtype around bf16 kernels: float32 on a CPU (a bf16 stream drops the default
-    model's top-1 agreement with float32 from 97% to 96%, and bf16 elementwise ops are slower there
-    without native bf16 units), the kernels' own dtype on an accelerator."""
+    """The residual stream's dtype around bf16 kernels: float32 on a CPU (a bf16 stream costs the default
+    model some top-1 agreement with float32, and bf16 elementwise ops are slower there without native bf16
+    units), the kernels' own dtype on an accelerator."""
     return torch.float32 if device.type == "cpu" else kernel_dtype
 
 
@@ -36,17 +37,14 @@ class QuantBuilder:
 
     `dtype`: norms, embeddings' output and the residual stream (None: `activation_dtype`); `kernel_dtype`:
     the packed kernels' inputs and scales. The output head is the most sensitive weight: it stays a float
-    matrix, float32 for int8 (the accurate kind) and `kernel_dtype` for int4 (the fast one). Default model,
-    top-1 agreement with float32 over 512 positions, linears as the file's 4-bit blocks: head float32 98.4%,
-    bf16 97.1%, Q8_0 exactly but summed from two bf16 int4 products 96.7%, per-channel int8 95.1%,
-    re-rounded to int4 73%. `quantize_head=True` packs it anyway (int8 kernel).
+    matrix, float32 for int8 (the accurate kind) and `kernel_dtype` for int4 (the fast one): every packed
+    form of it costs the default model top-1 agreement with float32 (README, "Known limits").
+    `quantize_head=True` packs it anyway (int8 kernel). `quant` is a resolved --model-dtype (int8 / int4).
     """
 
     def __init__(self, args: ModelArgs, quant: str, *, dtype: torch.dtype | None = None,
                  kernel_dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu", group: int = 64,
                  quantize_head: bool = False):
-        if quant not in QUANT_KINDS:
-            raise ValueError(f"--model-dtype {quant}: quantized kinds are {', '.join(QUANT_KINDS)}")
         with torch.device("meta"):
             self.model = Transformer(args)
         self.quant, self.device, self.group = quant, torch.device(device), group
@@ -69,7 +67,6 @@ class QuantBuilder:
             self._set(name.removesuffix(".weight"), self._linear(value, head=name == OUTPUT))
         else:
             self._set_float(name, value)
-        from llama.loading.common import return_free_memory  # here: llama.loading imports this module
         return_free_memory()
 
     def _linear(self, value: torch.Tensor | Blocks, head: bool = False) -> nn.Module:
@@ -90,7 +87,6 @@ class QuantBuilder:
 
     def _float_blocks(self, weight: torch.Tensor, kind: str) -> Blocks:
         """A float weight's first quantized form: int8 per channel, or int4 groups (packed as they are)."""
-        from llama.quant import by_rows, int4_group, quantize_int4
         read = weight.__getitem__
         if kind == "int4" and weight.shape[0] % 16 == 0:
             group = int4_group(weight.shape[1], self.group)
@@ -141,6 +137,8 @@ def quantize_model(model: Transformer, quant: str, *, kernel_dtype: torch.dtype 
                    group: int = 64, quantize_head: bool = False) -> Transformer:
     """A float model's weights quantized, tensor by tensor (each float weight is released as its packed
     form is made when nothing else holds it). Returns a new model; `model` is emptied of its weights."""
+    if quant not in QUANTIZED:
+        raise ValueError(f"quantize_model: quant {quant!r}: choose one of {', '.join(QUANTIZED)}")
     device, dtype = model.norm.weight.device, model.norm.weight.dtype
     state = model.state_dict()
     if model.args.tie_word_embeddings:

@@ -31,13 +31,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cli  # noqa: E402
 import make_checkpoint  # noqa: E402
+import train  # noqa: E402
 from llama import ModelArgs, generate, load_model  # noqa: E402
+from sae.config import SAEConfig  # noqa: E402
+from sae.io import load_sae  # noqa: E402
+from sae.model import SparseAutoencoder  # noqa: E402
+from sae.sparse import SPARSE  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.objective import SAEObjective  # noqa: E402
 
 # Shapes of the full run (one H100) and of --cpu (seconds on a small CPU).
 FULL = SimpleNamespace(model=make_checkpoint.llama3_args("1b"), seqlen=512, batch=4, new_tokens=64,
@@ -123,7 +132,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_capture(device: torch.device, shapes, tmp: Path) -> dict:
     """The 1B shape: bf16 taps on `device` vs float32 on the CPU; capture and decode speed vs transformers."""
-    import transformers
+    import transformers  # here: a heavy import, needed by this check only
 
     args = shapes.model
     folder = make_checkpoint.write_hf(tmp / "model", args, tokenizer=False)
@@ -171,10 +180,6 @@ def synthetic_activations(d_in: int, n_rows: int, seed: int = 0) -> torch.Tensor
 
 def check_training(device: torch.device, shapes, tmp: Path) -> dict:
     """train.py for `steps` steps on the CPU and on `device` from the same init and data; validation FVU."""
-    import cli
-    import train
-    from training.config import TrainConfig
-
     d_in, d_sae, k, batch = shapes.train
     data = synthetic_activations(d_in, batch * (shapes.steps + 8))
     train_batches, val = list(data[:batch * shapes.steps].split(batch)), data[batch * shapes.steps:]
@@ -204,7 +209,6 @@ def check_training(device: torch.device, shapes, tmp: Path) -> dict:
 
 def validation_fvu(folder: Path, val: torch.Tensor) -> float:
     """Fraction of variance unexplained by the saved SAE on held-out activations (in float32 on the CPU)."""
-    from sae.io import load_sae
     sae = load_sae(folder)
     with torch.no_grad():
         x_hat = sae(val).x_hat
@@ -213,11 +217,6 @@ def validation_fvu(folder: Path, val: torch.Tensor) -> float:
 
 def time_sae_step(device: torch.device, shapes) -> dict:
     """One training step (forward, backward, Adam) of ours, of a naive dense TopK SAE, and the encoder matmul."""
-    from sae.config import SAEConfig
-    from sae.model import SparseAutoencoder
-    from sae.sparse import SPARSE
-    from training.objective import SAEObjective
-
     d_in, d_sae, k, batch = shapes.sae_step
     torch.manual_seed(0)
     x = synthetic_activations(d_in, batch).to(device)
@@ -255,8 +254,6 @@ def time_sae_step(device: torch.device, shapes) -> dict:
 
 def check_process_group(device: torch.device) -> dict:
     """NCCL (Gloo with --cpu) with one process: join, all_reduce, leave."""
-    import torch.distributed as dist
-
     backend = "nccl" if device.type == "cuda" else "gloo"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

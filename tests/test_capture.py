@@ -29,7 +29,7 @@ import atomic
 import capture
 import cli
 import paths
-from llama import model as llama_model
+from llama import cpu_16bit
 from data.shards import CapturedDataset, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,6 +196,19 @@ def test_killed_capture_resumes_to_identical_bytes(tmp_path, corpus, smol, gguf_
 def test_refuses_to_resume_with_other_settings(reference, corpus, smol):
     with pytest.raises(cli.UsageError, match=r"different dtype.*same arguments"):
         capture.capture(config(reference.parent, corpus, "--dtype", "fp16"), loaded=smol)
+
+
+def test_manifest_records_the_model_dtype_as_loaded(tmp_path, corpus, smol):
+    """A quantized model's float norm weights do not speak for it: the capture records the dtype the model
+    was loaded in (LoadedModel.model_dtype, set by llama.load_model; here an int4 label on the session's
+    model, so that no int4 model need be built), and a resume with a float32 model is refused in one line."""
+    int4 = smol._replace(model_dtype="int4")
+    capture.capture(config(tmp_path, corpus, "--max-documents", "2"), loaded=int4)
+    assert read_manifest(tmp_path / HOOK)["settings"]["model_dtype"] == "int4"
+    with pytest.raises(cli.UsageError, match=r"^[^\n]*holds a capture made with different model_dtype; rerun with "
+                                             r"the same arguments[^\n]*$"):
+        capture.capture(config(tmp_path, corpus, "--max-documents", "2"), loaded=smol)
+    capture.capture(config(tmp_path, corpus, "--max-documents", "2"), loaded=int4)  # the same settings resume
 
 
 def test_unknown_hook_out_of_range_layer(tmp_path, corpus, smol):
@@ -376,7 +389,7 @@ def test_stored_dtype_is_the_captures_not_the_models(tmp_path, corpus, smol, smo
                                                      monkeypatch):
     # one product path for the batched capture and the one-sentence reference (a CPU that emulates bf16
     # multiplies 32+ rows in float32: rounding differently at each layer would blur the comparison)
-    monkeypatch.setattr(llama_model, "UPCAST_MIN_ROWS", 1)
+    monkeypatch.setattr(cpu_16bit, "UPCAST_MIN_ROWS", 1)
     loaded = smol_bf16 if model_dtype == "bfloat16" else smol
     assert next(loaded.model.parameters()).dtype == getattr(torch, model_dtype)
     capture.capture(config(tmp_path, corpus, "--dtype", storage, "--max-documents", "4"), loaded=loaded)

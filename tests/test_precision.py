@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from llama import ModelArgs, load_model
+from llama import ModelArgs, cpu_16bit, load_model
 from llama.loading import build_model, hf, iter_checkpoint, open_checkpoint, precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +159,7 @@ def test_auto_on_cpu_follows_memory(monkeypatch):
     chosen = precision.resolve("auto", "cpu", checkpoint_dtype=torch.bfloat16, weight_count=1_000_000_000)
     assert chosen.dtype == torch.bfloat16 and "bfloat16 (auto)" in chosen.note and "\n" not in chosen.note
     assert precision.resolve("int8", "cpu").quant == "int8"
+    assert chosen.name == "bfloat16" and precision.resolve(torch.float16, "cpu").name == "float16"  # never "auto"
 
 
 def test_a_model_that_cannot_fit_is_refused_before_loading(monkeypatch, folders):
@@ -275,12 +277,13 @@ def test_half_linear_matches_float32_product_either_way(dtype, emulated, monkeyp
     """The 16-bit product, in 16 bits or (on CPUs that emulate them, enough rows) in float32 then rounded,
     is the float32 product of the same 16-bit numbers within one rounding of the output (plus the
     accumulation-order noise of a 16-bit kernel). Decoding-sized inputs keep the 16-bit kernel."""
-    from llama import model as llama_model
-    monkeypatch.setattr(llama_model, "cpu_emulates", lambda d: emulated)
-    monkeypatch.setattr(llama_model, "SCRATCH_ELEMENTS", 256 * 40)  # the weight converted in 3 blocks of rows
+    monkeypatch.setattr(cpu_16bit, "cpu_emulates", lambda d: emulated)
+    monkeypatch.setattr(cpu_16bit, "SCRATCH_ELEMENTS", 256 * 40)  # the weight converted in 3 blocks of rows
     torch.manual_seed(0)
-    linear = llama_model.Linear(256, 96).to(dtype).requires_grad_(False)  # a loaded model's weights
-    for rows in (1, llama_model.UPCAST_MIN_ROWS, 3 * llama_model.UPCAST_MIN_ROWS):
+    plain = nn.Sequential(nn.Linear(256, 96, bias=False)).to(dtype).requires_grad_(False)  # a loaded model's
+    linear = cpu_16bit.upcast_linears(plain)[0]
+    assert isinstance(linear, cpu_16bit.UpcastLinear) == emulated
+    for rows in (1, cpu_16bit.UPCAST_MIN_ROWS, 3 * cpu_16bit.UPCAST_MIN_ROWS):
         x = torch.randn(rows, 256).to(dtype)
         exact = x.double() @ linear.weight.double().T
         got = linear(x)
@@ -288,7 +291,7 @@ def test_half_linear_matches_float32_product_either_way(dtype, emulated, monkeyp
         err = ((got.double() - exact).abs() / (exact.abs() + 1e-3)).max().item()
         assert err <= 4 * ROUNDOFF[str(dtype).removeprefix("torch.")], (rows, err)
     calls = []
-    monkeypatch.setattr(llama_model.F, "linear", lambda x, w: calls.append(x.dtype) or x @ w.T)
+    monkeypatch.setattr(cpu_16bit.F, "linear", lambda x, w, b=None: calls.append(x.dtype) or x @ w.T)
     linear(torch.randn(1, 256).to(dtype)), linear(torch.randn(2, 32, 256).to(dtype))
     assert calls == [dtype] + ([torch.float32] * 3 if emulated else [dtype])  # 96 rows in blocks of 40
 
@@ -296,10 +299,8 @@ def test_half_linear_matches_float32_product_either_way(dtype, emulated, monkeyp
 def test_float32_products_work_in_every_autograd_mode(monkeypatch):
     """The reused buffer is made outside inference mode (a forward under torch.inference_mode, then one
     under no_grad, must both work), and a weight that requires grad still gets its gradient."""
-    from llama import model as llama_model
-    monkeypatch.setattr(llama_model, "cpu_emulates", lambda d: True)
-    monkeypatch.setattr(llama_model, "_scratch", llama_model.threading.local())
-    linear = llama_model.Linear(64, 48).to(torch.bfloat16)
+    monkeypatch.setattr(cpu_16bit, "_scratch", cpu_16bit.threading.local())
+    linear = cpu_16bit.UpcastLinear(64, 48, bias=False).to(torch.bfloat16)
     x = torch.randn(40, 64).to(torch.bfloat16)
     with torch.inference_mode():
         first = linear(x)
@@ -307,3 +308,19 @@ def test_float32_products_work_in_every_autograd_mode(monkeypatch):
         torch.testing.assert_close(linear(x), first, rtol=0, atol=0)
     linear(x).float().sum().backward()
     assert linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_loader_swaps_in_float32_products_only_for_emulated_16_bit(folders, emulated, monkeypatch):
+    """Every linear of a 16-bit model becomes an UpcastLinear exactly when the CPU emulates that dtype;
+    float32 and quantized models never do. Swapped or not, the logits are the same model's."""
+    monkeypatch.setattr(cpu_16bit, "cpu_emulates", lambda d: emulated and d != torch.float32)
+    n_linears = 7 * ARGS.n_layers + 1
+    for dtype in ("float32", "bfloat16", "float16", "int8"):
+        model = load_model(folders["hf", "bfloat16"], dtype=dtype, tokenizer=False).model
+        upcast = [m for m in model.modules() if isinstance(m, cpu_16bit.UpcastLinear)]
+        assert len(upcast) == (n_linears if emulated and dtype in ("bfloat16", "float16") else 0), dtype
+        assert not model.training
+    with torch.no_grad():
+        logits = load_model(folders["hf", "bfloat16"], dtype="bfloat16", tokenizer=False).model(tokens()).logits
+    assert rel(logits, reference_logits(folders["hf", "bfloat16"], torch.float32)) < REL_BOUND["bfloat16"]

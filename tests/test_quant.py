@@ -182,6 +182,7 @@ def test_quantized_model_agrees_with_float32(quantized, corpus_tokens, float_top
 
 def test_quantized_model_holds_packed_weights(quantized):
     model = quantized.model
+    assert quantized.model_dtype == ("int8" if model.output.weight.dtype == torch.float32 else "int4")  # manifests
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(linears) == 7 * model.args.n_layers and all(m.exact and m.kind == "int4" for m in linears)
     assert isinstance(model.tok_embeddings, QuantEmbedding)

@@ -21,6 +21,8 @@ from llama.loading import hf, meta
 from llama.loading.common import Transform, build_model, count_params, fingerprint
 from llama.loading.precision import resolve as resolve_precision
 from llama.model import ModelArgs, Transformer
+from llama.quant_build import build_quantized
+from llama.tokenizers import load_tokenizer
 
 __all__ = ["Checkpoint", "LoadedModel", "build_model", "detect_format", "iter_checkpoint", "load_model",
            "open_checkpoint"]
@@ -39,6 +41,9 @@ class LoadedModel(NamedTuple):
     """An identity for manifests: file or folder name, format, and a fingerprint of the files."""
     precision_note: str = ""
     """How the dtype was chosen when it was not given exactly ("auto"), for the caller's log."""
+    model_dtype: str = ""
+    """The dtype as resolved, never "auto": float32, bfloat16, float16, int8 or int4, for manifests
+    (empty in a LoadedModel assembled by hand)."""
 
 
 def detect_format(path: Path) -> str:
@@ -89,7 +94,7 @@ class Checkpoint:
             return hf.iter_tensors(self.path, self.args, dtype)
         if self.format == "meta":
             return meta.iter_tensors(self.path, dtype)
-        from llama.loading.gguf import load_gguf
+        from llama.loading.gguf import load_gguf  # here: the gguf package is needed for GGUF files only
         _, state, _ = load_gguf(self.path, dtype or self.stored_dtype or torch.float32)
         return iter(state.items())
 
@@ -99,7 +104,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     kind = detect_format(path)
     if kind == "gguf":
-        from llama.loading.gguf import model_args
+        from llama.loading.gguf import model_args  # here: the gguf package is needed for GGUF files only
         from llama.loading.gguf_reader import read_gguf
         gguf = read_gguf(path)
         return Checkpoint(path, kind, model_args(gguf), _gguf_dtype(gguf), [path], gguf)
@@ -134,21 +139,18 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
     before any weight is read. tokenizer=False skips the tokenizer (LoadedModel.tokenizer is then None).
     transform: see `build_model`.
     """
-    from llama.tokenizers import load_tokenizer  # imported here: the tokenizer is optional
-
     ckpt = open_checkpoint(path)
     precision = resolve_precision(dtype, device, checkpoint_dtype=ckpt.stored_dtype, weight_count=ckpt.n_params)
     tok = None
     if tokenizer:  # before the weights: a missing tokenizer should not cost a long load first
         tok = load_tokenizer(ckpt.path, gguf_metadata=ckpt.gguf.metadata if ckpt.gguf is not None else None)
     if precision.quant is not None:  # linear weights and embeddings packed as they are read (llama/quant.py)
-        from llama.quant_build import build_quantized
         model = build_quantized(ckpt.args, quantizable_tensors(ckpt), precision.quant, kernel_dtype=precision.dtype,
                                 device=device)
     else:
         model = build_model(ckpt.args, ckpt.tensors(precision.dtype), device=device, dtype=precision.dtype,
                             transform=transform)
-    return LoadedModel(model, tok, ckpt.args, ckpt.source, precision.note)
+    return LoadedModel(model, tok, ckpt.args, ckpt.source, precision.note, precision.name)
 
 
 def quantizable_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, Any]]:
@@ -156,6 +158,6 @@ def quantizable_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, Any]]:
     (exact, never dequantised to a float model), other checkpoints' tensors in their stored dtype (the
     builder converts each as it packs it: no float32 copy of a 16-bit tensor in flight)."""
     if ckpt.format == "gguf":
-        from llama.loading.gguf import load_gguf
+        from llama.loading.gguf import load_gguf  # here: the gguf package is needed for GGUF files only
         return load_gguf(ckpt.path, quantized=True)[1]
     return ckpt.tensors()

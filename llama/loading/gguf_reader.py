@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
 
 _MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -192,7 +193,6 @@ def _dequantize_into(gguf: GGUFFile, info: TensorInfo, out: torch.Tensor) -> Non
         _QUANTIZED[info.qtype](raw, scratch.view(-1, 32))
         out.copy_(scratch)
     else:  # the gguf package's reference implementation (numpy), for every other type
-        from gguf.quants import dequantize
         out.copy_(torch.from_numpy(dequantize(raw.numpy(), info.qtype)).flatten())
 
 

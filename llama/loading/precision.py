@@ -15,7 +15,10 @@ from typing import NamedTuple
 import torch
 
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUANTIZED = ("int8", "int4")
+QUANTIZED = ("int8", "int4")  # linear weights kept quantized (llama/quant.py)
+# Every --model-dtype, the one list: the scripts' flag takes its choices from it (runtime.model_dtype_field)
+# and `resolve`, the entry of every load, refuses anything else; past that the resolved value is trusted.
+MODEL_DTYPES = ("auto", *FLOAT_DTYPES, *QUANTIZED)
 # bytes per weight as loaded; quantized: the codes plus per-group scales (an estimate for the fit check)
 _BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.1, "int4": 0.6}
 AUTO_CPU_SHARE = 0.5  # auto picks float32 on a CPU while its weights take at most this share of memory
@@ -28,6 +31,7 @@ class Precision(NamedTuple):
     dtype: torch.dtype  # the dtype of activations and of the unquantized weights
     quant: str | None   # "int8" / "int4": linear weights kept quantized; None: plain float weights
     note: str           # one line for the log: what was chosen and why (empty when it was asked for)
+    name: str           # the --model-dtype it stands for, never "auto": float32, ..., int8 or int4
 
 
 def resolve(request: str | torch.dtype, device: torch.device | str, *, checkpoint_dtype: torch.dtype | None = None,
@@ -42,18 +46,14 @@ def resolve(request: str | torch.dtype, device: torch.device | str, *, checkpoin
         if name not in FLOAT_DTYPES:
             raise ValueError(f"model dtype {request}: choose one of {', '.join(FLOAT_DTYPES)}")
         request = name
-    if request == "auto":
-        name, note = _auto(device, checkpoint_dtype, weight_count)
-    elif request in FLOAT_DTYPES or request in QUANTIZED:
-        name, note = request, ""
-    else:
-        raise ValueError(f"--model-dtype {request}: choose one of auto, {', '.join(FLOAT_DTYPES)}, "
-                         f"{', '.join(QUANTIZED)}")
+    if request not in MODEL_DTYPES:
+        raise ValueError(f"--model-dtype {request}: choose one of {', '.join(MODEL_DTYPES)}")
+    name, note = _auto(device, checkpoint_dtype, weight_count) if request == "auto" else (request, "")
     dtype = FLOAT_DTYPES.get(name, torch.bfloat16)  # quantized weights compute in bfloat16
     check_device_can(dtype, device, flag=f"--model-dtype {request}")
     if weight_count is not None:
         check_fits(name, device, weight_count)
-    return Precision(dtype, name if name in QUANTIZED else None, note)
+    return Precision(dtype, name if name in QUANTIZED else None, note, name)
 
 
 def _auto(device: torch.device, checkpoint_dtype: torch.dtype | None, weight_count: int | None) -> tuple[str, str]:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from llama.tokenizers.base import Message, Tokenizer
-from llama.tokenizers.bpe import ByteLevelBPE
+from llama.tokenizers.bpe import GPT2_PATTERN, ByteLevelBPE
+from llama.tokenizers.llama3 import Llama3Tokenizer
+from llama.tokenizers.spm import SentencePieceTokenizer
 from llama.tokenizers.stream import StreamDecoder
 
 __all__ = ["ByteLevelBPE", "Llama3Tokenizer", "Message", "SentencePieceTokenizer", "StreamDecoder",
@@ -46,9 +48,7 @@ def load_tokenizer(path: str | Path, gguf_metadata: dict[str, Any] | None = None
     if path.suffix == ".json":
         return bpe_from_tokenizer_json(path)
     if _looks_like_tiktoken(head):
-        from llama.tokenizers.llama3 import Llama3Tokenizer
         return Llama3Tokenizer(path)
-    from llama.tokenizers.spm import SentencePieceTokenizer
     try:
         return SentencePieceTokenizer(path)
     except ValueError:
@@ -64,7 +64,7 @@ def _looks_like_tiktoken(head: bytes) -> bool:
 
 def read_gguf_metadata(path: Path) -> dict[str, Any]:
     """The metadata of a GGUF file as Python values (the loader's header-only reader)."""
-    from llama.loading.gguf_reader import read_gguf
+    from llama.loading.gguf_reader import read_gguf  # here: llama.loading imports this package (a cycle)
     return read_gguf(path).metadata
 
 
@@ -121,7 +121,6 @@ def bpe_from_tokenizer_json(path: Path) -> ByteLevelBPE:
 
 def _hf_patterns(spec: dict, path: Path) -> list[str]:
     """Regex stages of a tokenizer.json pre-tokenizer (Split / Digits / ByteLevel)."""
-    from llama.tokenizers.bpe import GPT2_PATTERN
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     patterns = []
@@ -144,13 +143,3 @@ def _read_json(path: Path) -> dict:
 
 def _token_text(value: Any) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
-
-
-def __getattr__(name: str):  # tiktoken and sentencepiece are imported only when used
-    if name == "Llama3Tokenizer":
-        from llama.tokenizers.llama3 import Llama3Tokenizer
-        return Llama3Tokenizer
-    if name == "SentencePieceTokenizer":
-        from llama.tokenizers.spm import SentencePieceTokenizer
-        return SentencePieceTokenizer
-    raise AttributeError(name)
