@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import cli
 import paths
-import runtime
+import startup
 from atomic import atomic_path
 from data.chunks import capture_chunk, chunk_arrays, iter_chunks
 from data.fileio import check_no_folders_in_the_way, check_writable_folder, disk_full_error, file_check
@@ -40,7 +40,7 @@ from data.shards import DTYPES, ShardData, ShardWriter, read_manifest
 from data.text import TextSource, corpus_identity, iter_documents
 from llama.hooks import parse_hook_name
 from llama.loading import open_checkpoint
-from runtime import DistInfo
+from startup import DistInfo
 
 log = logging.getLogger("capture")
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -77,8 +77,8 @@ class CaptureConfig:
     chat: bool = field(default=False, metadata={"help": "wrap each sentence as a user message in the chat "
                                                         "template; only the sentence's tokens are stored"})
     punkt_chars: int = field(default=2_000_000, metadata={"help": "corpus characters to train Punkt on"})
-    device: str = runtime.device_field()
-    model_dtype: str = runtime.model_dtype_field()
+    device: str = startup.device_field()
+    model_dtype: str = startup.model_dtype_field()
     prebatch: bool = field(default=False, metadata={"help": "prebatch each hook's shards after capture"})
     batches_out: str = field(default=str(paths.DEFAULT_BATCHES_DIR),
                              metadata={"help": "with --prebatch: output folder (each hook gets <batches-out>/<hook>/)"})
@@ -99,7 +99,7 @@ class CaptureConfig:
 
 def main() -> None:
     cfg, _ = cli.parse_config(CaptureConfig, description=__doc__.split("\n\n")[0])
-    info = runtime.init_distributed(cfg.device)
+    info = startup.init_distributed(cfg.device)
     if info.is_main:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -111,7 +111,7 @@ def main() -> None:
         raise disk_full_error(err, Path(cfg.out), "--out", "nothing committed was lost: free space and rerun "
                               "the same command to resume") from None
     finally:
-        runtime.destroy_distributed()
+        startup.destroy_distributed()
 
 
 def resolve_source(cfg: CaptureConfig) -> TextSource:
@@ -125,10 +125,10 @@ def capture(cfg: CaptureConfig, dist: DistInfo | None = None, loaded=None) -> di
     (which then decides the device); `dist` is this process's place (default: a single process)."""
     source, options = check_inputs(cfg, loaded)
     if dist is None:
-        device = next(loaded.model.parameters()).device if loaded else runtime.resolve_device(cfg.device)
+        device = next(loaded.model.parameters()).device if loaded else startup.resolve_device(cfg.device)
         dist = DistInfo(0, 1, 0, device, None)
     if loaded is None:
-        loaded = runtime.load_model(cfg.model, device=dist.device, model_dtype=cfg.model_dtype)
+        loaded = startup.load_model(cfg.model, device=dist.device, model_dtype=cfg.model_dtype)
     for hook in cfg.hooks:
         parse_hook_name(hook, loaded.args.n_layers)
     folders = {h: check_writable_folder(Path(cfg.out) / h, "--out") for h in cfg.hooks}

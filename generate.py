@@ -27,7 +27,7 @@ import torch
 
 import cli
 import paths
-import runtime
+import startup
 from atomic import write_text_atomic
 from latents.report import read_explanations
 from latents.judge import cached_judge
@@ -82,8 +82,8 @@ class GenerateConfig:
                                                                 "text's perplexity is at most this multiple of "
                                                                 "the unsteered text's"})
     sweep_json: str = field(default="", metadata={"help": "--sweep: also write the table as JSON to this file"})
-    device: str = runtime.device_field()
-    model_dtype: str = runtime.model_dtype_field()
+    device: str = startup.device_field()
+    model_dtype: str = startup.model_dtype_field()
 
     def __post_init__(self):
         for text in self.steer:
@@ -128,9 +128,9 @@ def main(cfg: GenerateConfig) -> int:
         with cli.settings_as_flags():  # the latent indices, before the model loads
             check_steers(steers, load_config(sae_dir).d_sae)
     prompts = read_prompts(cfg)
-    device = runtime.resolve_device(cfg.device)
-    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
-    sae = runtime.load_sae_for(sae_dir, loaded, device=device) if sae_dir else None
+    device = startup.resolve_device(cfg.device)
+    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = startup.load_sae_for(sae_dir, loaded, device=device) if sae_dir else None
     chat = cfg.chat or bool(sae and sae.cfg.chat)
     bos = sae.cfg.prepend_bos if sae else loaded.tokenizer.add_bos
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
@@ -184,9 +184,9 @@ def sweep_main(cfg: GenerateConfig) -> int:
         judge.index(cfg.label)
     print(f"judge: bag-of-words classifier, held-out accuracy {judge.accuracy:.3f} "
           f"(always guessing the commonest label: {judge.majority:.3f})")
-    device = runtime.resolve_device(cfg.device)
-    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
-    sae = runtime.load_sae_for(sae_dir, loaded, device=device)
+    device = startup.resolve_device(cfg.device)
+    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = startup.load_sae_for(sae_dir, loaded, device=device)
     bos = sae.cfg.prepend_bos
     chat = cfg.chat or sae.cfg.chat
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]

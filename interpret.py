@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import cli
 import paths
-import runtime
+import startup
 from data.shuffle import DEFAULTS, is_validation
 from latents.collect import LatentStats, collect_stats
 from latents.evaluate import evaluate_sae, left_padded_batches
@@ -74,8 +74,8 @@ class InterpretConfig:
     eval_batch_size: int = field(default=16, metadata={"help": "sentences per forward pass in the evaluation"})
     batches_dir: str = field(default=str(paths.DEFAULT_BATCHES_DIR),
                              metadata={"help": "prebatched folder root: its train/val split picks held-out documents"})
-    device: str = runtime.device_field()
-    model_dtype: str = runtime.model_dtype_field()
+    device: str = startup.device_field()
+    model_dtype: str = startup.model_dtype_field()
     seed: int = field(default=0, metadata={"help": "seed of the random sentences (detection negatives) and "
                                                    "of the probes' document split"})
     probe_test_fraction: float = field(default=0.2, metadata={"help": "share of documents the label probes "
@@ -104,7 +104,7 @@ def main() -> None:
 
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
-    device = runtime.resolve_device(cfg.device)
+    device = startup.resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cli.save_config(cfg, out / "config.json")
@@ -112,7 +112,7 @@ def interpret(cfg: InterpretConfig) -> dict:
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
     data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
     stats = statistics(cfg, data, sae, device, out)
-    loaded = runtime.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
     if loaded.args.dim != sae.cfg.d_in:
         raise cli.UsageError(f"--model has dim {loaded.args.dim} but the SAE expects d_in {sae.cfg.d_in}")
     latents = chosen_latents(stats, cfg.max_latents)

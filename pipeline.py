@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import cli
 import paths
-import runtime
+import startup
 from atomic import write_text_atomic
 from capture import CaptureConfig
 from generate import GenerateConfig
@@ -56,7 +56,7 @@ class PipelineConfig:
     runs: str = field(default=str(paths.RUNS), metadata={"help": "root folder of the run (capture/, batches/, "
                                                                  "train/, interpret/ inside)"})
     model: str = borrowed(CaptureConfig, "model")
-    model_dtype: str = runtime.model_dtype_field()
+    model_dtype: str = startup.model_dtype_field()
     data: str = borrowed(CaptureConfig, "data")
     label_field: str = borrowed(CaptureConfig, "label_field")
     hook: str = field(default=paths.DEFAULT_HOOK, metadata={"help": "hook point to capture and train on"})
@@ -78,7 +78,7 @@ class PipelineConfig:
     prompt: str = field(default="I think the new phone is", metadata={"help": "prompt of the steering demo"})
     max_new_tokens: int = borrowed(GenerateConfig, "max_new_tokens", default=32)
     seed: int = field(default=0, metadata={"help": "seed of the SAE's training (initialisation, batch order)"})
-    device: str = runtime.device_field()
+    device: str = startup.device_field()
 
     def __post_init__(self):
         for name in ("candidates", "sweep_steps"):
@@ -90,7 +90,7 @@ class PipelineConfig:
 
 def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
     """Each stage's own config, built (and so validated) before the first stage starts."""
-    runtime.resolve_device(cfg.device)  # a device this machine lacks is refused now, not after a capture
+    startup.resolve_device(cfg.device)  # a device this machine lacks is refused now, not after a capture
     if cfg.data and not Path(cfg.data).exists():
         raise FileNotFoundError(f"--data {cfg.data}: no such file or folder")
     sae_dir = folders["train"] / "sae"

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import cli
 import paths
-import runtime
+import startup
 from latents.report import read_explanations, read_latent_facts
 from latents.judge import cached_judge
 from sae.steering import check_mode
@@ -49,8 +49,8 @@ class ServeConfig:
     judge_corpus: str = field(default="", metadata={"help": "labelled corpus the sweep's judge is trained on "
                                                             "(default: the embedded corpus)"})
     port: int = field(default=paths.SERVE_PORT, metadata={"help": "port on 127.0.0.1 (0: any free one)"})
-    device: str = runtime.device_field()
-    model_dtype: str = runtime.model_dtype_field()
+    device: str = startup.device_field()
+    model_dtype: str = startup.model_dtype_field()
 
     def __post_init__(self):
         check_mode(self.mode)
@@ -84,13 +84,13 @@ def check_flags(cfg: ServeConfig) -> Checked:
         corpus = Path(cfg.judge_corpus) if cfg.judge_corpus else paths.default_corpus_path()
     except FileNotFoundError:  # the embedded corpus is not installed: steering works, sweeps say why not
         corpus = None
-    return Checked(sae_dir, explanations, runtime.resolve_device(cfg.device), corpus)
+    return Checked(sae_dir, explanations, startup.resolve_device(cfg.device), corpus)
 
 
 def load_session(cfg: ServeConfig) -> SteeringSession:
     checked = check_flags(cfg)
-    loaded = runtime.load_model(cfg.model, device=checked.device, model_dtype=cfg.model_dtype)
-    sae = runtime.load_sae_for(checked.sae_dir, loaded, device=checked.device)
+    loaded = startup.load_model(cfg.model, device=checked.device, model_dtype=cfg.model_dtype)
+    sae = startup.load_sae_for(checked.sae_dir, loaded, device=checked.device)
     folder = Path(cfg.explanations).parent if cfg.explanations else paths.DEFAULT_INTERPRET_DIR
     judge = (lambda: cached_judge(checked.corpus, paths.RUNS / "judge")) if checked.corpus else None
     return SteeringSession(loaded, sae, checked.explanations, cfg.mode, judge=judge,

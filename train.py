@@ -35,10 +35,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import cli
-import runtime
+import startup
 from atomic import disk_full
 from data.batches import BatchDataset
-from runtime import DistInfo
+from startup import DistInfo
 from sae.config import SAEConfig
 from sae.io import save_sae
 from sae.model import SparseAutoencoder
@@ -52,7 +52,7 @@ from training.data import RankShare, Rebatched, data_identity, data_stats, ident
 from training.metrics import MetricsLogger, decoder_orthogonality, read_metrics, require_mirrors, truncate_metrics
 from training.nonfinite import NonFiniteLossError
 from training.objective import SAEObjective
-from training.precision import autocast, grad_scaler
+from training.precision import autocast, grad_scaler, native_autocast
 from training.state import TrainState
 from training.step import Trainer, get_lr, train_step
 
@@ -69,7 +69,7 @@ def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
          val_data: Sequence[Tensor] | None = None) -> Path:
     """Train an SAE as `cfg` says; returns the folder of the saved SAE. `train_data` / `val_data` (any
     sequences of float32 (batch, d_in) tensors) replace the batches folder `cfg.data` when given."""
-    dist = runtime.init_distributed(cfg.device)
+    dist = startup.init_distributed(cfg.device)
     try:
         return train(cfg, dist, train_data, val_data)
     except NonFiniteLossError as err:
@@ -80,7 +80,7 @@ def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
             raise
         raise DiskFullError(errno.ENOSPC, disk_full_message(full, cfg.out_dir)) from None
     finally:
-        runtime.destroy_distributed()
+        startup.destroy_distributed()
 
 
 def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
@@ -95,9 +95,8 @@ def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
     total_steps = share.total_steps(cfg.epochs, cfg.max_steps)
 
     if not native_autocast(cfg, dist.device):
-        log.warning("--autocast %s: this CPU has no %s matrix instructions, so torch emulates them (measured "
-                    "200x slower than float32 on such a CPU); --autocast none will be much faster", cfg.autocast,
-                    cfg.autocast)
+        log.warning("--autocast %s: this CPU has no %s matrix instructions, so torch emulates them at a small "
+                    "fraction of float32's speed; --autocast none will be much faster", cfg.autocast, cfg.autocast)
     torch.manual_seed(cfg.seed)  # the same initial SAE on every rank (DDP also broadcasts rank 0's)
     trainer = build_trainer(cfg, sae_cfg, train_data, dist.device, total_steps)
     state = TrainState(sae_cfg.d_sae).to(dist.device)
@@ -221,19 +220,6 @@ def prepare_run_folder(cfg: TrainConfig, dist: DistInfo, out: Path, resumed_step
     cli.save_config(cfg, out / "config.json")
     if cfg.resume:
         truncate_metrics(out / "metrics.jsonl", resumed_step)
-
-
-def native_autocast(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether this CPU multiplies --autocast's dtype in hardware (AVX512-BF16 / AVX512-FP16 / AMX, as
-    oneDNN reports it); without it torch emulates the matmuls at a small fraction of float32's rate."""
-    if cfg.autocast == "none" or device.type != "cpu":
-        return True
-    try:
-        mkldnn = torch.ops.mkldnn
-        check = {"bf16": mkldnn._is_mkldnn_bf16_supported, "fp16": mkldnn._is_mkldnn_fp16_supported}
-        return bool(check[cfg.autocast]())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: assume emulation
-        return False
 
 
 def last_good(out: Path) -> str:

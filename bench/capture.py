@@ -62,9 +62,9 @@ def run_ours(corpus: Path, out: Path, model_dtype: str = "float32") -> dict:
 
     import capture
     import cli
-    import runtime
+    import startup
 
-    loaded = runtime.load_model("", device=torch.device("cpu"), model_dtype=model_dtype)
+    loaded = startup.load_model("", device=torch.device("cpu"), model_dtype=model_dtype)
     cfg, _ = cli.parse_config(capture.CaptureConfig, "bench", ["--data", str(corpus), "--out", str(out),
                                                                "--label-field", "sentiment",
                                                                "--shard-tokens", str(SHARD_TOKENS)])

@@ -53,6 +53,7 @@ import torch  # noqa: E402
 
 import cli  # noqa: E402
 from data.batches import BatchDataset, ChunkWriter, write_meta, write_remainder  # noqa: E402
+from llama.cpu_16bit import cpu_emulates  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sae.loss import sae_loss  # noqa: E402
 from sae.sparse import EAGER, kernels_for  # noqa: E402
@@ -82,13 +83,9 @@ class BenchConfig:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (oneDNN's test: AVX512-BF16 or AMX). Without it
-    torch emulates bf16 matmuls (0.2 GFLOP/s against 35 in float32 on this project's 2-core AVX2 CPU),
-    so ours-bf16 is left out of the default contenders."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU multiplies bf16 in hardware (the project's one probe); where torch emulates bf16
+    matmuls, ours-bf16 is left out of the default contenders."""
+    return not cpu_emulates(torch.bfloat16)
 
 
 def default_contenders() -> list[str]:

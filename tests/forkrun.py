@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRELOAD = ("torch", "numpy", "cli", "paths", "runtime", "capture", "train", "interpret", "generate", "serve",
+PRELOAD = ("torch", "numpy", "cli", "paths", "startup", "capture", "train", "interpret", "generate", "serve",
            "pipeline", "prebatch", "convert", "llama", "sae.io", "latents.report")
 
 

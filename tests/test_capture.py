@@ -236,7 +236,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, corpus, case, monke
             "out-file": ["--data", str(corpus), "--out", str(blocker)],
             "batches-out": ["--data", str(corpus), "--prebatch", "--batches-out", str(blocker)]}[case]
     # every one of these but is-dir is caught before the model loads (is-dir: the session's model)
-    monkeypatch.setattr(capture.runtime, "load_model", lambda *a, **k: smol)
+    monkeypatch.setattr(capture.startup, "load_model", lambda *a, **k: smol)
     monkeypatch.setattr(sys, "argv", ["capture.py", "--out", str(tmp_path / "out"), *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.run_main(capture.main)
@@ -343,7 +343,7 @@ def test_rerun_recaptures_a_truncated_or_altered_shard(tmp_path, corpus, smol, r
 
 
 def test_disk_full_is_one_line_and_the_same_command_resumes(tmp_path, corpus, smol, reference, monkeypatch, capsys):
-    monkeypatch.setattr(capture.runtime, "load_model", lambda *a, **k: smol)
+    monkeypatch.setattr(capture.startup, "load_model", lambda *a, **k: smol)
     args = ["--data", str(corpus), "--label-field", "sentiment", "--out", str(tmp_path), *SMALL]
     (tmp_path / HOOK).mkdir()
     if not Path("/dev/full").exists():
@@ -360,7 +360,7 @@ def test_disk_full_is_one_line_and_the_same_command_resumes(tmp_path, corpus, sm
 
 
 def test_interrupted_capture_says_a_rerun_resumes(tmp_path, corpus, smol, monkeypatch, capsys):
-    monkeypatch.setattr(capture.runtime, "load_model", lambda *a, **k: smol)
+    monkeypatch.setattr(capture.startup, "load_model", lambda *a, **k: smol)
     real, calls = capture.capture_chunk, []
 
     def interrupted(*args, **kwargs):  # Ctrl-C while the third chunk runs

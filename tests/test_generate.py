@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import paths
-import runtime
+import startup
 from generate import GenerateConfig
 from llama import generate
 from sae.config import SAEConfig
@@ -108,7 +108,7 @@ def test_sae_mismatch_errors(smol, sae, tmp_path):
                             ({"model": "other.gguf (gguf, 0123456789abcdef)"}, "was trained on other.gguf")]:
         cfg = SAEConfig(**{**sae.cfg.to_dict(), **change})
         with pytest.raises(ValueError, match=message):
-            runtime.check_sae_matches(cfg, smol, folder=tmp_path)
+            startup.check_sae_matches(cfg, smol, folder=tmp_path)
 
 
 def _run(*args, env=None):

@@ -15,7 +15,6 @@ its error plus a roundoff): both round in the same dtype, neither may do worse t
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path

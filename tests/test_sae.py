@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sae import SAEConfig, SparseAutoencoder
-from sae.activations import TopKOutput, jumprelu_thresholds
+from sae.activations import jumprelu_thresholds
 from sae.io import load_sae, save_sae
 from sae.loss import aux_reconstruction, sae_loss
 from sae.sparse import EAGER, SPARSE

@@ -2,7 +2,7 @@
 
 - `training.config`: `TrainConfig` (every field a command-line flag) and the named presets.
 - `training.distributed`: all-reduce and broadcast helpers that are no-ops on one process (the process
-  group itself is joined by `runtime.init_distributed`).
+  group itself is joined by `startup.init_distributed`).
 - `training.data`: each rank's share of the prebatched batches, epoch by epoch, in a resumable order,
   and the data's identity (fingerprint, d_in, batch size, count) that a checkpoint records.
 - `training.objective`: the SAE and its loss as one module, so DDP sees every call.

@@ -16,7 +16,7 @@ from typing import Any
 
 import cli
 import paths
-import runtime
+import startup
 from sae.config import SAEConfig
 from settings import SettingError, check_choice, check_int, check_number
 
@@ -83,7 +83,7 @@ class TrainConfig:
     overwrite: bool = _f(False, "start afresh in a run folder that holds an earlier run, deleting its "
                                 "checkpoints and metrics")
     seed: int = _f(0, "seed for the initialisation and the batch order")
-    device: str = runtime.device_field()
+    device: str = startup.device_field()
     autocast: str = _f("none", "mixed precision: run the SAE's matmuls in bf16 or fp16 under torch.autocast "
                                "while weights, Adam states and the decoder upkeep stay float32 (fp16 adds "
                                "loss scaling)", choices=list(AUTOCAST))

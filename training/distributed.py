@@ -1,7 +1,7 @@
 """Collectives for data-parallel training, no-ops on a single process.
 
 Joining the process group (from torchrun's RANK, WORLD_SIZE, LOCAL_RANK) and choosing the device live
-in `runtime` (`init_distributed`, `DistInfo`); these helpers act on whatever group it joined.
+in `startup` (`init_distributed`, `DistInfo`); these helpers act on whatever group it joined.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from llama.cpu_16bit import cpu_emulates
 from training.config import AUTOCAST, TrainConfig
 
 
@@ -20,3 +21,10 @@ def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
 def grad_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler:
     """fp16's loss scaler; a pass-through for bf16 and float32."""
     return torch.amp.GradScaler(device.type, enabled=cfg.autocast == "fp16")
+
+
+def native_autocast(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether --autocast's dtype is multiplied in hardware: always off the CPU; on a CPU, unless the
+    project's one probe (`llama.cpu_16bit.cpu_emulates`) says it is emulated."""
+    dtype = AUTOCAST[cfg.autocast]
+    return dtype is None or device.type != "cpu" or not cpu_emulates(getattr(torch, dtype))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from runtime import DistInfo
+from startup import DistInfo
 from sae.model import SparseAutoencoder
 from training import distributed
 from training.config import TrainConfig

@@ -16,7 +16,7 @@ import torch
 
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZED = ("int8", "int4")  # linear weights kept quantized (llama/quant.py)
-# Every --model-dtype, the one list: the scripts' flag takes its choices from it (runtime.model_dtype_field)
+# Every --model-dtype, the one list: the scripts' flag takes its choices from it (startup.model_dtype_field)
 # and `resolve`, the entry of every load, refuses anything else; past that the resolved value is trusted.
 MODEL_DTYPES = ("auto", *FLOAT_DTYPES, *QUANTIZED)
 # bytes per weight as loaded; quantized: the codes plus per-group scales (an estimate for the fit check)

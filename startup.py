@@ -25,7 +25,7 @@ from llama.hooks import parse_hook_name
 from llama.loading.precision import MODEL_DTYPES
 from sae.io import load_config, load_sae
 
-log = logging.getLogger("runtime")
+log = logging.getLogger("startup")
 
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps"
 
