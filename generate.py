@@ -38,7 +38,7 @@ from llama import generate
 from llama.tokenizers import StreamDecoder
 from llama.tokenizers.chat import encode_prompt
 from sae.io import load_config
-from sae.steering import Steer, Steering, check_mode, check_steers, parse_steer, top_latents, unsteered
+from sae.steering import Steer, Steering, check_mode, check_steers, parse_steer, unsteered
 from settings import SettingError, check_int, check_number
 
 DEFAULT_PROMPT = "Today I went to the park and"
@@ -315,6 +315,13 @@ def print_features(loaded, steering, prompt: list[int], new: list[int], n: int, 
         parts = [f"{int(j)}:{float(v):.1f}" + (f" ({explanations[int(j)]})" if int(j) in explanations else "")
                  for v, j in zip(values[0, pos].tolist(), indices[0, pos].tolist()) if v > 0]
         print(f"{token!r:>16}  " + "  ".join(parts))
+
+
+def top_latents(values: torch.Tensor, indices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n strongest of the active latents (values, indices) (..., k) per position: (..., n) each."""
+    n = min(n, values.shape[-1])
+    top, order = values.topk(n, dim=-1)
+    return top, indices.gather(-1, order)
 
 
 def cli_main(argv: list[str] | None = None) -> int:

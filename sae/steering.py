@@ -162,9 +162,3 @@ def unsteered(sae: SparseAutoencoder, mode: str) -> Steering:
     nothing)."""
     return Steering(sae, [], "sae" if mode == "sae" else "direction")
 
-
-def top_latents(values: Tensor, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """The n strongest of the active latents (values, indices) (..., k) per position: (..., n) each."""
-    n = min(n, values.shape[-1])
-    top, order = values.topk(n, dim=-1)
-    return top, indices.gather(-1, order)

@@ -105,7 +105,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     kind = detect_format(path)
     if kind == "gguf":
         from llama.loading.gguf import model_args  # here: the gguf package is needed for GGUF files only
-        from llama.loading.gguf_reader import read_gguf
+        from llama.loading.gguf_reader import read_gguf  # here: likewise (it reads through the gguf package)
         gguf = read_gguf(path)
         return Checkpoint(path, kind, model_args(gguf), _gguf_dtype(gguf), [path], gguf)
     if kind == "meta":
