@@ -19,8 +19,8 @@ import torch
 
 import cli
 import interpret
+import startup
 from data.shuffle import is_validation
-import llama
 from llama.loading import LoadedModel
 from llama.model import ModelArgs, Transformer
 from sae import SAEConfig, SparseAutoencoder
@@ -108,12 +108,12 @@ def run(setup):
         top_n=10, context=4, rows_per_chunk=64, eval_sentences=30, eval_batch_size=8,
         batches_dir=str(root / "batches"), llm_provider="openai", llm_model="local", detection=True,
         llm_base_url=f"http://127.0.0.1:{httpd.server_port}/v1", llm_max_latents=3)
-    original = llama.load_model
-    llama.load_model = lambda *a, **k: loaded
+    original = startup.load_checkpoint
+    startup.load_checkpoint = lambda *a, **k: loaded  # what startup.load_model reads a checkpoint with
     try:
         evaluation = interpret.interpret(cfg)
     finally:
-        llama.load_model = original
+        startup.load_checkpoint = original
         httpd.shutdown()
         httpd.server_close()
     return root / "out", evaluation, sentences, httpd.state
