@@ -381,6 +381,22 @@ def test_format_1_folders_load_with_bit_identical_outputs(case):
     assert torch.equal(sae.to_dense(sae.encode(expected["x"])), expected["dense"])
 
 
+
+@pytest.mark.parametrize("case", ["dataset_scale", "mean_centred_unit_norm", "token_standardize", "jumprelu", "wide"])
+def test_format_2_folders_load_with_bit_identical_outputs(case):
+    """tests/fixtures/sae_v2 was written (sae.safetensors + config.json) by the code before the SAE's formula
+    and its kernels were separated (the encoder then chose the sparse kernels itself), with the outputs that
+    code computed; `wide` (64 x 1024, k 16) has enough latents for the TopK to pick among many."""
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).parent / "fixtures" / "sae_v2" / case
+    expected = load_file(str(folder / "expected.safetensors"))
+    sae = load_sae(folder)
+    out = sae(expected["x"])
+    assert torch.equal(out.x_hat, expected["x_hat"])
+    assert torch.equal(out.values, expected["values"]) and torch.equal(out.indices, expected["indices"])
+    assert torch.equal(sae.to_dense(sae.encode(expected["x"])), expected["dense"])
+
 def test_eager_and_fast_paths_return_the_same_order():
     sae = make_sae()
     x = torch.randn(16, D_IN, dtype=torch.float64)
