@@ -38,11 +38,11 @@ import cli
 import startup
 from atomic import disk_full
 from data.batches import BatchDataset
-from startup import DistInfo
 from sae.config import SAEConfig
 from sae.io import save_sae
 from sae.model import SparseAutoencoder
 from sae.sparse import kernels_for
+from startup import DistInfo
 from training import distributed
 from training.checkpoint import checkpoint_dir, list_checkpoints, load_latest, loads
 from training.checkpoint import save_checkpoint as write_checkpoint

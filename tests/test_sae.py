@@ -366,13 +366,19 @@ def test_load_errors_are_one_line_naming_the_file(tmp_path):
     assert "do not match" in one_line(err)
 
 
-@pytest.mark.parametrize("case", ["dataset_scale", "mean_centred_unit_norm", "token_standardize", "jumprelu"])
-def test_format_1_folders_load_with_bit_identical_outputs(case):
-    """tests/fixtures/sae_v1 was written by the code before the normalisation became a module (norm_scale in
-    config.json, norm_mean a top-level tensor), with the outputs that code computed."""
+NORMALISATION_CASES = ("dataset_scale", "mean_centred_unit_norm", "token_standardize", "jumprelu")
+FORMAT_CASES = [("sae_v1", c) for c in NORMALISATION_CASES] + [("sae_v2", c) for c in (*NORMALISATION_CASES, "wide")]
+
+
+@pytest.mark.parametrize("fixture,case", FORMAT_CASES, ids=lambda v: v)
+def test_saved_folders_load_with_bit_identical_outputs(fixture, case):
+    """Folders written by earlier code, with the outputs that code computed. tests/fixtures/sae_v1 (format 1)
+    predates the normalisation becoming a module (norm_scale in config.json, norm_mean a top-level tensor);
+    tests/fixtures/sae_v2 (format 2) predates the SAE's formula and its kernels being separated (the encoder
+    then chose the sparse kernels itself); its `wide` case (64 x 1024, k 16) gives the TopK many latents."""
     from safetensors.torch import load_file
 
-    folder = Path(__file__).parent / "fixtures" / "sae_v1" / case
+    folder = Path(__file__).parent / "fixtures" / fixture / case
     expected = load_file(str(folder / "expected.safetensors"))
     sae = load_sae(folder)
     out = sae(expected["x"])
@@ -380,22 +386,6 @@ def test_format_1_folders_load_with_bit_identical_outputs(case):
     assert torch.equal(out.values, expected["values"]) and torch.equal(out.indices, expected["indices"])
     assert torch.equal(sae.to_dense(sae.encode(expected["x"])), expected["dense"])
 
-
-
-@pytest.mark.parametrize("case", ["dataset_scale", "mean_centred_unit_norm", "token_standardize", "jumprelu", "wide"])
-def test_format_2_folders_load_with_bit_identical_outputs(case):
-    """tests/fixtures/sae_v2 was written (sae.safetensors + config.json) by the code before the SAE's formula
-    and its kernels were separated (the encoder then chose the sparse kernels itself), with the outputs that
-    code computed; `wide` (64 x 1024, k 16) has enough latents for the TopK to pick among many."""
-    from safetensors.torch import load_file
-
-    folder = Path(__file__).parent / "fixtures" / "sae_v2" / case
-    expected = load_file(str(folder / "expected.safetensors"))
-    sae = load_sae(folder)
-    out = sae(expected["x"])
-    assert torch.equal(out.x_hat, expected["x_hat"])
-    assert torch.equal(out.values, expected["values"]) and torch.equal(out.indices, expected["indices"])
-    assert torch.equal(sae.to_dense(sae.encode(expected["x"])), expected["dense"])
 
 def test_eager_and_fast_paths_return_the_same_order():
     sae = make_sae()

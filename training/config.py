@@ -106,9 +106,9 @@ class TrainConfig:
         if self.min_lr_ratio > 1:
             raise SettingError("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         if self.resume and self.overwrite:
-            raise SettingError("resume", True, "continues the run in out, which overwrite deletes: give one")
+            raise SettingError("resume", "with --overwrite", "one continues the run in --out, the other deletes it: give one")
         if self.epochs == 0 and self.max_steps == 0:
-            raise SettingError("epochs", self.epochs, "must be greater than 0 when max_steps is 0")
+            raise SettingError("epochs", self.epochs, "must be greater than 0 when --max-steps is 0")
         check_choice("preset", self.preset, PRESETS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("autocast", self.autocast, AUTOCAST)
