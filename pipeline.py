@@ -6,7 +6,10 @@
 Each stage runs its own script (capture.py, train.py, interpret.py, generate.py) as a subprocess, with
 its own config built from the flags below (written to <runs>/stages/ as the JSON the script reads with
 --config); every stage's settings are checked before the first starts. A stage is skipped when its
-output is already there; an interrupted run picks up where it stopped (capture and train resume from their own checkpoints). At the end the latent most associated
+record says it is done (<runs>/stages/<stage>.done.json, written last: its outputs' sizes and hashes, its
+settings, the identities of what it read); a stage whose outputs were damaged, or that read a stage which
+has changed since, is redone, and with it the stages after. An interrupted run picks up where it stopped
+(capture and train resume from their own checkpoints). At the end the latent most associated
 with --label (by AUROC of its sentence-level activation) is steered into --prompt, and the steered and
 unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
 """
@@ -27,6 +30,7 @@ from typing import Any, Callable
 
 import cli
 import paths
+import records
 import startup
 from atomic import write_text_atomic
 from capture import CaptureConfig
@@ -115,17 +119,19 @@ def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, An
 
 def main(cfg: PipelineConfig) -> int:
     runs = Path(cfg.runs)
-    folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages")}
+    folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages", "steering")}
     configs = stage_configs(cfg, folders)  # every stage's settings checked before any work
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
     last_ran = previous_timings(runs / "pipeline.json")
     timings: dict[str, float] = {}  # this invocation's stages only: skipped ones are listed apart
     skipped: list[str] = []
     start = time.perf_counter()
-    run = functools.partial(stage, timings=timings, skipped=skipped, env=env, stages=folders["stages"])
-    run("capture + prebatch", folders["batches"] / cfg.hook / "batches.json", "capture.py", configs["capture"])
-    run("train", folders["train"] / "sae" / "config.json", "train.py", configs["train"])
-    run("interpret", folders["interpret"] / "latent_index_meaning.json", "interpret.py", configs["interpret"])
+    run = functools.partial(run_script, timings=timings, env=env, stages=folders["stages"])
+    recorded = recorded_stages(cfg, folders, configs)
+    check_unchanged(recorded, runs)  # a changed setting stops the run before any stage runs
+    identities: dict[str, str] = {}
+    for step in recorded:
+        identities[step.name] = stage(step, runs, identities, run=run, skipped=skipped)
     latents = sentiment_latents(folders["interpret"], cfg.label, n=max(cfg.candidates, 5))
     report = summary(folders, latents, cfg.label, runs / "train")
     if latents:
@@ -141,16 +147,66 @@ def main(cfg: PipelineConfig) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A stage that is done only when its record says so: `<runs>/stages/<name>.done.json`, written after
+    the script has finished, with the sizes and hashes of its outputs, its settings and the identities of
+    the stages it read (records.py)."""
+    name: str
+    script: str
+    config: Any
+    stages: Path
+    """The folder of the stage configs and records."""
+    folders: tuple[Path, ...]
+    """Everything it writes: deleting these redoes it (with new settings)."""
+    outputs: tuple[Path, ...]
+    """What later stages read: checked against the record on a rerun; their hash is the stage's identity."""
+    after: tuple[str, ...] = ()
+    """The stages it reads: when one of them changed, it is redone."""
+    fresh: Callable[[Any], Any] | None = None
+    """Its config for starting over when a stage it reads changed (None: the script redoes it as it is)."""
+
+    @property
+    def record_path(self) -> Path:
+        return self.config_path.with_suffix(".done.json")
+
+    @property
+    def config_path(self) -> Path:
+        return config_file(self.stages, self.name)
+
+
+def config_file(stages: Path, name: str) -> Path:
+    """Where a stage's config is written for its script to read."""
+    return stages / f"{name.replace(' ', '-').replace('+', 'and')}.json"
+
+
+def recorded_stages(cfg: PipelineConfig, folders: dict[str, Path], configs: dict[str, Any]) -> list[Stage]:
+    """capture + prebatch -> train -> interpret, each with what it writes and what it reads."""
+    hook, stages = cfg.hook, folders["stages"]
+    return [
+        Stage("capture + prebatch", "capture.py", configs["capture"], stages,
+              folders=(folders["capture"], folders["batches"]),
+              outputs=(folders["capture"] / hook, folders["batches"] / hook)),
+        # other data: the checkpoints in train/ are for the old data, so the run starts over
+        Stage("train", "train.py", configs["train"], stages, folders=(folders["train"],),
+              outputs=(folders["train"] / "sae",), after=("capture + prebatch",),
+              fresh=lambda c: dataclasses.replace(c, resume=False, overwrite=True)),
+        Stage("interpret", "interpret.py", configs["interpret"], stages, folders=(folders["interpret"],),
+              outputs=(folders["interpret"],), after=("capture + prebatch", "train")),
+    ]
+
+
 def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: GenerateConfig,
                   run: Callable[..., str], candidates: list[dict]) -> dict:
     """Sweep each candidate latent (generate.py --sweep), choose the latent and value that moved the
     judge toward --label on the most prompts within the fluency bound, and show it on --prompt."""
     sweeps = []
+    folders["steering"].mkdir(parents=True, exist_ok=True)
     for row in candidates:
         top = round(cfg.steer_scale * row["max"], 2)
-        out = folders["interpret"] / f"sweep-{row['latent']}.json"
+        out = folders["steering"] / f"sweep-{row['latent']}.json"  # not in interpret/: its record lists that
         sweep = f"{row['latent']}:{top / cfg.sweep_steps:.4g}:{top:.4g}:{cfg.sweep_steps}"
-        run(f"sweep {row['latent']}", None, "generate.py",
+        run(f"sweep {row['latent']}", "generate.py",
             dataclasses.replace(generate, sweep=sweep, sweep_json=str(out)))
         sweeps.append(json.loads(out.read_text()))
     chosen = choose(sweeps)
@@ -164,27 +220,58 @@ def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: Gener
     print(f"\nchosen by the sweep: latent {latent} at {row['value']:.4g} (judge {row['shift']:+.3f} toward "
           f"{cfg.label!r} on average, higher on {row['moved']} of {len(row['texts'])} prompts, perplexity "
           f"{row['ppl_ratio']:.2f}x the unsteered)\n    python {' '.join(command)}")
-    output = run("steered generation", None, "generate.py",
+    output = run("steered generation", "generate.py",
                  dataclasses.replace(generate, steer=[steer], compare=True, prompts=[cfg.prompt]), capture=True)
     chosen_row = {**row, "latent_activation": row["latent"], "latent": latent}  # the row's "latent" is its mean
     return {"sweeps": sweeps, "chosen": chosen_row, "command": "python " + " ".join(command),
             "prompt": cfg.prompt, "output": output}
 
 
-def stage(name: str, done: Path | None, script: str, config: Any, *, timings: dict, skipped: list, env: dict,
-          stages: Path, capture: bool = False) -> str:
-    """Run `script --config <its config as JSON>` unless `done` exists (then its name goes to `skipped`);
-    its output streams to the terminal (and is returned if `capture`). A failing stage stops the pipeline
-    with a one-line error."""
-    config_file = stages / f"{name.replace(' ', '-').replace('+', 'and')}.json"
-    if done is not None and done.exists():
-        check_unchanged(name, done, config, config_file)
-        log.info("== %s: already done (%s), skipped", name, done)
-        skipped.append(name)
-        return ""
+def stage(step: Stage, runs: Path, identities: dict[str, str], *, run: Callable[..., str],
+          skipped: list) -> str:
+    """Run `step` unless its record shows it done from the current inputs with intact outputs (then its
+    name goes to `skipped`); write its record after it ran. Returns its identity."""
+    record = records.read_record(step.record_path)
+    action, why = verdict(step, record, runs, {name: identities[name] for name in step.after})
+    if action == "skip":
+        log.info("== %s: already done (%s), skipped", step.name, step.record_path)
+        skipped.append(step.name)
+        return record["identity"]
+    if why:
+        log.info("== %s: redone: %s", step.name, why)
+    step.record_path.unlink(missing_ok=True)  # not done until the new record is written
+    config = step.fresh(step.config) if action == "fresh" and step.fresh else step.config
+    run(step.name, step.script, config)
+    names = records.files_under(runs, step.outputs)
+    made = records.write_record(step.record_path, runs, names, stage=step.name, settings=settings_of(step.config),
+                                inputs={name: identities[name] for name in step.after})
+    return made["identity"]
+
+
+def verdict(step: Stage, record: dict | None, runs: Path, inputs: dict[str, str]) -> tuple[str, str]:
+    """("skip", ""), ("run", why) or ("fresh", why): run the stage's script as configured (it resumes
+    its own work), or start over because a stage it reads has changed."""
+    if record is None:
+        return "run", ""
+    if not any(folder.exists() for folder in step.folders):
+        return "run", "its outputs were deleted"
+    changed = [name for name in step.after if (record.get("inputs") or {}).get(name) != inputs[name]]
+    if changed:
+        return "fresh", f"{' and '.join(changed)} changed since it ran"
+    damaged = records.problems(record, runs)
+    if damaged:
+        return "run", f"its outputs changed since it ran ({'; '.join(damaged[:3])})"
+    return "skip", ""
+
+
+def run_script(name: str, script: str, config: Any, *, timings: dict, env: dict, stages: Path,
+               capture: bool = False) -> str:
+    """Run `script --config <its config as JSON>`; its output streams to the terminal (and is returned if
+    `capture`). A failing stage stops the pipeline with a one-line error."""
+    path = config_file(stages, name)
     stages.mkdir(parents=True, exist_ok=True)
-    cli.save_config(config, config_file)
-    argv = [script, "--config", str(config_file)]
+    cli.save_config(config, path)
+    argv = [script, "--config", str(path)]
     log.info("== %s: python %s", name, " ".join(argv))
     began = time.perf_counter()
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, text=True,
@@ -210,18 +297,44 @@ def previous_timings(path: Path) -> dict[str, float]:
     return {name: value for name, value in times.items() if name != "total" and isinstance(value, (int, float))}
 
 
-def check_unchanged(name: str, done: Path, config: Any, config_file: Path) -> None:
-    """A finished stage is reused only with the settings it was made with (its saved stage config): changed
-    flags or defaults stop the run in one line instead of silently reusing a result made otherwise."""
-    if not config_file.is_file():
-        return  # made before stage configs were kept: nothing to compare with
-    before = _flat(json.loads(config_file.read_text()))
-    now = _flat(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
-    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+def check_unchanged(steps: list[Stage], runs: Path) -> None:
+    """A stage's results are reused only with the settings they were made with (its record's, or for a
+    stage cut short the config it was started with): changed flags or defaults stop the run in one line
+    that names them and the folders to delete to redo those stages (the stages after them are then redone
+    too, since what they read has changed)."""
+    changed, delete = [], []
+    for step in steps:
+        present = [folder for folder in step.folders if folder.exists()]
+        record = records.read_record(step.record_path)
+        before = record.get("settings") if record else _saved_settings(step.config_path)
+        if not present or before is None:
+            continue
+        now = settings_of(step.config)
+        keys = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+        if keys:
+            shown = ", ".join(f"{key} {before.get(key)} -> {now.get(key)}" for key in keys[:3])
+            changed.append(f"{step.name} was made with other settings ({shown})")
+            delete += present
     if changed:
-        shown = ", ".join(f"{key} {before.get(key)} -> {now.get(key)}" for key in changed[:3])
-        raise cli.UsageError(f"{name}: {done} was made with other settings ({shown}); pass --runs with a new "
-                             f"folder, or delete {done.parent} to redo it")
+        raise cli.UsageError(f"{'; '.join(changed)}: to redo with the new settings delete "
+                             f"{' and '.join(str(folder) for folder in delete)} (the stages after are redone), "
+                             f"or pass --runs with a new folder")
+
+
+def settings_of(config: Any) -> dict:
+    """A stage config's settings, flat, as JSON holds them; without resume and overwrite, which the
+    pipeline chooses itself."""
+    flat = _flat(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
+    return {key: value for key, value in flat.items() if key not in ("resume", "overwrite")}
+
+
+def _saved_settings(config_file: Path) -> dict | None:
+    try:
+        saved = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    flat = _flat(saved) if isinstance(saved, dict) else {}
+    return {key: value for key, value in flat.items() if key not in ("resume", "overwrite")}
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:

@@ -110,7 +110,7 @@ def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
 
     train_loop(trainer, state, cfg=cfg, dist=dist, out=out, share=share, val_data=val_data,
                total_steps=total_steps, identity=identity)
-    return finish(trainer.sae, dist, out)
+    return finish(trainer.sae, dist, out, identity)
 
 
 def open_data(cfg: TrainConfig, train_data, val_data):
@@ -367,11 +367,12 @@ def report(record: dict, logger: MetricsLogger | None, bar: tqdm) -> None:
                     dead=f"{record['dead_fraction']:.3f}")
 
 
-def finish(sae: SparseAutoencoder, dist: DistInfo, out: Path) -> Path:
-    """Save the SAE and the curves page (rank 0); returns the SAE folder."""
+def finish(sae: SparseAutoencoder, dist: DistInfo, out: Path, identity: dict) -> Path:
+    """Save the SAE (its record names the data's identity) and the curves page (rank 0); returns the
+    SAE folder."""
     folder = out / "sae"
     if dist.is_main:
-        save_sae(sae, folder)
+        save_sae(sae, folder, data=identity)
         page = write_curves(read_metrics(out / "metrics.jsonl"), out / "curves.html")
         log.info("saved the SAE to %s; curves in %s", folder, page)
     distributed.barrier()

@@ -3,8 +3,10 @@
 Tensors (format 2): W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_pre (d_in,), h_bias
 (d_sae,), threshold (d_sae,) for JumpReLU, and the normalisation's fitted statistics:
 `normalization.scale` / `normalization.unscale` () for dataset_scale, `normalization.mean` (d_in,) for
-the mean-centred one. Both files are written to temporary names first and renamed, so a folder never
-holds a half-written SAE.
+the mean-centred one. The folder is written whole beside the old one, its record `complete.json` (each
+file's size and hash, and the data and model it was trained on) last, then swapped in by renames
+(records.replaced_folder): a folder holds the old SAE or the new one, never new weights with an old
+config. Loading checks the files against the record; folders written before records load unchecked.
 
 Format 1 (before the normalisation became a module) kept dataset_scale's factor as `norm_scale` in
 config.json and the mean as a `norm_mean` tensor; such folders load through `upgrade_format_1`, with
@@ -14,13 +16,15 @@ bit-identical outputs.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from atomic import atomic_path, write_text_atomic
+import records
+from atomic import FILE_MODE
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
@@ -29,21 +33,36 @@ WEIGHTS_NAME = "sae.safetensors"
 FORMAT_VERSION = 2
 
 
-def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
-    """Write `sae` into `folder` (created if needed); returns the folder."""
+def save_sae(sae: SparseAutoencoder, folder: str | Path, **made_from) -> Path:
+    """Write `sae` as `folder` (replacing one that is there); `made_from` (e.g. the data's identity)
+    goes into its record. Returns the folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.state_dict().items()}
-    # Weights first, config last: a folder with a config always has matching weights.
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "llama-sae", "version": str(FORMAT_VERSION)})
-    write_text_atomic(folder / CONFIG_NAME, json.dumps(sae.cfg.to_dict(), indent=2) + "\n")
+    with records.replaced_folder(folder) as new:
+        save_file(tensors, str(new / WEIGHTS_NAME), metadata={"format": "llama-sae", "version": str(FORMAT_VERSION)})
+        os.chmod(new / WEIGHTS_NAME, FILE_MODE)  # safetensors creates its files 0600
+        (new / CONFIG_NAME).write_text(json.dumps(sae.cfg.to_dict(), indent=2) + "\n")
+        records.write_record(new / records.RECORD_NAME, new, [WEIGHTS_NAME, CONFIG_NAME], model=sae.cfg.model,
+                             **made_from)
     return folder
+
+
+def check_complete(folder: Path) -> None:
+    """One-line error unless the folder's files match its record (a folder without one predates records)."""
+    record_path = folder / records.RECORD_NAME
+    if not record_path.exists():
+        return
+    record = records.read_record(record_path)
+    found = ["its record is unreadable"] if record is None else records.problems(record, folder)
+    if found:
+        raise ValueError(f"{folder}: the SAE folder is damaged ({'; '.join(found[:3])}); re-save the SAE "
+                         f"(rerun train.py --resume, or convert it again)")
 
 
 def load_config(folder: str | Path) -> SAEConfig:
     """Read `folder/config.json` into an SAEConfig (one-line errors naming the file)."""
     folder = Path(folder)
+    records.recover(folder)  # a save cut short between its two renames leaves the old folder aside
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such SAE folder; train one with `python train.py` "
                                 f"or pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
@@ -70,6 +89,7 @@ def load_sae(folder: str | Path, *, device: torch.device | str = "cpu",
     path = Path(folder) / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; the folder has a config but no weights")
+    check_complete(Path(folder))
     try:
         tensors = load_file(str(path), device=str(device))
         with safe_open(str(path), "pt") as fh:

@@ -3,6 +3,7 @@ and the stage times printed say which run each is from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 import cli
 import pipeline
+import records
 from pipeline import previous_timings, stage_times_line
 from training.config import TrainConfig
 
@@ -76,18 +78,26 @@ def test_stage_times_of_reruns_belong_together(tmp_path):
 
 
 def test_a_finished_stage_is_reused_only_with_its_own_settings(tmp_path):
-    """The saved stage config is the record: the same settings reuse the result; a changed one (here the
-    SAE's k, nested in TrainConfig) stops the run in one line naming it, before anything is reused."""
-    done = tmp_path / "train" / "sae" / "config.json"
-    done.parent.mkdir(parents=True)
-    done.write_text("{}")
-    config_file = tmp_path / "stages" / "train.json"
-    config_file.parent.mkdir()
+    """The stage's record holds its settings: the same settings reuse the result; a changed one (here the
+    SAE's k, nested in TrainConfig) stops the run in one line naming it and the folder to delete; a stage
+    cut short before its record is compared with the config it was started with."""
     made = TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8, k=64)
-    cli.save_config(made, config_file)
-    pipeline.check_unchanged("train", done, TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8, k=64),
-                             config_file)
-    with pytest.raises(cli.UsageError, match=r"train: .* other settings \(sae\.k 64 -> 32\)"):
-        pipeline.check_unchanged("train", done, TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8,
-                                                               k=32), config_file)
-    pipeline.check_unchanged("train", done, made, tmp_path / "stages" / "absent.json")  # nothing to compare
+    step = pipeline.Stage("train", "train.py", made, tmp_path / "stages", folders=(tmp_path / "train",),
+                          outputs=(tmp_path / "train" / "sae",))
+    (tmp_path / "train" / "sae").mkdir(parents=True)
+    step.stages.mkdir()
+    records.write_record(step.record_path, tmp_path, [], settings=pipeline.settings_of(made))
+    pipeline.check_unchanged([step], tmp_path)
+    again = dataclasses.replace(step, config=TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8,
+                                                            k=64, resume=True))  # chosen by the pipeline
+    pipeline.check_unchanged([again], tmp_path)
+    other = dataclasses.replace(step, config=TrainConfig.of(data="d", out=str(tmp_path / "train"), expansion=8, k=32))
+    with pytest.raises(cli.UsageError, match=rf"train was made with other settings \(sae\.k 64 -> 32\): to redo "
+                                             rf"with the new settings delete {tmp_path / 'train'} \("):
+        pipeline.check_unchanged([other], tmp_path)
+    step.record_path.unlink()
+    cli.save_config(made, step.config_path)  # started, not finished
+    with pytest.raises(cli.UsageError, match=r"sae\.k 64 -> 32"):
+        pipeline.check_unchanged([other], tmp_path)
+    step.config_path.unlink()
+    pipeline.check_unchanged([other], tmp_path)  # nothing to compare with
