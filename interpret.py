@@ -28,7 +28,7 @@ import cli
 import paths
 import startup
 from data.shuffle import DEFAULTS, is_validation
-from latents.collect import LatentStats, collect_stats
+from latents.collect import LatentStats, collect_stats, inputs_identity
 from latents.evaluate import evaluate_sae, left_padded_batches
 from latents.evidence import build_evidence
 from latents.explain import BaseRates, explain_offline, explain_with_llm
@@ -42,7 +42,7 @@ from latents.scoring import explanation_scores, predicted_tokens, score_detectio
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from latents.text import token_bytes_of
-from sae.io import load_sae
+from sae.io import load_config
 
 log = logging.getLogger("interpret")
 
@@ -105,16 +105,15 @@ def main() -> None:
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
     device = startup.resolve_device(cfg.device)
+    load_config(cfg.sae)  # a missing or broken SAE folder is named before the model loads
+    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = startup.load_sae_for(cfg.sae, loaded, device=device).eval()  # the check generate and serve make
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cli.save_config(cfg, out / "config.json")
-    sae = load_sae(cfg.sae, device=device).eval()
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
     data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
     stats = statistics(cfg, data, sae, device, out)
-    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
-    if loaded.args.dim != sae.cfg.d_in:
-        raise cli.UsageError(f"--model has dim {loaded.args.dim} but the SAE expects d_in {sae.cfg.d_in}")
     latents = chosen_latents(stats, cfg.max_latents)
     log.info("explaining %d of %d latents (%d never fired in the capture)", len(latents), stats.d_sae,
              stats.d_sae - len(stats.live()))
@@ -145,9 +144,7 @@ def open_capture(cfg: InterpretConfig, hook: str, d_in: int, sae_model: str = ""
 
 def statistics(cfg: InterpretConfig, data: CapturedData, sae, device, out: Path) -> LatentStats:
     """The statistics pass, reused when stats.safetensors was computed from the same inputs."""
-    sae_file = Path(cfg.sae) / "sae.safetensors"
-    identity = {"sae": str(Path(cfg.sae).resolve()), "sae_mtime_ns": sae_file.stat().st_mtime_ns,
-                "capture": str(data.folder.resolve()), "rows": data.n_rows}
+    identity = inputs_identity(Path(cfg.sae), data)
     scfg = StatsConfig(top_n=cfg.top_n, context=cfg.context, seed=cfg.seed)
     path = out / "stats.safetensors"
     if path.is_file():

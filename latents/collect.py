@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import records
 from atomic import atomic_path
 from latents.histogram import LogBins, auroc_from_histograms
 from latents.source import CapturedData
@@ -32,6 +33,16 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         return load_file(str(path)), meta
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise ValueError(f"{path}: unreadable ({err}); delete it and rerun") from None
+
+
+def inputs_identity(sae_folder: Path, data: CapturedData) -> dict:
+    """What a statistics pass is computed from, by content (records.identity), never by path or mtime:
+    the SAE's weights and config, and every file of the capture (large shards by their size and sampled
+    spans). A moved folder keeps its statistics; a retrained SAE, or a recapture into the same folder,
+    does not."""
+    capture = records.files_under(data.folder, [data.folder])
+    return {"sae": records.identity(records.entries(sae_folder, ["sae.safetensors", "config.json"])),
+            "capture": records.identity(records.entries(data.folder, capture)), "rows": data.n_rows}
 
 
 @dataclass

@@ -4,6 +4,7 @@ text and load in headless Chromium without console errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -21,10 +22,11 @@ import cli
 import interpret
 import startup
 from data.shuffle import is_validation
+from latents.source import CapturedData
 from llama.loading import LoadedModel
 from llama.model import ModelArgs, Transformer
 from sae import SAEConfig, SparseAutoencoder
-from sae.io import save_sae
+from sae.io import load_sae, save_sae
 from synthetic_capture import write_captured
 from test_latents_llm import FakeAPI
 
@@ -65,6 +67,16 @@ def capture(model, sentences: list[list[int]], direction: torch.Tensor) -> tuple
     return np.concatenate(acts), np.concatenate(index)
 
 
+def write_capture(folder: Path, model, sentences: list[list[int]], direction: torch.Tensor) -> None:
+    acts, index = capture(model, sentences, direction)
+    records = [{"doc": int(i // 2), "sentence": int(i % 2), "tokens": ids,
+                "text": HOSTILE if i == 0 else " ".join(f"w{t}" for t in ids),
+                "label": "positive" if PLANTED_TOKEN in ids else "negative"} for i, ids in enumerate(sentences)]
+    tokens = np.concatenate([np.array(s) for s in sentences])
+    write_captured(folder, acts, tokens, index, records, label_names=["negative", "positive"], hook=HOOK,
+                   shard_rows=200)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("interp")
@@ -77,13 +89,7 @@ def setup(tmp_path_factory):
         at = int(rng.integers(0, len(s)))
         s[at:at + 1] = [PLANTED_TOKEN, COMPLETES]
     direction = torch.nn.functional.normalize(torch.randn(DIM), dim=0)
-    acts, index = capture(model, sentences, direction)
-    records = [{"doc": int(i // 2), "sentence": int(i % 2), "tokens": ids,
-                "text": HOSTILE if i == 0 else " ".join(f"w{t}" for t in ids),
-                "label": "positive" if PLANTED_TOKEN in ids else "negative"} for i, ids in enumerate(sentences)]
-    tokens = np.concatenate([np.array(s) for s in sentences])
-    write_captured(root / "capture", acts, tokens, index, records, label_names=["negative", "positive"],
-                   hook=HOOK, shard_rows=200)
+    write_capture(root / "capture", model, sentences, direction)
     sae = SparseAutoencoder(SAEConfig(d_in=DIM, d_sae=24, k=3, normalization="none", hook_name=HOOK))
     with torch.no_grad():  # the planted latent reads the planted direction, with a threshold
         sae.W_enc[:, PLANTED_LATENT] = 3 * direction
@@ -204,6 +210,45 @@ def test_pages_load_in_chromium_without_console_errors(run, tmp_path):
     result = chromium([f"--screenshot={shot}", latent_page.as_uri()], tmp_path / "shot")
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
     assert console_messages(result.stderr) == []
+
+
+def test_statistics_are_reused_by_content_not_by_path(setup, tmp_path, caplog):
+    """The statistics cache follows the SAE's and the capture's content: a recapture into the same folder
+    with other activations (same rows, same sentences) is not reused; a moved SAE folder is."""
+    root, model, sentences = setup
+    shutil.copytree(root / "capture", tmp_path / "capture")
+    sae = load_sae(root / "train" / "sae")
+    cfg = interpret.InterpretConfig(sae=str(root / "train" / "sae"), capture_dir=str(tmp_path / "capture"),
+                                    out=str(tmp_path / "out"), top_n=10, context=4, rows_per_chunk=64)
+    (tmp_path / "out").mkdir()
+    first = interpret.statistics(cfg, CapturedData(tmp_path / "capture"), sae, "cpu", tmp_path / "out")
+    torch.manual_seed(1)
+    write_capture(tmp_path / "capture", model, sentences, torch.nn.functional.normalize(torch.randn(DIM), dim=0))
+    with caplog.at_level("INFO"):
+        recaptured = interpret.statistics(cfg, CapturedData(tmp_path / "capture"), sae, "cpu", tmp_path / "out")
+    assert "statistics: one pass" in caplog.text and not torch.equal(recaptured["max"], first["max"])
+    shutil.copytree(root / "train" / "sae", tmp_path / "moved")
+    moved = dataclasses.replace(cfg, sae=str(tmp_path / "moved"))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = interpret.statistics(moved, CapturedData(tmp_path / "capture"), sae, "cpu", tmp_path / "out")
+    assert "statistics: reusing" in caplog.text and torch.equal(again["max"], recaptured["max"])
+
+
+def test_an_sae_trained_on_another_model_is_refused(setup, tmp_path, monkeypatch):
+    """interpret makes the check generate and serve make: the SAE's recorded model must be this one."""
+    root, model, _ = setup
+    sae = load_sae(root / "train" / "sae")
+    sae.cfg = SAEConfig.from_dict({**sae.cfg.to_dict(), "model": "other.gguf (gguf, 0123456789abcdef)"})
+    save_sae(sae, tmp_path / "sae")
+    loaded = LoadedModel(model, StubTokenizer(), model.args, "stub.gguf (gguf, fedcba9876543210)")
+    monkeypatch.setattr(startup, "load_checkpoint", lambda *a, **k: loaded)
+    cfg = interpret.InterpretConfig(sae=str(tmp_path / "sae"), capture_dir=str(root / "capture"),
+                                    out=str(tmp_path / "out"), top_n=10, context=4, rows_per_chunk=64,
+                                    eval_sentences=0, batches_dir=str(root / "batches"))
+    with pytest.raises(cli.UsageError, match=r"--sae .*: the SAE was trained on other\.gguf .*, not on stub\.gguf"):
+        interpret.interpret(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_help_and_one_line_errors(tmp_path, capsys):
