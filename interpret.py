@@ -37,7 +37,7 @@ from latents.llm import LLMConfig, latent_id, make_client
 from latents.logit_lens import logit_lens, model_head, sae_directions
 from latents.pages import write_site
 from latents.probes import probe_report
-from latents.report import assemble, summaries, write_json, write_records
+from latents.report import assemble, remove_unlisted, summaries, write_json, write_records
 from latents.scoring import explanation_scores, predicted_tokens, score_detection
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
@@ -123,6 +123,7 @@ def interpret(cfg: InterpretConfig) -> dict:
     write_records(out, records)
     index = write_site(out, records, summaries(records), evaluation, Path(cfg.sae).parent / "curves.html",
                        title=f"SAE latents: {hook}", probes=probes)
+    remove_unlisted(out, {r["latent"] for r in records})
     log.info("pages: %s", index)
     return evaluation
 

@@ -65,6 +65,15 @@ def write_records(out: Path, records: list[dict]) -> None:
     write_json(Path(out) / "latent_index_meaning.json", {str(r["latent"]): meaning(r) for r in records})
 
 
+def remove_unlisted(out: Path, latents: set[int]) -> None:
+    """Remove latents/<latent>.json and pages/<latent>.html of latents this run did not write (an earlier
+    run's, of another SAE or other settings), so that nothing in `out` describes another run."""
+    for folder, suffix in ((Path(out) / "latents", ".json"), (Path(out) / "pages", ".html")):
+        for path in folder.glob(f"*{suffix}"):
+            if path.stem.isdigit() and int(path.stem) not in latents:
+                path.unlink()
+
+
 def summaries(records: list[dict]) -> list[dict]:
     """Index rows for the HTML pages."""
     rows = []

@@ -31,12 +31,18 @@ from sae.model import SparseAutoencoder
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
 FORMAT_VERSION = 2
+SAE_FILES = (CONFIG_NAME, WEIGHTS_NAME, records.RECORD_NAME)
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path, **made_from) -> Path:
     """Write `sae` as `folder` (replacing one that is there); `made_from` (e.g. the data's identity)
     goes into its record. Returns the folder."""
     folder = Path(folder)
+    records.recover(folder)
+    others = sorted(p.name for p in folder.iterdir() if p.name not in SAE_FILES) if folder.is_dir() else []
+    if others:  # the whole folder is replaced: never take other files with it
+        raise ValueError(f"{folder}: holds files that are not an SAE's ({', '.join(others[:3])}); save the SAE "
+                         f"to another folder, or move them away")
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.state_dict().items()}
     with records.replaced_folder(folder) as new:
         save_file(tensors, str(new / WEIGHTS_NAME), metadata={"format": "llama-sae", "version": str(FORMAT_VERSION)})

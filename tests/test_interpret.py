@@ -251,6 +251,23 @@ def test_an_sae_trained_on_another_model_is_refused(setup, tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
+def test_a_rerun_leaves_no_latent_of_an_earlier_run(setup, tmp_path, monkeypatch):
+    """Records and pages of latents this run did not explain (an earlier run's, of another SAE) are removed:
+    whatever reads latents/*.json (the pipeline's steering demo) sees this run's SAE only."""
+    root, model, _ = setup
+    out = tmp_path / "out"
+    for name in ("latents/999.json", "pages/999.html"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("{}")
+    monkeypatch.setattr(startup, "load_checkpoint", lambda *a, **k: LoadedModel(model, StubTokenizer(), model.args,
+                                                                                 "stub"))
+    interpret.interpret(interpret.InterpretConfig(sae=str(root / "train" / "sae"), capture_dir=str(root / "capture"),
+                                                  out=str(out), top_n=10, context=4, rows_per_chunk=64,
+                                                  eval_sentences=0, batches_dir=str(root / "batches")))
+    assert (out / "latents" / f"{PLANTED_LATENT}.json").is_file() and (out / "pages" / f"{PLANTED_LATENT}.html").is_file()
+    assert not (out / "latents" / "999.json").exists() and not (out / "pages" / "999.html").exists()
+
+
 def test_cli_help_and_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         cli.parse_config(interpret.InterpretConfig, "interpret", ["--help"])

@@ -93,6 +93,14 @@ def test_a_swap_cut_short_between_its_renames_is_recovered(tmp_path):
     assert same_weights(load_sae(folder), new) and sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
 
 
+def test_saving_never_replaces_a_folder_holding_other_files(tmp_path):
+    folder = save_sae(make_sae(0), tmp_path / "sae")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"sae: holds files that are not an SAE's \(notes\.txt\)"):
+        save_sae(make_sae(1), folder)
+    assert (folder / "notes.txt").read_text() == "mine" and same_weights(load_sae(folder), make_sae(0))
+
+
 def test_a_damaged_sae_file_is_refused_in_one_line(tmp_path):
     folder = save_sae(make_sae(0), tmp_path / "sae")
     data = bytearray((folder / "sae.safetensors").read_bytes())
