@@ -17,6 +17,7 @@ ok (nothing is paid twice) and retries the failed ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -205,12 +206,18 @@ def _write(path: Path, record: dict) -> None:
     write_text_atomic(path, json.dumps(record, indent=1, ensure_ascii=False))
 
 
-def _done(path: Path) -> dict | None:
+def _done(path: Path, prompt: str) -> dict | None:
+    """The answer saved for this very prompt (keyed on its content: a latent of another SAE, or the same
+    latent with other evidence, is asked again)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return record if record.get("ok") else None
+    return record if record.get("ok") and record.get("prompt_sha256") == _sha256(prompt) else None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def run_requests(client, prompts: dict[str, str], parse: Callable[[str, str], Any], folder: Path, *,
@@ -223,7 +230,7 @@ def run_requests(client, prompts: dict[str, str], parse: Callable[[str, str], An
     report = Report()
     todo = {}
     for cid, prompt in prompts.items():
-        earlier = _done(folder / f"{cid}.json")
+        earlier = _done(folder / f"{cid}.json", prompt)
         if earlier is not None:
             report.results[cid] = earlier["result"]
             report.skipped.append(cid)
@@ -240,12 +247,14 @@ def run_requests(client, prompts: dict[str, str], parse: Callable[[str, str], An
                 result = parse(cid, reply.text)
             except ValueError as err:
                 report.failures[cid] = str(err)
-                _write(folder / f"{cid}.json", {"ok": False, "error": str(err), "response": reply.text})
+                _write(folder / f"{cid}.json", {"ok": False, "error": str(err), "response": reply.text,
+                                                "prompt_sha256": _sha256(todo[cid])})
                 retry[cid] = todo[cid]
                 continue
             report.failures.pop(cid, None)
             report.results[cid] = result
-            _write(folder / f"{cid}.json", {"ok": True, "result": result, "response": reply.text})
+            _write(folder / f"{cid}.json", {"ok": True, "result": result, "response": reply.text,
+                                            "prompt_sha256": _sha256(todo[cid])})
         todo = retry
     return report
 

@@ -139,6 +139,19 @@ def test_openai_client_sends_prompts_parses_retries_and_resumes(server, tmp_path
     assert len(server.state["prompts"]) == sent + 1 and "<<gamma>>" in server.state["prompts"][-1]
 
 
+def test_saved_answers_are_reused_for_the_same_prompt_only(server, tmp_path):
+    """Answers are keyed on the prompt's content, not the latent's number: latent 1 of another SAE (other
+    evidence) is asked again, and its new answer replaces the old."""
+    client = OpenAIChatClient(config(server))
+    explain_with_llm(client, {1: evidence("alpha", 1)}, tmp_path)
+    sent = len(server.state["prompts"])
+    same = explain_with_llm(client, {1: evidence("alpha", 1)}, tmp_path)
+    assert same.skipped == ["latent-1"] and len(server.state["prompts"]) == sent
+    other = explain_with_llm(client, {1: evidence("beta", 1)}, tmp_path, attempts=2)
+    assert other.skipped == [] and other.results["latent-1"]["common_semantic"] == "the word beta"
+    assert "<<beta>>" in server.state["prompts"][-1]
+
+
 def test_anthropic_batches_create_poll_retrieve_and_report(server, tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", KEY)
     cfg = config(server, provider="anthropic", api_key_env="TEST_ANTHROPIC_KEY", batch_size=2)
