@@ -243,6 +243,9 @@ def stage(step: Stage, runs: Path, identities: dict[str, str], *, run: Callable[
     config = step.fresh(step.config) if action == "fresh" and step.fresh else step.config
     run(step.name, step.script, config)
     names = records.files_under(runs, step.outputs)
+    if not names:  # a record of nothing would prove nothing
+        raise RuntimeError(f"{step.name} finished without writing {' or '.join(map(str, step.outputs))}; "
+                           f"see its output above")
     made = records.write_record(step.record_path, runs, names, stage=step.name, settings=settings_of(step.config),
                                 inputs={name: identities[name] for name in step.after})
     return made["identity"]

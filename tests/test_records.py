@@ -244,3 +244,11 @@ def test_a_recapture_retrains_and_reinterprets(tmp_path, scripts, caplog):
     assert scripts.ran == ["capture.py", "train.py", "interpret.py"]
     assert "== train: redone: capture + prebatch changed since it ran" in caplog.text
     assert json.loads((runs / "stages" / "train.json").read_text())["overwrite"] is True
+
+
+def test_a_stage_that_wrote_nothing_is_not_recorded_done(tmp_path, scripts, monkeypatch):
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(scripts, "capture", lambda c: True)
+    with pytest.raises(RuntimeError, match=r"capture \+ prebatch finished without writing .*capture/"):
+        run_pipeline(runs)
+    assert not (runs / "stages" / "capture-and-prebatch.done.json").exists()

@@ -299,6 +299,8 @@ def test_script_trains_end_to_end_and_writes_its_run_folder(tmp_path, batches_fo
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))  # renormalised after the last step
     scale = math.sqrt(16 / data_mean_sq_norm(batches_folder))
     assert float(sae.normalization.scale) == pytest.approx(scale, rel=1e-6)
+    made_from = json.loads((out / "sae" / "complete.json").read_text())  # the SAE's record, written last
+    assert made_from["data"] == load_latest(out / "checkpoints")[1]["data"] and made_from["model"] == "disk-model"
 
 
 def data_mean_sq_norm(folder: Path) -> float:
