@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import records
 from atomic import atomic_path
+from data.shards import PARTS, shard_file
 from latents.histogram import LogBins, auroc_from_histograms
 from latents.source import CapturedData
 from latents.stats import Encoder, LatentAccumulator, StatsConfig
@@ -37,12 +38,21 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def inputs_identity(sae_folder: Path, data: CapturedData) -> dict:
     """What a statistics pass is computed from, by content (records.identity), never by path or mtime:
-    the SAE's weights and config, and every file of the capture (large shards by their size and sampled
-    spans). A moved folder keeps its statistics; a retrained SAE, or a recapture into the same folder,
-    does not."""
-    capture = records.files_under(data.folder, [data.folder])
+    the SAE's weights and config, and the capture (`capture_identity`). A moved folder keeps its
+    statistics; a retrained SAE, or a recapture into the same folder, does not."""
     return {"sae": records.identity(records.entries(sae_folder, ["sae.safetensors", "config.json"])),
-            "capture": records.identity(records.entries(data.folder, capture)), "rows": data.n_rows}
+            "capture": capture_identity(data), "rows": data.n_rows}
+
+
+def capture_identity(data: CapturedData) -> str:
+    """The capture's content: its manifest, which records every shard file's size and sampled CRC-32 (so
+    shards of gigabytes are not read again), and its sentence table; the files of a shard the manifest
+    records no checks for are hashed themselves."""
+    names = ["manifest.json", "sentences.jsonl"]
+    for entry in data.manifest["shards"]:
+        if not entry.get("files"):
+            names += [shard_file(data.folder, part, entry["shard"]).name for part in PARTS]
+    return records.identity(records.entries(data.folder, names))
 
 
 @dataclass

@@ -20,8 +20,12 @@ import torch
 
 import cli
 import interpret
+import records
 import startup
+from data.fileio import file_check
+from data.shards import PARTS, shard_file
 from data.shuffle import is_validation
+from latents.collect import capture_identity
 from latents.source import CapturedData
 from llama.loading import LoadedModel
 from llama.model import ModelArgs, Transformer
@@ -69,11 +73,11 @@ def capture(model, sentences: list[list[int]], direction: torch.Tensor) -> tuple
 
 def write_capture(folder: Path, model, sentences: list[list[int]], direction: torch.Tensor) -> None:
     acts, index = capture(model, sentences, direction)
-    records = [{"doc": int(i // 2), "sentence": int(i % 2), "tokens": ids,
-                "text": HOSTILE if i == 0 else " ".join(f"w{t}" for t in ids),
-                "label": "positive" if PLANTED_TOKEN in ids else "negative"} for i, ids in enumerate(sentences)]
+    table = [{"doc": int(i // 2), "sentence": int(i % 2), "tokens": ids,
+              "text": HOSTILE if i == 0 else " ".join(f"w{t}" for t in ids),
+              "label": "positive" if PLANTED_TOKEN in ids else "negative"} for i, ids in enumerate(sentences)]
     tokens = np.concatenate([np.array(s) for s in sentences])
-    write_captured(folder, acts, tokens, index, records, label_names=["negative", "positive"], hook=HOOK,
+    write_captured(folder, acts, tokens, index, table, label_names=["negative", "positive"], hook=HOOK,
                    shard_rows=200)
 
 
@@ -233,6 +237,32 @@ def test_statistics_are_reused_by_content_not_by_path(setup, tmp_path, caplog):
     with caplog.at_level("INFO"):
         again = interpret.statistics(moved, CapturedData(tmp_path / "capture"), sae, "cpu", tmp_path / "out")
     assert "statistics: reusing" in caplog.text and torch.equal(again["max"], recaptured["max"])
+
+
+def with_checks(folder: Path) -> None:
+    """Add what a real capture's manifest records of each shard file: its size and sampled CRC-32."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        entry["files"] = {part: file_check(shard_file(folder, part, entry["shard"])) for part in PARTS}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_capture_with_checked_shards_is_identified_by_its_manifest(setup, tmp_path, monkeypatch):
+    """Shard files the manifest records checks for are not read again: their checks stand for them, and a
+    recapture changes them."""
+    root, model, sentences = setup
+    shutil.copytree(root / "capture", tmp_path / "capture")
+    before = capture_identity(CapturedData(tmp_path / "capture"))  # no checks recorded: the shards hashed
+    with_checks(tmp_path / "capture")
+    read = []
+    original = records.file_entry
+    monkeypatch.setattr(records, "file_entry", lambda path: read.append(path.name) or original(path))
+    checked = capture_identity(CapturedData(tmp_path / "capture"))
+    assert sorted(read) == ["manifest.json", "sentences.jsonl"] and checked != before
+    torch.manual_seed(1)
+    write_capture(tmp_path / "capture", model, sentences, torch.nn.functional.normalize(torch.randn(DIM), dim=0))
+    with_checks(tmp_path / "capture")
+    assert capture_identity(CapturedData(tmp_path / "capture")) != checked
 
 
 def test_an_sae_trained_on_another_model_is_refused(setup, tmp_path, monkeypatch):
