@@ -7,9 +7,10 @@ Each stage runs its own script (capture.py, train.py, interpret.py, generate.py)
 its own config built from the flags below (written to <runs>/stages/ as the JSON the script reads with
 --config); every stage's settings are checked before the first starts. A stage is skipped when its
 record says it is done (<runs>/stages/<stage>.done.json, written last: its outputs' sizes and hashes, its
-settings, the identities of what it read); a stage whose outputs were damaged, or that read a stage which
-has changed since, is redone, and with it the stages after. An interrupted run picks up where it stopped
-(capture and train resume from their own checkpoints). At the end the latent most associated
+settings, the identities of what it read); a stage whose outputs were damaged is run again, one that reads
+a stage whose outputs have changed (a recapture, a new SAE) is redone, and a changed setting stops the run
+in one line naming the folders to delete. An interrupted run picks up where it stopped (capture and train
+resume from their own checkpoints, or start over when what they read has changed since). At the end the latent most associated
 with --label (by AUROC of its sentence-level activation) is steered into --prompt, and the steered and
 unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
 """
@@ -32,7 +33,7 @@ import cli
 import paths
 import records
 import startup
-from atomic import write_text_atomic
+from atomic import write_json_atomic, write_text_atomic
 from capture import CaptureConfig
 from generate import GenerateConfig
 from interpret import InterpretConfig
@@ -171,6 +172,11 @@ class Stage:
         return self.config_path.with_suffix(".done.json")
 
     @property
+    def started_path(self) -> Path:
+        """The identities of what it read, written before it starts (for a run cut short)."""
+        return self.config_path.with_suffix(".started.json")
+
+    @property
     def config_path(self) -> Path:
         return config_file(self.stages, self.name)
 
@@ -240,6 +246,9 @@ def stage(step: Stage, runs: Path, identities: dict[str, str], *, run: Callable[
     if why:
         log.info("== %s: redone: %s", step.name, why)
     step.record_path.unlink(missing_ok=True)  # not done until the new record is written
+    inputs = {name: identities[name] for name in step.after}
+    step.stages.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(step.started_path, {"inputs": inputs})
     config = step.fresh(step.config) if action == "fresh" and step.fresh else step.config
     run(step.name, step.script, config)
     names = records.files_under(runs, step.outputs)
@@ -247,14 +256,18 @@ def stage(step: Stage, runs: Path, identities: dict[str, str], *, run: Callable[
         raise RuntimeError(f"{step.name} finished without writing {' or '.join(map(str, step.outputs))}; "
                            f"see its output above")
     made = records.write_record(step.record_path, runs, names, stage=step.name, settings=settings_of(step.config),
-                                inputs={name: identities[name] for name in step.after})
+                                inputs=inputs)
+    step.started_path.unlink()
     return made["identity"]
 
 
 def verdict(step: Stage, record: dict | None, runs: Path, inputs: dict[str, str]) -> tuple[str, str]:
     """("skip", ""), ("run", why) or ("fresh", why): run the stage's script as configured (it resumes
     its own work), or start over because a stage it reads has changed."""
-    if record is None:
+    if record is None:  # never finished: its script resumes, unless what it reads changed since it started
+        started = records.read_json(step.started_path) or {}
+        if "inputs" in started and started["inputs"] != inputs and any(f.exists() for f in step.folders):
+            return "fresh", "what it reads has changed since it was started"
         return "run", ""
     if not any(folder.exists() for folder in step.folders):
         return "run", "its outputs were deleted"

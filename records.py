@@ -79,12 +79,17 @@ def write_record(path: Path, root: Path, names: Iterable[str], **made_from: Any)
 
 def read_record(path: Path) -> dict | None:
     """The record at `path`; None when there is none or it cannot be read (so it proves nothing)."""
+    record = read_json(path)
+    return record if record is not None and isinstance(record.get("files"), dict) else None
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object at `path`; None when there is none or it cannot be read."""
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = isinstance(record, dict) and isinstance(record.get("files"), dict)
-    return record if ok else None
+    return data if isinstance(data, dict) else None
 
 
 def problems(record: dict, root: Path) -> list[str]:

@@ -139,7 +139,7 @@ class FakeScripts:
             (folder / name).write_text(made)
         return True
 
-    def train(self, c) -> bool:
+    def train(self, c) -> bool:  # killed (`kill`): after its checkpoint, before the SAE
         out, data = Path(c["out"]), (Path(c["data"]) / "batches.json").read_text()
         made = {"k": c["sae"]["k"], "data": data}
         checkpoint = out / "checkpoint.json"
@@ -149,6 +149,8 @@ class FakeScripts:
             return False
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_text(json.dumps(made))
+        if self.kill == "train.py":
+            return False
         (out / "sae").mkdir(exist_ok=True)
         (out / "sae" / "sae.safetensors").write_text(json.dumps(made))
         (out / "sae" / "config.json").write_text(json.dumps({"k": made["k"]}))
@@ -252,3 +254,21 @@ def test_a_stage_that_wrote_nothing_is_not_recorded_done(tmp_path, scripts, monk
     with pytest.raises(RuntimeError, match=r"capture \+ prebatch finished without writing .*capture/"):
         run_pipeline(runs)
     assert not (runs / "stages" / "capture-and-prebatch.done.json").exists()
+
+
+def test_a_training_cut_short_then_given_other_data_starts_over(tmp_path, scripts, caplog):
+    """Training killed after a checkpoint; then the capture is deleted and made again with other
+    activations: the checkpoint is for the old data, so training starts over (--overwrite) instead of
+    failing to resume."""
+    runs = tmp_path / "runs"
+    scripts.kill = "train.py"
+    with pytest.raises(RuntimeError, match="train failed"):
+        run_pipeline(runs)
+    shutil.rmtree(runs / "capture")
+    shutil.rmtree(runs / "batches")
+    scripts.kill, scripts.ran, scripts.activations = "", [], "other"
+    with caplog.at_level("INFO"):
+        run_pipeline(runs)
+    assert scripts.ran == ["capture.py", "train.py", "interpret.py"]
+    assert "== train: redone: what it reads has changed since it was started" in caplog.text
+    assert not list((runs / "stages").glob("*.started.json"))
