@@ -10,9 +10,9 @@ record says it is done (<runs>/stages/<stage>.done.json, written last: its outpu
 settings, the identities of what it read); a stage whose outputs were damaged is run again, one that reads
 a stage whose outputs have changed (a recapture, a new SAE) is redone, and a changed setting stops the run
 in one line naming the folders to delete. An interrupted run picks up where it stopped (capture and train
-resume from their own checkpoints, or start over when what they read has changed since). At the end the latent most associated
-with --label (by AUROC of its sentence-level activation) is steered into --prompt, and the steered and
-unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
+resume from their own checkpoints, or start over when what they read has changed since). At the end the
+latent most associated with --label (by AUROC of its sentence-level activation) is steered into --prompt,
+and the steered and unsteered completions are printed side by side. A summary goes to <runs>/pipeline.json.
 """
 
 from __future__ import annotations
