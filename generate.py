@@ -31,17 +31,19 @@ import startup
 from atomic import write_text_atomic
 from latents.report import read_explanations
 from latents.judge import cached_judge
-from latents.sweep import (NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json, sweep_latent,
-                           sweep_table)
+from latents.sweep import (MAX_SWEEP_STEPS, NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json,
+                           sweep_latent, sweep_table)
 from latents.text import pieces, token_bytes_of
 from llama import generate
 from llama.tokenizers import StreamDecoder
 from llama.tokenizers.chat import encode_prompt
 from sae.io import load_config
 from sae.steering import Steer, Steering, check_mode, check_steers, parse_steer, unsteered
-from settings import SettingError, check_int, check_number
+from settings import SettingError, check_int, check_number, check_seed
 
 DEFAULT_PROMPT = "Today I went to the park and"
+# Below this, sampling picks the top token as greedy does; near 1e-38, logits / temperature overflow.
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass
@@ -93,6 +95,10 @@ class GenerateConfig:
         check_mode(self.mode)
         check_int("max_new_tokens", self.max_new_tokens, 1)
         check_number("temperature", self.temperature)
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise SettingError("temperature", self.temperature, f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g} "
+                                                                f"(smaller ones sample as greedy does)")
+        check_seed("seed", self.seed)
         if not 0 < self.top_p <= 1:  # also catches NaN
             raise SettingError("top_p", self.top_p, "must be in (0, 1]")
         check_int("top_features", self.top_features, 1)
@@ -165,8 +171,8 @@ def parse_sweep(text: str) -> tuple[int, list[float]]:
         steps = int(parts[3]) if len(parts) == 4 else 5
     except ValueError:
         raise SettingError("sweep", text, "expected IDX:LO:HI[:STEPS], e.g. 896:0:20:5") from None
-    if latent < 0 or steps < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
-        raise SettingError("sweep", text, "IDX >= 0, finite LO and HI, STEPS >= 1")
+    if latent < 0 or not 1 <= steps <= MAX_SWEEP_STEPS or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise SettingError("sweep", text, f"IDX >= 0, finite LO and HI, STEPS from 1 to {MAX_SWEEP_STEPS}")
     return latent, evenly_spaced(lo, hi, steps)
 
 

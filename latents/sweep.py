@@ -23,6 +23,8 @@ from llama import generate
 from sae.steering import Steer, Steering
 
 
+MAX_SWEEP_STEPS = 100  # each value is one generation over every prompt
+
 # Prompts with no sentiment of their own: where steering toward a label is visible.
 NEUTRAL_PROMPTS = ("I think the new phone is", "The weather today is", "My trip to the city was",
                    "The movie I watched last night was", "Our new neighbour is")
