@@ -30,6 +30,7 @@ import paths
 import startup
 from atomic import write_text_atomic
 from latents.report import read_explanations
+from latents.steer_range import far_beyond_note, largest_activation, nonfinite_problem, push_is_finite
 from latents.judge import cached_judge
 from latents.sweep import (MAX_SWEEP_STEPS, NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json,
                            sweep_latent, sweep_table)
@@ -133,6 +134,10 @@ def main(cfg: GenerateConfig) -> int:
     if sae_dir:
         with cli.settings_as_flags():  # the latent indices, before the model loads
             check_steers(steers, load_config(sae_dir).d_sae)
+        for steer in steers:
+            note = far_beyond_note(steer, largest_activation(interpret_dir(cfg), sae_dir, steer.latent))
+            if note:
+                print(note, file=sys.stderr)
     prompts = read_prompts(cfg)
     device = startup.resolve_device(cfg.device)
     loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
@@ -142,13 +147,41 @@ def main(cfg: GenerateConfig) -> int:
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
     check_context(cfg, loaded.args.max_seq_len, token_prompts)
     runs = plan_runs(cfg, sae, steers)
+    for steering in runs.values():
+        if steering is not None and steering.steers:
+            check_push(cfg, loaded, sae_dir, token_prompts[0], steering)
     # One completion to show: stream it token by token (the prompt echoed first, unless in chat form).
     stream = len(runs) == 1 and len(prompts) == 1 and not cfg.show_features
     results = {label: run_generation(cfg, loaded, token_prompts, steering, stream=stream,
                                      echo="" if chat else prompts[0])
                for label, steering in runs.items()}
     print_results(cfg, loaded, prompts, token_prompts, runs, results, streamed=stream)
+    warn_empty(runs, results, prompts)
     return 0
+
+
+def interpret_dir(cfg: GenerateConfig) -> Path:
+    """interpret.py's output folder: the one that holds --explanations."""
+    return Path(cfg.explanations).parent
+
+
+def check_push(cfg: GenerateConfig, loaded, sae_dir: Path, prompt: list[int], steering: Steering) -> None:
+    """One line, before any text, for a push that overflows the model (its completion would be empty)."""
+    if push_is_finite(loaded.model, prompt, steering.sae.cfg.hook_name, steering):
+        return
+    steer = max(steering.steers, key=lambda s: abs(s.value))
+    top = largest_activation(interpret_dir(cfg), sae_dir, steer.latent)
+    raise cli.UsageError(f"--steer {steer.shown}: {nonfinite_problem(steer, top)}")
+
+
+def warn_empty(runs: dict, results: dict, prompts: list[str]) -> None:
+    """A line on stderr for each steered completion the model ended at once (printed, it looks like nothing)."""
+    for label, steering in runs.items():
+        empty = [i for i, out in enumerate(results[label]) if not out]
+        if steering is not None and steering.steers and empty:
+            which = "the prompt" if len(prompts) == 1 else f"prompt(s) {', '.join(map(str, empty))}"
+            print(f"warning: {label}: the completion of {which} is empty (the model ended it at once); a "
+                  f"smaller value may give text", file=sys.stderr)
 
 
 def check_context(cfg: GenerateConfig, context: int, token_prompts: list[list[int]]) -> None:

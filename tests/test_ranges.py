@@ -125,3 +125,102 @@ def test_the_pipeline_refuses_every_stage_setting_before_running_one(tmp_path, m
 def test_the_pipeline_keeps_its_defaults():
     cfg = PipelineConfig()
     assert cfg.steer_scale == 4.0 and cfg.sweep_steps == 4
+
+
+# the sweep never recommends a push whose completions are empty or whose logits overflow
+
+LENIENT = dict(max_new_tokens=8, max_ppl_ratio=1e9, min_distinct2_ratio=0.0, min_shift=-1.0)  # only the new tests
+
+
+@pytest.fixture(scope="module")
+def planted():
+    from sweep_helpers import planted as build
+
+    return build()
+
+
+def test_a_push_that_overflows_the_model_is_never_in_range(planted):
+    from latents.sweep import SweepSettings, best_row, sweep_latent, sweep_table
+    from sweep_helpers import LATENT
+
+    loaded, sae, judge, prompts = planted
+    rows = sweep_latent(loaded, sae, prompts, LATENT, [2.0, 1e30], judge, "negative", SweepSettings(**LENIENT))
+    assert [(r.value, r.finite) for r in rows] == [(0.0, True), (2.0, True), (1e30, False)]
+    assert rows[1].in_range and not rows[2].in_range and best_row(rows).value == 2.0
+    assert sweep_table(rows, LATENT, "negative").splitlines()[-1].endswith("logits not finite")
+
+
+def test_a_push_that_empties_the_completions_is_never_in_range(planted, monkeypatch):
+    from latents.sweep import SweepSettings, best_row, sweep_latent
+    from sweep_helpers import BAD, LATENT
+
+    loaded, sae, judge, prompts = planted
+    monkeypatch.setattr(loaded.tokenizer, "stop_ids", frozenset({BAD}))  # the pushed word ends the text
+    rows = sweep_latent(loaded, sae, prompts, LATENT, [20.0], judge, "negative", SweepSettings(**LENIENT))
+    assert rows[0].empty == 0 and rows[1].empty == len(prompts) and rows[1].finite
+    assert not rows[1].in_range and best_row(rows) is None
+
+
+# generate.py --steer: an overflowing push is refused before any text; a value far beyond the latent's
+# largest activation (interpret's statistics for this SAE) gets a note with the range and a --sweep
+
+@pytest.fixture
+def offline(smol, monkeypatch):
+    """generate.py with the session's model (no second load)."""
+    import startup
+
+    monkeypatch.setattr(startup, "load_model", lambda *a, **k: smol)
+
+
+def _interpret_folder(folder, sae_dir, latent: int, top: float):
+    import json
+
+    (folder / "latents").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"sae": str(sae_dir)}))
+    (folder / "latents" / f"{latent}.json").write_text(json.dumps({"latent": latent, "max": top}))
+    return folder / "latent_index_meaning.json"
+
+
+@pytest.mark.parametrize("mode", ["direction", "sae", "clamp"])
+def test_a_push_that_overflows_the_model_is_refused_before_any_text(offline, sae_dir, tmp_path, capsys, mode):
+    cfg = generate.parse_args(["--sae", str(sae_dir), "--steer", "5:1e30", "--mode", mode, "--max-new-tokens", "2",
+                               "--explanations", str(_interpret_folder(tmp_path / "i", sae_dir, 5, 2.5)), "Hi"])
+    with pytest.raises(cli.UsageError) as caught:
+        generate.main(cfg)
+    message = str(caught.value)
+    assert message.startswith("--steer 5:1e+30: pushing latent 5 by 1e+30 makes the model's logits infinite or NaN")
+    assert "its largest activation in interpret's statistics is 2.5" in message and "--sweep 5:0:10:5" in message
+    assert capsys.readouterr().out == ""
+
+
+def test_the_largest_push_that_stays_finite_is_taken(offline, sae_dir, tmp_path, capsys):
+    cfg = generate.parse_args(["--sae", str(sae_dir), "--steer", "5:1e3", "--max-new-tokens", "2",
+                               "--explanations", str(tmp_path / "none.json"), "Hi"])
+    assert generate.main(cfg) == 0
+
+
+def test_a_value_far_beyond_the_latents_activations_gets_its_range_and_a_sweep(offline, sae_dir, tmp_path, capsys):
+    table = _interpret_folder(tmp_path / "i", sae_dir, 5, 2.5)
+    run = lambda value, explanations: generate.main(generate.parse_args(
+        ["--sae", str(sae_dir), "--steer", f"5:{value}", "--max-new-tokens", "2", "--explanations", str(explanations),
+         "Hi"]))
+    assert run(20, table) == 0
+    err = capsys.readouterr().err
+    assert ("note: --steer 5:20 is 8x latent 5's largest activation in interpret's statistics (2.5; useful values "
+            "are usually between 0 and 10)") in err and "python generate.py --sweep 5:0:10:5 measures the range" in err
+    assert run(-20, table) == 0 and "--sweep 5:0:-10:5" in capsys.readouterr().err
+    assert run(10, table) == 0 and "note:" not in capsys.readouterr().err  # within 4x: no note
+    other = _interpret_folder(tmp_path / "other", tmp_path / "another-sae", 5, 2.5)  # statistics of another SAE
+    assert run(20, other) == 0 and "note:" not in capsys.readouterr().err
+
+
+def test_an_empty_steered_completion_is_said(capsys):
+    from sae.steering import Steer
+
+    class Steered:
+        steers = (Steer(5, 3.0),)
+
+    generate.warn_empty({"unsteered": None, "steered 5:+3 (direction)": Steered()},
+                        {"unsteered": [[], [7]], "steered 5:+3 (direction)": [[4], []]}, ["a", "b"])
+    assert capsys.readouterr().err == ("warning: steered 5:+3 (direction): the completion of prompt(s) 1 is empty "
+                                       "(the model ended it at once); a smaller value may give text\n")
