@@ -224,3 +224,14 @@ def test_an_empty_steered_completion_is_said(capsys):
                         {"unsteered": [[], [7]], "steered 5:+3 (direction)": [[4], []]}, ["a", "b"])
     assert capsys.readouterr().err == ("warning: steered 5:+3 (direction): the completion of prompt(s) 1 is empty "
                                        "(the model ended it at once); a smaller value may give text\n")
+
+
+def test_the_old_prebatch_entry_point_names_the_script():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "data.prebatch", "--capture", "x"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "error: `python -m data.prebatch` is now `python prebatch.py` (the same flags; --help lists them)\n"
