@@ -231,6 +231,27 @@ CASES = [
     Case("pipeline-data-missing", pipe("--data", "{case}/none.txt"), "none.txt", no_new="runs", timeout=15),
     Case("pipeline-config-type", pipe("--config", C), "field 'k' (--k) must be a whole number",
          files=config('{"k": "8"}'), no_new="runs"),
+    # numbers checked for range where they enter (seeds, temperature, sizes, steering values)
+    Case("generate-temperature-tiny", gen("--temperature", "1e-300", "Hi"),
+         "--temperature 1e-300: must be 0 (greedy) or at least 0.001"),
+    Case("generate-seed-huge", gen("--seed", "18446744073709551616", "Hi"),
+         "--seed 18446744073709551616: must be an integer from 0 to 4294967295"),
+    Case("generate-steer-overflow", gen("--sae", "{sae}", "--device", "cpu", "--max-new-tokens", "2", "--steer",
+                                        "5:1e30", "Hi"), "--steer 5:1e+30: pushing latent 5 by 1e+30", timeout=60),
+    Case("generate-sweep-steps", gen("--sweep", "5:0:1:1000000000"), "--sweep 5:0:1:1000000000: "),
+    Case("prebatch-seed-huge", pb("--capture", "{capture}", "--out", "{case}/b", "--seed", "18446744073709551616"),
+         "--seed 18446744073709551616: must be an integer from 0 to 4294967295"),
+    Case("train-seed-negative", tr("--seed", "-1"), "--seed -1: must be an integer from 0 to 4294967295"),
+    Case("interpret-lens-top-huge", interp("--lens-top", "1000000000"), "--lens-top 1000000000: must be an integer"),
+    Case("interpret-seed-huge", interp("--seed", "4294967296"), "--seed 4294967296: must be an integer from 0"),
+    Case("pipeline-steer-scale-huge", pipe("--steer-scale", "1e308"), "--steer-scale 1e+308: must be a finite number",
+         no_new="runs", timeout=15),
+    Case("pipeline-max-new-tokens-0", pipe("--max-new-tokens", "0"), "--max-new-tokens 0: must be an integer >= 1",
+         no_new="runs", timeout=15),
+    Case("pipeline-seed-huge", pipe("--seed", "18446744073709551616"), "--seed 18446744073709551616: must be",
+         no_new="runs", timeout=15),
+    Case("pipeline-sweep-steps-huge", pipe("--sweep-steps", "1000000"), "--sweep-steps 1000000: must be an integer",
+         no_new="runs", timeout=15),
 ]
 
 
