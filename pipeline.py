@@ -34,6 +34,7 @@ from generate import GenerateConfig
 from interpret import InterpretConfig
 from latents.sweep import MAX_SWEEP_STEPS, choose
 from latents.text import shorten
+from llama.loading import open_checkpoint
 from sae.config import SAEConfig
 from settings import SettingError, check_int, check_number
 from training.config import TrainConfig
@@ -90,6 +91,8 @@ class PipelineConfig:
         check_number("steer_scale", self.steer_scale, 0, MAX_STEER_SCALE)
         if self.steer_scale == 0:
             raise SettingError("steer_scale", 0, "must be greater than 0")
+        if not self.prompt.strip():
+            raise SettingError("prompt", self.prompt, "give some text to continue")
 
 
 def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
@@ -98,7 +101,19 @@ def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, An
     if cfg.data and not Path(cfg.data).exists():
         raise FileNotFoundError(f"--data {cfg.data}: no such file or folder")
     with cli.settings_as_flags():  # a stage's field is the pipeline flag of the same name
+        context = model_context(cfg.model)
+        if context and cfg.max_new_tokens >= context:  # the demo's prompts take a few tokens more
+            raise SettingError("max_new_tokens", cfg.max_new_tokens, f"must leave room for the prompt in the "
+                                                                     f"model's context of {context} tokens")
         return _stage_configs(cfg, folders)
+
+
+def model_context(model_flag: str) -> int | None:
+    """The model's context length from its header alone; None when it cannot be read (the capture says why)."""
+    try:
+        return open_checkpoint(Path(model_flag) if model_flag else paths.default_model_path()).args.max_seq_len
+    except Exception:  # noqa: BLE001 - any unreadable header: the capture stage reports it
+        return None
 
 
 def _stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:

@@ -252,6 +252,9 @@ CASES = [
          no_new="runs", timeout=15),
     Case("pipeline-sweep-steps-huge", pipe("--sweep-steps", "1000000"), "--sweep-steps 1000000: must be an integer",
          no_new="runs", timeout=15),
+    Case("pipeline-max-new-tokens-huge", pipe("--max-new-tokens", "100000"), "--max-new-tokens 100000: must leave room",
+         no_new="runs", timeout=15),
+    Case("pipeline-prompt-empty", pipe("--prompt", " "), "--prompt  : give some text", no_new="runs", timeout=15),
 ]
 
 

@@ -110,6 +110,9 @@ def test_lens_top_beyond_any_vocabulary_is_refused_by_its_flag():
     (["--max-new-tokens", "0"], "--max-new-tokens 0: must be an integer >= 1"),
     (["--seed", str(2**64)], f"--seed {2**64}: must be an integer from 0 to {SEED_MAX}"),
     (["--sweep-steps", "1000000"], "--sweep-steps 1000000: must be an integer from 1 to 100"),
+    (["--prompt", "  "], "--prompt   : give some text to continue"),
+    (["--max-new-tokens", "100000"], "--max-new-tokens 100000: must leave room for the prompt in the model's "
+                                     "context of 8192 tokens"),
 ])
 def test_the_pipeline_refuses_every_stage_setting_before_running_one(tmp_path, monkeypatch, argv, expect):
     import pipeline
