@@ -30,8 +30,8 @@ import paths
 import startup
 from atomic import write_text_atomic
 from latents.report import read_explanations
-from latents.steer_range import far_beyond_note, largest_activation, nonfinite_problem, push_is_finite
 from latents.judge import cached_judge
+from latents.steer_range import far_beyond_note, largest_activation, nonfinite_problem, push_is_finite
 from latents.sweep import (MAX_SWEEP_STEPS, NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json,
                            sweep_latent, sweep_table)
 from latents.text import pieces, token_bytes_of
@@ -43,7 +43,8 @@ from sae.steering import Steer, Steering, check_mode, check_steers, parse_steer,
 from settings import SettingError, check_int, check_number, check_seed
 
 DEFAULT_PROMPT = "Today I went to the park and"
-# Below this, sampling picks the top token as greedy does; near 1e-38, logits / temperature overflow.
+# Below this, sampling almost always picks the top token, as greedy does; near 1e-38, logits / temperature
+# overflow float32 and the draw fails.
 MIN_TEMPERATURE = 1e-3
 
 
@@ -98,7 +99,7 @@ class GenerateConfig:
         check_number("temperature", self.temperature)
         if 0 < self.temperature < MIN_TEMPERATURE:
             raise SettingError("temperature", self.temperature, f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g} "
-                                                                f"(smaller ones sample as greedy does)")
+                                                                f"(smaller ones sample almost exactly as greedy does)")
         check_seed("seed", self.seed)
         if not 0 < self.top_p <= 1:  # also catches NaN
             raise SettingError("top_p", self.top_p, "must be in (0, 1]")
