@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import cli
 import paths
+import ranks
 import startup
 from atomic import atomic_path
 from data.chunks import capture_chunk, chunk_arrays, iter_chunks
@@ -103,7 +104,9 @@ def main() -> None:
     if info.is_main:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        capture(cfg, info)
+        with ranks.stop_with_peers(RESUME):
+            ranks.check_same_settings(cfg, info)
+            capture(cfg, info)
     except KeyboardInterrupt:
         print(f"interrupted: {RESUME}", file=sys.stderr)
         raise SystemExit(130) from None

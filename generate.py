@@ -31,17 +31,21 @@ import startup
 from atomic import write_text_atomic
 from latents.report import read_explanations
 from latents.judge import cached_judge
-from latents.sweep import (NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json, sweep_latent,
-                           sweep_table)
+from latents.steer_range import far_beyond_note, largest_activation, nonfinite_problem, push_is_finite
+from latents.sweep import (MAX_SWEEP_STEPS, NEUTRAL_PROMPTS, SweepSettings, best_row, evenly_spaced, rows_json,
+                           sweep_latent, sweep_table)
 from latents.text import pieces, token_bytes_of
 from llama import generate
 from llama.tokenizers import StreamDecoder
 from llama.tokenizers.chat import encode_prompt
 from sae.io import load_config
 from sae.steering import Steer, Steering, check_mode, check_steers, parse_steer, unsteered
-from settings import SettingError, check_int, check_number
+from settings import SettingError, check_int, check_number, check_seed
 
 DEFAULT_PROMPT = "Today I went to the park and"
+# Below this, sampling almost always picks the top token, as greedy does; near 1e-38, logits / temperature
+# overflow float32 and the draw fails.
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass
@@ -93,6 +97,10 @@ class GenerateConfig:
         check_mode(self.mode)
         check_int("max_new_tokens", self.max_new_tokens, 1)
         check_number("temperature", self.temperature)
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise SettingError("temperature", self.temperature, f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g} "
+                                                                f"(smaller ones sample almost exactly as greedy does)")
+        check_seed("seed", self.seed)
         if not 0 < self.top_p <= 1:  # also catches NaN
             raise SettingError("top_p", self.top_p, "must be in (0, 1]")
         check_int("top_features", self.top_features, 1)
@@ -127,6 +135,10 @@ def main(cfg: GenerateConfig) -> int:
     if sae_dir:
         with cli.settings_as_flags():  # the latent indices, before the model loads
             check_steers(steers, load_config(sae_dir).d_sae)
+        for steer in steers:
+            note = far_beyond_note(steer, largest_activation(interpret_dir(cfg), sae_dir, steer.latent))
+            if note:
+                print(note, file=sys.stderr)
     prompts = read_prompts(cfg)
     device = startup.resolve_device(cfg.device)
     loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
@@ -136,13 +148,41 @@ def main(cfg: GenerateConfig) -> int:
     token_prompts = [encode_prompt(loaded.tokenizer, p, chat=chat, bos=bos) for p in prompts]
     check_context(cfg, loaded.args.max_seq_len, token_prompts)
     runs = plan_runs(cfg, sae, steers)
+    for steering in runs.values():
+        if steering is not None and steering.steers:
+            check_push(cfg, loaded, sae_dir, token_prompts[0], steering)
     # One completion to show: stream it token by token (the prompt echoed first, unless in chat form).
     stream = len(runs) == 1 and len(prompts) == 1 and not cfg.show_features
     results = {label: run_generation(cfg, loaded, token_prompts, steering, stream=stream,
                                      echo="" if chat else prompts[0])
                for label, steering in runs.items()}
     print_results(cfg, loaded, prompts, token_prompts, runs, results, streamed=stream)
+    warn_empty(runs, results, prompts)
     return 0
+
+
+def interpret_dir(cfg: GenerateConfig) -> Path:
+    """interpret.py's output folder: the one that holds --explanations."""
+    return Path(cfg.explanations).parent
+
+
+def check_push(cfg: GenerateConfig, loaded, sae_dir: Path, prompt: list[int], steering: Steering) -> None:
+    """One line, before any text, for a push that overflows the model (its completion would be empty)."""
+    if push_is_finite(loaded.model, prompt, steering.sae.cfg.hook_name, steering):
+        return
+    steer = max(steering.steers, key=lambda s: abs(s.value))
+    top = largest_activation(interpret_dir(cfg), sae_dir, steer.latent)
+    raise cli.UsageError(f"--steer {steer.shown}: {nonfinite_problem(steer, top)}")
+
+
+def warn_empty(runs: dict, results: dict, prompts: list[str]) -> None:
+    """A line on stderr for each steered completion the model ended at once (printed, it looks like nothing)."""
+    for label, steering in runs.items():
+        empty = [i for i, out in enumerate(results[label]) if not out]
+        if steering is not None and steering.steers and empty:
+            which = "the prompt" if len(prompts) == 1 else f"prompt(s) {', '.join(map(str, empty))}"
+            print(f"warning: {label}: the completion of {which} is empty (the model ended it at once); a "
+                  f"smaller value may give text", file=sys.stderr)
 
 
 def check_context(cfg: GenerateConfig, context: int, token_prompts: list[list[int]]) -> None:
@@ -165,8 +205,8 @@ def parse_sweep(text: str) -> tuple[int, list[float]]:
         steps = int(parts[3]) if len(parts) == 4 else 5
     except ValueError:
         raise SettingError("sweep", text, "expected IDX:LO:HI[:STEPS], e.g. 896:0:20:5") from None
-    if latent < 0 or steps < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
-        raise SettingError("sweep", text, "IDX >= 0, finite LO and HI, STEPS >= 1")
+    if latent < 0 or not 1 <= steps <= MAX_SWEEP_STEPS or not (math.isfinite(lo) and math.isfinite(hi)):
+        raise SettingError("sweep", text, f"IDX >= 0, finite LO and HI, STEPS from 1 to {MAX_SWEEP_STEPS}")
     return latent, evenly_spaced(lo, hi, steps)
 
 

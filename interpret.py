@@ -43,8 +43,10 @@ from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from latents.text import token_bytes_of
 from sae.io import load_config
+from settings import check_int, check_seed
 
 log = logging.getLogger("interpret")
+LENS_TOP_MAX = 1000  # tokens a latent's page lists; any model's vocabulary is larger
 
 
 @dataclass
@@ -82,7 +84,9 @@ class InterpretConfig:
                                                                       "are tested on (the rest trains them)"})
 
     def __post_init__(self):
-        for name in ("top_n", "rows_per_chunk", "lens_top", "eval_batch_size", "llm_batch_size"):
+        check_int("lens_top", self.lens_top, 1, LENS_TOP_MAX)
+        check_seed("seed", self.seed)
+        for name in ("top_n", "rows_per_chunk", "eval_batch_size", "llm_batch_size"):
             if getattr(self, name) < 1:
                 raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         for name in ("context", "max_latents", "llm_max_latents", "eval_sentences"):

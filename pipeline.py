@@ -37,13 +37,18 @@ from atomic import write_json_atomic, write_text_atomic
 from capture import CaptureConfig
 from generate import GenerateConfig
 from interpret import InterpretConfig
-from latents.sweep import choose
+from latents.sweep import MAX_SWEEP_STEPS, choose
 from latents.text import shorten
+from llama.loading import open_checkpoint
 from sae.config import SAEConfig
+from settings import SettingError, check_int, check_number
 from training.config import TrainConfig
 
 log = logging.getLogger("pipeline")
 ROOT = Path(__file__).resolve().parent
+# The sweep's largest value is --steer-scale x the latent's largest activation: far beyond ~10 the text
+# is gibberish, and near 1e308 the value is no longer a finite number.
+MAX_STEER_SCALE = 100.0
 
 
 def borrowed(cls: type, name: str, **override: Any) -> Any:
@@ -86,11 +91,13 @@ class PipelineConfig:
     device: str = startup.device_field()
 
     def __post_init__(self):
-        for name in ("candidates", "sweep_steps"):
-            if getattr(self, name) < 1:
-                raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if not self.steer_scale > 0:
-            raise cli.UsageError(f"--steer-scale {self.steer_scale}: must be > 0")
+        check_int("candidates", self.candidates, 1)
+        check_int("sweep_steps", self.sweep_steps, 1, MAX_SWEEP_STEPS)
+        check_number("steer_scale", self.steer_scale, 0, MAX_STEER_SCALE)
+        if self.steer_scale == 0:
+            raise SettingError("steer_scale", 0, "must be greater than 0")
+        if not self.prompt.strip():
+            raise SettingError("prompt", self.prompt, "give some text to continue")
 
 
 def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
@@ -98,6 +105,23 @@ def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, An
     startup.resolve_device(cfg.device)  # a device this machine lacks is refused now, not after a capture
     if cfg.data and not Path(cfg.data).exists():
         raise FileNotFoundError(f"--data {cfg.data}: no such file or folder")
+    with cli.settings_as_flags():  # a stage's field is the pipeline flag of the same name
+        context = model_context(cfg.model)
+        if context and cfg.max_new_tokens >= context:  # the demo's prompts take a few tokens more
+            raise SettingError("max_new_tokens", cfg.max_new_tokens, f"must leave room for the prompt in the "
+                                                                     f"model's context of {context} tokens")
+        return _stage_configs(cfg, folders)
+
+
+def model_context(model_flag: str) -> int | None:
+    """The model's context length from its header alone; None when it cannot be read (the capture says why)."""
+    try:
+        return open_checkpoint(Path(model_flag) if model_flag else paths.default_model_path()).args.max_seq_len
+    except Exception:  # noqa: BLE001 - any unreadable header: the capture stage reports it
+        return None
+
+
+def _stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, Any]:
     sae_dir = folders["train"] / "sae"
     model = {"model": cfg.model, "model_dtype": cfg.model_dtype, "device": cfg.device}
     return {

@@ -34,8 +34,19 @@ def check_int(field: str, value: Any, lowest: int, highest: int | None = None) -
         raise SettingError(field, value, f"must be an integer {span}")
 
 
-def check_number(field: str, value: Any, lowest: float = 0.0) -> None:
-    """`value` must be a finite number >= lowest."""
+def check_number(field: str, value: Any, lowest: float = 0.0, highest: float | None = None) -> None:
+    """`value` must be a finite number in [lowest, highest]."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and value >= lowest):
-        raise SettingError(field, value, f"must be a finite number >= {lowest:g}")
+    if not (ok and math.isfinite(value) and value >= lowest) or (highest is not None and value > highest):
+        span = f">= {lowest:g}" if highest is None else f"from {lowest:g} to {highest:g}"
+        raise SettingError(field, value, f"must be a finite number {span}")
+
+
+# Every seed feeds torch.manual_seed (which takes up to 2^64 - 1), numpy's default_rng (>= 0) and the
+# seeded hashes of data/text.py (2 x seed + a few must fit in 64 bits): 32 bits suit them all.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(field: str, value: Any) -> None:
+    """`value` must be a seed every random generator here accepts: an integer from 0 to SEED_MAX."""
+    check_int(field, value, 0, SEED_MAX)

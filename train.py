@@ -35,6 +35,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import cli
+import ranks
 import startup
 from atomic import disk_full
 from data.batches import BatchDataset
@@ -71,7 +72,9 @@ def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
     sequences of float32 (batch, d_in) tensors) replace the batches folder `cfg.data` when given."""
     dist = startup.init_distributed(cfg.device)
     try:
-        return train(cfg, dist, train_data, val_data)
+        with ranks.stop_with_peers("the checkpoints written so far are intact: rerun with --resume to go on"):
+            ranks.check_same_settings(cfg, dist)
+            return train(cfg, dist, train_data, val_data)
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{err}; stopped without saving this step, {last_good(cfg.out_dir)}") from None
     except Exception as err:
@@ -104,8 +107,10 @@ def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
         restore(trainer, state, checkpoint)
     prepare_run_folder(cfg, dist, out, resumed_step=state.step)
     if dist.distributed:  # after the resume: DDP broadcasts rank 0's weights once more
+        # forward_sync_buffers=False: the buffers (the fitted normalisation) are equal on every rank; the
+        # deprecated broadcast_buffers=False meant the same and made torch warn on every run
         trainer = replace(trainer, model=DistributedDataParallel(
-            trainer.objective, broadcast_buffers=False,
+            trainer.objective, forward_sync_buffers=False,
             device_ids=[dist.device] if dist.device.type == "cuda" else None))
 
     train_loop(trainer, state, cfg=cfg, dist=dist, out=out, share=share, val_data=val_data,

@@ -29,6 +29,7 @@ from data.fileio import check_no_folders_in_the_way, check_writable_folder, remo
 from data.running_stats import RunningStats
 from data.shards import CapturedDataset
 from data.text import uniform_hash
+from settings import check_seed
 
 
 @dataclass
@@ -46,6 +47,7 @@ class PrebatchConfig:
             raise ValueError("--batch-size, --window-shards and --file-mb must be positive, --workers >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        check_seed("seed", self.seed)
 
 
 DEFAULTS = PrebatchConfig()  # what a folder prebatched with the default settings used (e.g. its split)

@@ -9,7 +9,9 @@ For each value (0, the unsteered model, is always included as the baseline):
   distinct-2 distinct token pairs / token pairs in a completion (1 = no repetition), mean over prompts
 A value is "in range" when the judge moved toward the label (shift >= min_shift) while the perplexity
 ratio stays within `max_ppl_ratio` and distinct-2 keeps at least `min_distinct2_ratio` of the unsteered
-value (a text that repeats itself can have a low perplexity: ". I. I. I." is not fluent).
+value (a text that repeats itself can have a low perplexity: ". I. I. I." is not fluent), the model's
+logits stay finite, and no more completions are empty than unsteered (an empty text has no perplexity,
+no repetition, and a judge's guess: it would pass every other test).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from latents.steer_range import push_is_finite
 from llama import generate
 from sae.steering import Steer, Steering
 
+
+MAX_SWEEP_STEPS = 100  # each value is one generation over every prompt
 
 # Prompts with no sentiment of their own: where steering toward a label is visible.
 NEUTRAL_PROMPTS = ("I think the new phone is", "The weather today is", "My trip to the city was",
@@ -39,6 +44,8 @@ class SweepRow:
     ppl_ratio: float       # perplexity / perplexity at value 0
     distinct2: float
     in_range: bool = False
+    empty: int = 0         # completions the model ended at once (no token)
+    finite: bool = True    # the model's logits stayed finite under the push (on every prompt)
     texts: list[str] = field(default_factory=list)
 
 
@@ -107,14 +114,18 @@ def sweep_latent(loaded, sae, prompts: list[list[int]], latent: int, values: lis
         finite = [m[1] for m in measured if math.isfinite(m[1])]
         row = SweepRow(value=value, latent=sum(m[0] for m in measured) / len(measured), judge=float(p_label.mean()),
                        shift=0.0, moved=0, perplexity=sum(finite) / max(len(finite), 1),
-                       ppl_ratio=1.0, distinct2=sum(distinct2(n) for n in new) / len(new), texts=texts)
+                       ppl_ratio=1.0, distinct2=sum(distinct2(n) for n in new) / len(new), texts=texts,
+                       empty=sum(not n for n in new),
+                       finite=injection is None or all(push_is_finite(loaded.model, p, sae.cfg.hook_name, injection)
+                                                          for p in prompts))
         if base is None:
             base = (row, p_label)
         row.shift = row.judge - base[0].judge
         row.moved = int((p_label > base[1]).sum())
         row.ppl_ratio = row.perplexity / base[0].perplexity if base[0].perplexity > 0 else float("inf")
         row.in_range = (value != 0 and row.shift >= settings.min_shift and row.ppl_ratio <= settings.max_ppl_ratio
-                        and row.distinct2 >= settings.min_distinct2_ratio * base[0].distinct2)
+                        and row.distinct2 >= settings.min_distinct2_ratio * base[0].distinct2
+                        and row.finite and row.empty <= base[0].empty)
         rows.append(row)
     return rows
 
@@ -135,7 +146,8 @@ def sweep_table(rows: list[SweepRow], latent: int, label: str) -> str:
     n = len(rows[0].texts) if rows else 0
     for r in rows:
         lines.append(f"{r.value:>8.3g} {r.latent:>7.3f} {r.judge:>6.3f} {r.shift:>+7.3f} {r.moved:>3}/{n:<2} "
-                     f"{r.perplexity:>7.2f} {r.ppl_ratio:>6.2f} {r.distinct2:>6.2f}{'  *' if r.in_range else ''}")
+                     f"{r.perplexity:>7.2f} {r.ppl_ratio:>6.2f} {r.distinct2:>6.2f}{'  *' if r.in_range else ''}"
+                     f"{'' if r.finite else '  logits not finite'}{f'  {r.empty} empty' if r.empty else ''}")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import cli
 import paths
 import startup
 from sae.config import SAEConfig
-from settings import SettingError, check_choice, check_int, check_number
+from settings import SettingError, check_choice, check_int, check_number, check_seed
 
 SCHEDULES = ("cosine", "linear", "constant")
 AUTOCAST = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --autocast -> torch dtype name
@@ -109,6 +109,7 @@ class TrainConfig:
             raise SettingError("resume", "with --overwrite", "one continues the run in --out, the other deletes it: give one")
         if self.epochs == 0 and self.max_steps == 0:
             raise SettingError("epochs", self.epochs, "must be greater than 0 when --max-steps is 0")
+        check_seed("seed", self.seed)
         check_choice("preset", self.preset, PRESETS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("autocast", self.autocast, AUTOCAST)
