@@ -1,0 +1,166 @@
+"""One writer per output folder, and no script deletes or overwrites what the project did not write.
+
+A second writer is played by a helper process that holds the folder's lock (`hold`): it claims the
+folder as a script would and waits; every test then checks that the script under test is refused in
+one line naming the holder's pid, and that every file already there is byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cli
+import run_folder
+from data.shuffle import PrebatchConfig, prebatch
+from sae.io import save_sae
+from synthetic_capture import random_corpus, write_captured
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLDER = """
+import sys, run_folder
+run_folder.claim(sys.argv[1], getattr(run_folder, sys.argv[2]), "--out")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+class hold:
+    """A second process that holds `folder`'s lock (claimed as `kind`) until the block ends."""
+
+    def __init__(self, folder: Path, kind: str):
+        self.folder, self.kind = folder, kind
+
+    def __enter__(self) -> subprocess.Popen:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(self.folder), self.kind], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdout.readline().strip() == "held"
+        return self.proc
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def one_line_error(main, argv: list[str], capsys, monkeypatch) -> str:
+    """Run a script's main as its command line would; returns its one `error:` line (exit code 2)."""
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main(main)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert stop.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def capture_dir(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    tokens, index, records = random_corpus(rng, 60)
+    acts = rng.standard_normal((len(tokens), 8)).astype(np.float32)
+    return write_captured(tmp_path_factory.mktemp("cap") / "capture", acts, tokens, index, records, shard_rows=100)
+
+
+CFG = PrebatchConfig(batch_size=16, val_fraction=0.2, file_mb=1)
+
+
+# ---- the lock ----------------------------------------------------------------------------------
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_ones_lock_never_blocks(tmp_path):
+    folder = tmp_path / "out"
+    with hold(folder, "BATCHES") as holder:
+        with pytest.raises(run_folder.FolderRefused, match=rf"--out {folder}: another llama-sae process "
+                                                           rf"\(pid {holder.pid} on "):
+            run_folder.claim(folder, run_folder.BATCHES, "--out")
+        holder.send_signal(signal.SIGKILL)  # dies holding it: the kernel drops the lock
+        holder.wait()
+    assert (folder / ".lock").is_file()  # its lock file stays behind, and does not block
+    run_folder.claim(folder, run_folder.BATCHES, "--out")
+    run_folder.release_since(0)
+    assert not (folder / ".lock").exists()
+
+
+def test_without_fcntl_a_lock_file_of_a_process_that_is_gone_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_folder, "fcntl", None)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        for pid, refused in ((alive.pid, True), (gone.pid, False)):
+            folder = tmp_path / str(pid)
+            folder.mkdir()
+            (folder / ".lock").write_text(json.dumps({"pid": pid, "host": os.uname().nodename, "command": "x"}))
+            if refused:
+                with pytest.raises(run_folder.FolderRefused, match=f"pid {pid} "):
+                    run_folder.claim(folder, run_folder.BATCHES, "--out")
+                continue
+            run_folder.claim(folder, run_folder.BATCHES, "--out")
+            assert json.loads((folder / ".lock").read_text())["pid"] == os.getpid()
+            run_folder.release_since(0)
+            assert not (folder / ".lock").exists()
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_claim_removes_the_folders_it_made_and_a_refusal_leaves_the_folder_as_it_was(tmp_path):
+    run_folder.claim(tmp_path / "new" / "a" / "b", run_folder.BATCHES, "--out")
+    assert (tmp_path / "new" / "a" / "b" / ".lock").is_file()
+    run_folder.release_since(0)
+    assert sorted(os.listdir(tmp_path)) == []
+    (tmp_path / "cap").mkdir()
+    (tmp_path / "cap" / "manifest.json").write_text(json.dumps({"format": "llama-sae-activations"}))
+    with pytest.raises(run_folder.FolderRefused, match="holds a capture"):
+        run_folder.claim(tmp_path / "cap", run_folder.BATCHES, "--out")
+    assert sorted(os.listdir(tmp_path / "cap")) == ["manifest.json"]
+
+
+# ---- prebatch ----------------------------------------------------------------------------------
+
+def test_prebatch_into_another_capture_or_a_folder_of_ones_own_files_deletes_nothing(tmp_path, capture_dir):
+    other = shutil.copytree(capture_dir, tmp_path / "other-capture")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, data in {"data.bin": b"\x01" * 64, "stats.json": "{}", "notes.json.tmp": "draft",
+                       "train-00000.bin": b"\x02" * 64}.items():
+        (mine / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    for out, expected in ((other, "holds a capture"), (mine, r"did not write \(data.bin, notes.json.tmp\)")):
+        before = snapshot(out)
+        with pytest.raises(run_folder.FolderRefused, match=expected):
+            prebatch(capture_dir, out, CFG)
+        assert snapshot(out) == before
+
+
+def test_prebatch_inside_its_capture_is_refused_and_a_rerun_redoes_its_own_folder(tmp_path, capture_dir):
+    with pytest.raises(run_folder.FolderRefused, match="lies inside --capture"):
+        prebatch(capture_dir, capture_dir / "batches", CFG)
+    assert not (capture_dir / "batches").exists()
+    out = tmp_path / "batches"
+    first = prebatch(capture_dir, out, CFG)
+    (out / "w00000-train-00000.bin.tmp").write_bytes(b"\x00" * 8)  # left by a killed run
+    again = prebatch(capture_dir, out, CFG)
+    assert again == first and not (out / "w00000-train-00000.bin.tmp").exists()
+    assert not (out / ".lock").exists()
+
+
+def test_prebatch_while_another_process_writes_the_folder_is_refused(tmp_path, capture_dir):
+    out = tmp_path / "batches"
+    with hold(out, "BATCHES") as holder:
+        with pytest.raises(run_folder.FolderRefused, match=f"pid {holder.pid} "):
+            prebatch(capture_dir, out, CFG)
+    assert sorted(os.listdir(out)) == [".lock"]  # the holder's, left by its kill
