@@ -164,3 +164,66 @@ def test_prebatch_while_another_process_writes_the_folder_is_refused(tmp_path, c
         with pytest.raises(run_folder.FolderRefused, match=f"pid {holder.pid} "):
             prebatch(capture_dir, out, CFG)
     assert sorted(os.listdir(out)) == [".lock"]  # the holder's, left by its kill
+
+
+# ---- train -------------------------------------------------------------------------------------
+
+def small_run(out: Path, **overrides):
+    from training.config import TrainConfig
+
+    return TrainConfig.of(**{"out": str(out), "expansion": 2, "k": 2, "max_steps": 2, "val_every": 0,
+                             "device": "cpu", **overrides})
+
+
+def train_on(cfg, batches: Path | None = None):
+    import train
+    from train_helpers import planted_batches
+
+    if batches is not None:
+        return train.main(cfg)
+    return train.main(cfg, train_data=planted_batches(4, 16, seed=1), val_data=None)
+
+
+def test_two_trainings_into_one_out_the_second_is_refused(tmp_path):
+    out = tmp_path / "run"
+    with hold(out, "TRAIN_RUN") as holder:
+        with pytest.raises(cli.UsageError, match=f"--out {out}: another llama-sae process \\(pid {holder.pid} "):
+            train_on(small_run(out))
+    assert sorted(os.listdir(out)) == [".lock"]
+    train_on(small_run(out))  # the holder is gone: the same command runs
+    assert (out / "sae" / "config.json").is_file() and not (out / ".lock").exists()
+
+
+def test_train_refuses_its_data_folder_and_folders_holding_what_it_did_not_write(tmp_path, capture_dir):
+    batches = tmp_path / "batches"
+    prebatch(capture_dir, batches, CFG)
+    before = snapshot(batches)
+    with pytest.raises(run_folder.FolderRefused, match="is --data"):
+        train_on(small_run(batches, data=str(batches)), batches)
+    with pytest.raises(run_folder.FolderRefused, match="lies inside --data"):
+        train_on(small_run(batches / "run", data=str(batches)), batches)
+    assert snapshot(batches) == before
+    sae_folder = tmp_path / "sae"
+    (sae_folder).mkdir()
+    (sae_folder / "config.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "activation": "topk"}))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    for out, expected in ((sae_folder, "holds an SAE"), (mine, r"did not write \(notes.txt\)")):
+        before = snapshot(out)
+        with pytest.raises(cli.UsageError, match=expected):
+            train_on(small_run(out))
+        assert snapshot(out) == before and not (out / ".lock").exists()
+
+
+def test_train_overwrite_deletes_only_what_the_run_wrote(tmp_path):
+    out = tmp_path / "run"
+    train_on(small_run(out))
+    (out / "checkpoints" / "keep.txt").write_text("mine\n")
+    before = snapshot(out)
+    with pytest.raises(cli.UsageError, match=r"did not write \(checkpoints/keep.txt\)"):
+        train_on(small_run(out, overwrite=True))
+    assert snapshot(out) == before
+    (out / "checkpoints" / "keep.txt").unlink()
+    train_on(small_run(out, overwrite=True))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt"]
