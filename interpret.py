@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import cli
 import paths
+import run_folder
 import startup
 from data.shuffle import DEFAULTS, is_validation
 from latents.collect import LatentStats, collect_stats
@@ -102,15 +103,18 @@ def main() -> None:
     interpret(cfg)
 
 
+@run_folder.releases_locks
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
     device = startup.resolve_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.save_config(cfg, out / "config.json")
     sae = load_sae(cfg.sae, device=device).eval()
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
     data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
+    run_folder.check_apart(out, "--out", {"--sae": cfg.sae, "--capture-dir": data.folder,
+                                          "--batches-dir": cfg.batches_dir, "--model": cfg.model})
+    run_folder.claim(out, run_folder.INTERPRETATION, "--out")
+    cli.save_config(cfg, out / "config.json")
     stats = statistics(cfg, data, sae, device, out)
     loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
     if loaded.args.dim != sae.cfg.d_in:

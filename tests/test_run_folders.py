@@ -227,3 +227,52 @@ def test_train_overwrite_deletes_only_what_the_run_wrote(tmp_path):
     (out / "checkpoints" / "keep.txt").unlink()
     train_on(small_run(out, overwrite=True))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt"]
+
+
+# ---- interpret ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_sae(tmp_path_factory) -> Path:
+    import torch
+
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2, hook_name="blocks.0.hook_resid_post"))
+    return save_sae(sae, tmp_path_factory.mktemp("tiny") / "sae")
+
+
+def interpret_into(out: Path, sae: Path, capture: Path, tmp_path: Path):
+    import interpret
+
+    cfg = interpret.InterpretConfig(sae=str(sae), capture_dir=str(capture), out=str(out),
+                                    model=str(tmp_path / "no-model.gguf"), device="cpu")
+    return interpret.interpret(cfg)
+
+
+def test_interpret_into_an_sae_a_run_or_its_capture_is_refused_and_changes_nothing(tmp_path, tiny_sae, capture_dir):
+    sae = shutil.copytree(tiny_sae, tmp_path / "run" / "sae")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(small_run(tmp_path / "run").to_dict()))
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    for out, expected in ((sae, "is --sae"), (tmp_path / "run", "holds --sae"), (capture_dir, "is --capture-dir"),
+                          (capture_dir / "interpret", "lies inside --capture-dir")):
+        before = snapshot(tmp_path / "run"), snapshot(capture_dir)
+        with pytest.raises(run_folder.FolderRefused, match=expected):
+            interpret_into(out, sae, capture_dir, tmp_path)
+        assert (snapshot(tmp_path / "run"), snapshot(capture_dir)) == before
+    other_sae = shutil.copytree(tiny_sae, tmp_path / "other-sae")
+    other_run = shutil.copytree(tmp_path / "run", tmp_path / "other-run")
+    for out, expected in ((other_sae, "holds an SAE"), (other_run, "holds a training run")):
+        before = snapshot(out)
+        with pytest.raises(run_folder.FolderRefused, match=expected):
+            interpret_into(out, sae, capture_dir, tmp_path)
+        assert snapshot(out) == before
+
+
+def test_two_interpretations_into_one_out_the_second_is_refused(tmp_path, tiny_sae, capture_dir):
+    out = tmp_path / "interpret"
+    with hold(out, "INTERPRETATION") as holder:
+        with pytest.raises(run_folder.FolderRefused, match=f"pid {holder.pid} "):
+            interpret_into(out, tiny_sae, capture_dir, tmp_path)
+    assert sorted(os.listdir(out)) == [".lock"]
