@@ -276,3 +276,59 @@ def test_two_interpretations_into_one_out_the_second_is_refused(tmp_path, tiny_s
         with pytest.raises(run_folder.FolderRefused, match=f"pid {holder.pid} "):
             interpret_into(out, tiny_sae, capture_dir, tmp_path)
     assert sorted(os.listdir(out)) == [".lock"]
+
+
+# ---- capture -----------------------------------------------------------------------------------
+
+HOOK = "blocks.20.hook_resid_post"
+
+
+def capture_config(out: Path, corpus: Path, *extra: str):
+    import capture
+
+    cfg, _ = cli.parse_config(capture.CaptureConfig, "", ["--data", str(corpus), "--out", str(out), "--max-tokens",
+                                                          "12", "--shard-tokens", "64", "--max-documents", "4",
+                                                          "--device", "cpu", *extra])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("The soup was cold. The waiter never came back.\n\nI loved the garden. It was quiet.\n")
+    return path
+
+
+def test_two_captures_into_one_folder_the_second_is_refused(tmp_path, text, smol):
+    import capture
+
+    with hold(tmp_path / "out" / HOOK, "CAPTURE") as holder:
+        with pytest.raises(cli.UsageError, match=f"--out {tmp_path / 'out' / HOOK}: another llama-sae process "
+                                                 f"\\(pid {holder.pid} "):
+            capture.capture(capture_config(tmp_path / "out", text), loaded=smol)
+    assert sorted(os.listdir(tmp_path / "out" / HOOK)) == [".lock"]
+    capture.capture(capture_config(tmp_path / "out", text), loaded=smol)
+    assert not (tmp_path / "out" / HOOK / ".lock").exists()
+
+
+def test_capture_refuses_batches_someones_files_and_its_own_corpus_folder(tmp_path, text, smol, capture_dir):
+    import capture
+
+    batches = tmp_path / "b" / HOOK
+    prebatch(capture_dir, batches, CFG)
+    (tmp_path / "mine" / HOOK).mkdir(parents=True)
+    (tmp_path / "mine" / HOOK / "acts.npy").write_bytes(b"\x00" * 16)
+    shutil.copytree(capture_dir, tmp_path / "captures" / HOOK)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(text.parent, corpus)
+    cases = ((capture_config(tmp_path / "b", text), "holds prebatched batches"),
+             (capture_config(tmp_path / "mine", text), r"did not write \(acts.npy\)"),
+             (capture_config(corpus, corpus), "lies inside --data"),
+             (capture_config(tmp_path / "c", text, "--prebatch", "--batches-out", str(tmp_path / "captures")),
+              "holds a capture"))
+    for cfg, expected in cases:
+        before = snapshot(tmp_path)
+        with pytest.raises(cli.UsageError, match=expected):
+            capture.capture(cfg, loaded=smol)
+        assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
+    assert not (tmp_path / "c" / HOOK / "manifest.json").exists()  # refused before capturing anything
