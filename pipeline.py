@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import cli
 import paths
+import run_folder
 import startup
 from atomic import write_text_atomic
 from capture import CaptureConfig
@@ -113,10 +114,12 @@ def stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, An
     }
 
 
+@run_folder.releases_locks
 def main(cfg: PipelineConfig) -> int:
     runs = Path(cfg.runs)
     folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages")}
     configs = stage_configs(cfg, folders)  # every stage's settings checked before any work
+    run_folder.claim(runs, run_folder.PIPELINE, "--runs")  # one pipeline per --runs; its stages lock their own
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
     last_ran = previous_timings(runs / "pipeline.json")
     timings: dict[str, float] = {}  # this invocation's stages only: skipped ones are listed apart

@@ -85,6 +85,7 @@ INTERPRETATION = Kind("an interpretation", ("config.json", "stats.safetensors", 
 SAELENS = Kind("a SAELens SAE", ("cfg.json", "sae_weights.safetensors"))
 SPARSIFY = Kind("a sparsify SAE", ("cfg.json", "sae.safetensors", "config.json"))
 SPARSIFY.folders["*"] = SPARSIFY  # a run folder holds one folder per hookpoint
+PIPELINE = Kind("a pipeline run", ("pipeline.json",), folders={"*": None})  # its stages check their own folders
 KINDS = (CAPTURE, BATCHES, SAE, TRAIN_RUN, INTERPRETATION)  # recognised by their records
 
 
@@ -154,6 +155,7 @@ class FolderLock:
     folder: Path
     fd: int
     made: list[Path]
+    kind: Kind
     count: int = 1
 
     def release(self) -> None:
@@ -260,6 +262,9 @@ def claim(folder: str | Path, kind: Kind, flag: str) -> FolderLock:
     folder = Path(folder)
     key = folder.resolve()
     if key in _held:
+        if _held[key].kind is not kind:
+            raise FolderRefused(f"{flag} {folder}: this command writes {_held[key].kind.name} there already; "
+                                f"choose another {flag}")
         _held[key].count += 1
         _taken.append(key)
         return _held[key]
@@ -269,7 +274,7 @@ def claim(folder: str | Path, kind: Kind, flag: str) -> FolderLock:
     except BaseException:
         _remove_made(made)
         raise
-    lock = FolderLock(folder, fd, made)
+    lock = FolderLock(folder, fd, made, kind)
     try:
         check_contents(folder, kind, flag)
     except BaseException:

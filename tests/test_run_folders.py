@@ -332,3 +332,38 @@ def test_capture_refuses_batches_someones_files_and_its_own_corpus_folder(tmp_pa
             capture.capture(cfg, loaded=smol)
         assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
     assert not (tmp_path / "c" / HOOK / "manifest.json").exists()  # refused before capturing anything
+
+
+# ---- convert and the pipeline ------------------------------------------------------------------
+
+def test_convert_overwrite_replaces_only_an_sae_and_never_its_source(tmp_path, tiny_sae):
+    import convert
+
+    src = shutil.copytree(tiny_sae, tmp_path / "src")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}\n')
+    (mine / "notes.txt").write_text("mine\n")
+    cases = ((src, src, "is SRC"), (src / "export", src, "lies inside SRC"), (mine, src, "not written by this project"))
+    for dst, source, expected in cases:
+        before = snapshot(tmp_path)
+        with pytest.raises(run_folder.FolderRefused, match=expected):
+            convert.main(["--from", "ours", "--to", "ours", "--model", "none", "--overwrite", str(source), str(dst)])
+        assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
+    earlier = shutil.copytree(tiny_sae, tmp_path / "earlier")
+    convert.main(["--from", "ours", "--to", "ours", "--model", "none", "--overwrite", str(src), str(earlier)])
+    assert sorted(os.listdir(earlier)) == ["config.json", "sae.safetensors"]
+
+
+def test_a_second_pipeline_on_one_runs_folder_is_refused_before_any_stage(tmp_path, text, monkeypatch):
+    import pipeline
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage started")
+
+    monkeypatch.setattr(pipeline, "stage", no_stage)
+    runs = tmp_path / "runs"
+    with hold(runs, "PIPELINE") as holder:
+        with pytest.raises(run_folder.FolderRefused, match=f"--runs {runs}: another llama-sae process \\(pid {holder.pid} "):
+            pipeline.cli_main(["--runs", str(runs), "--data", str(text), "--device", "cpu"])
+    assert sorted(os.listdir(runs)) == [".lock"]
