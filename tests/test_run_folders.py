@@ -12,18 +12,30 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import capture
 import cli
+import convert
+import interpret
+import pipeline
+import prebatch as prebatch_script
 import run_folder
+import train
 from data.shuffle import PrebatchConfig, prebatch
+from sae.config import SAEConfig
 from sae.io import save_sae
+from sae.model import SparseAutoencoder
 from synthetic_capture import random_corpus, write_captured
+from train_helpers import planted_batches
+from training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLDER = """
@@ -169,16 +181,11 @@ def test_prebatch_while_another_process_writes_the_folder_is_refused(tmp_path, c
 # ---- train -------------------------------------------------------------------------------------
 
 def small_run(out: Path, **overrides):
-    from training.config import TrainConfig
-
     return TrainConfig.of(**{"out": str(out), "expansion": 2, "k": 2, "max_steps": 2, "val_every": 0,
                              "device": "cpu", **overrides})
 
 
 def train_on(cfg, batches: Path | None = None):
-    import train
-    from train_helpers import planted_batches
-
     if batches is not None:
         return train.main(cfg)
     return train.main(cfg, train_data=planted_batches(4, 16, seed=1), val_data=None)
@@ -233,19 +240,12 @@ def test_train_overwrite_deletes_only_what_the_run_wrote(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_sae(tmp_path_factory) -> Path:
-    import torch
-
-    from sae.config import SAEConfig
-    from sae.model import SparseAutoencoder
-
     torch.manual_seed(0)
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2, hook_name="blocks.0.hook_resid_post"))
     return save_sae(sae, tmp_path_factory.mktemp("tiny") / "sae")
 
 
 def interpret_into(out: Path, sae: Path, capture: Path, tmp_path: Path):
-    import interpret
-
     cfg = interpret.InterpretConfig(sae=str(sae), capture_dir=str(capture), out=str(out),
                                     model=str(tmp_path / "no-model.gguf"), device="cpu")
     return interpret.interpret(cfg)
@@ -284,8 +284,6 @@ HOOK = "blocks.20.hook_resid_post"
 
 
 def capture_config(out: Path, corpus: Path, *extra: str):
-    import capture
-
     cfg, _ = cli.parse_config(capture.CaptureConfig, "", ["--data", str(corpus), "--out", str(out), "--max-tokens",
                                                           "12", "--shard-tokens", "64", "--max-documents", "4",
                                                           "--device", "cpu", *extra])
@@ -300,8 +298,6 @@ def text(tmp_path_factory) -> Path:
 
 
 def test_two_captures_into_one_folder_the_second_is_refused(tmp_path, text, smol):
-    import capture
-
     with hold(tmp_path / "out" / HOOK, "CAPTURE") as holder:
         with pytest.raises(cli.UsageError, match=f"--out {tmp_path / 'out' / HOOK}: another llama-sae process "
                                                  f"\\(pid {holder.pid} "):
@@ -312,8 +308,6 @@ def test_two_captures_into_one_folder_the_second_is_refused(tmp_path, text, smol
 
 
 def test_capture_refuses_batches_someones_files_and_its_own_corpus_folder(tmp_path, text, smol, capture_dir):
-    import capture
-
     batches = tmp_path / "b" / HOOK
     prebatch(capture_dir, batches, CFG)
     (tmp_path / "mine" / HOOK).mkdir(parents=True)
@@ -337,8 +331,6 @@ def test_capture_refuses_batches_someones_files_and_its_own_corpus_folder(tmp_pa
 # ---- convert and the pipeline ------------------------------------------------------------------
 
 def test_convert_overwrite_replaces_only_an_sae_and_never_its_source(tmp_path, tiny_sae):
-    import convert
-
     src = shutil.copytree(tiny_sae, tmp_path / "src")
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -356,8 +348,6 @@ def test_convert_overwrite_replaces_only_an_sae_and_never_its_source(tmp_path, t
 
 
 def test_a_second_pipeline_on_one_runs_folder_is_refused_before_any_stage(tmp_path, text, monkeypatch):
-    import pipeline
-
     def no_stage(*args, **kwargs):
         raise AssertionError("a stage started")
 
@@ -367,3 +357,35 @@ def test_a_second_pipeline_on_one_runs_folder_is_refused_before_any_stage(tmp_pa
         with pytest.raises(run_folder.FolderRefused, match=f"--runs {runs}: another llama-sae process \\(pid {holder.pid} "):
             pipeline.cli_main(["--runs", str(runs), "--data", str(text), "--device", "cpu"])
     assert sorted(os.listdir(runs)) == [".lock"]
+
+
+# ---- the command line, and torchrun -------------------------------------------------------------
+
+def test_a_busy_folder_is_one_line_and_exit_code_2(tmp_path, capture_dir, capsys, monkeypatch):
+    out = tmp_path / "batches"
+    with hold(out, "BATCHES") as holder:
+        line = one_line_error(prebatch_script.main, ["prebatch.py", "--capture", str(capture_dir), "--out", str(out)],
+                              capsys, monkeypatch)
+    assert line == (f"error: --out {out}: another llama-sae process (pid {holder.pid} on {socket.gethostname()}: "
+                    f"python -c {out} BATCHES) is writing it; wait for it to finish or choose another --out")
+
+
+def test_torchrun_ranks_write_as_one_and_a_refusal_ends_every_rank_in_one_line(tmp_path, capture_dir):
+    batches = tmp_path / "batches"
+    prebatch(capture_dir, batches, CFG)
+    out = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "train.py", "--data", str(batches), "--out", str(out), "--device", "cpu", "--expansion", "2",
+               "--k", "2", "--max-steps", "2", "--val-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with hold(out, "TRAIN_RUN") as holder:
+        refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and len(errors) == 2, refused.stderr[-3000:]  # one line from each rank
+    assert all(f"another llama-sae process (pid {holder.pid} " in line for line in errors)
+    ran = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]  # two ranks, one writer: no rank refuses the other
+    assert (out / "sae" / "sae.safetensors").is_file() and not (out / ".lock").exists()
