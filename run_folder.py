@@ -100,7 +100,8 @@ def strangers(folder: Path, kind: Kind) -> list[str]:
     found = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
         if entry.is_dir() and not entry.is_symlink():
-            sub = next((k for p, k in kind.folders.items() if fnmatch.fnmatchcase(entry.name, p)), "none")
+            name = entry.name.removesuffix(".tmp")  # a folder written whole under a temporary name
+            sub = next((k for p, k in kind.folders.items() if fnmatch.fnmatchcase(name, p)), "none")
             if sub == "none":
                 found.append(entry.name + "/")
             elif sub is not None:
@@ -159,13 +160,17 @@ class FolderLock:
     count: int = 1
 
     def release(self) -> None:
-        """Give the lock up: the lock file goes first (still locked, so no one can take a lock on a file
-        that is being removed), then the folders made for it that stayed empty."""
+        """Give the lock up, removing its file (under flock while still locked, so that no one locks a file
+        on its way out; without flock after closing it, as Windows requires), then the folders made for
+        it that stayed empty."""
+        if fcntl is None:
+            os.close(self.fd)
         try:
             os.unlink(self.folder / LOCK_NAME)
         except OSError:
             pass
-        os.close(self.fd)
+        if fcntl is not None:
+            os.close(self.fd)
         _remove_made(self.made)
 
 
@@ -198,9 +203,9 @@ def _make_folder(folder: Path, flag: str) -> list[Path]:
     return missing
 
 
-def _refuse_busy(folder: Path, flag: str, raw: bytes) -> FolderRefused:
+def _refuse_busy(folder: Path, flag: str, raw: bytes, after: str = "") -> FolderRefused:
     return FolderRefused(f"{flag} {folder}: another llama-sae process ({_describe(raw)}) is writing it; wait for "
-                         f"it to finish or choose another {flag}")
+                         f"it to finish or choose another {flag}{after}")
 
 
 def _lock_flock(folder: Path, flag: str) -> int:
@@ -225,6 +230,8 @@ def _lock_flock(folder: Path, flag: str) -> int:
 
 
 def _alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # signal 0 would be CTRL_C_EVENT on Windows: a lock is stale only once its file goes
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -248,7 +255,7 @@ def _lock_exclusive(folder: Path, flag: str) -> int:
             except (ValueError, KeyError, TypeError):
                 stale = False
             if not stale:
-                raise _refuse_busy(folder, flag, raw) from None
+                raise _refuse_busy(folder, flag, raw, f" (if it has ended, delete {path})") from None
             path.unlink(missing_ok=True)
             continue
         os.write(fd, _holder_record())

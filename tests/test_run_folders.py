@@ -389,3 +389,13 @@ def test_torchrun_ranks_write_as_one_and_a_refusal_ends_every_rank_in_one_line(t
     ran = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]  # two ranks, one writer: no rank refuses the other
     assert (out / "sae" / "sae.safetensors").is_file() and not (out / ".lock").exists()
+
+
+def test_a_folder_written_whole_under_a_temporary_name_is_the_runs_own(tmp_path):
+    run = tmp_path / "run"
+    (run / "sae.tmp").mkdir(parents=True)  # an SAE folder renamed into place as one, interrupted
+    (run / "sae.tmp" / "sae.safetensors").write_bytes(b"\x00")
+    assert run_folder.strangers(run, run_folder.TRAIN_RUN) == []
+    (run / "sae.tmp" / "notes.txt").write_text("mine\n")
+    (run / "other.tmp").mkdir()
+    assert run_folder.strangers(run, run_folder.TRAIN_RUN) == ["other.tmp/", "sae.tmp/notes.txt"]
