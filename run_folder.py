@@ -145,8 +145,9 @@ def check_apart(out: str | Path, flag: str, inputs: dict[str, str | Path]) -> No
         how = ("is" if target == source else "lies inside" if source in target.parents else
                "holds" if target in source.parents else None)
         if how:
-            raise FolderRefused(f"{flag} {out}: {how} {in_flag} {given}; an output folder must differ from "
-                                f"every input (and neither hold one nor lie inside one): choose another {flag}")
+            noun = in_flag.strip("-").split("-")[0]  # --capture-dir: the capture folder
+            raise FolderRefused(f"{flag} {out}: {how} {in_flag} {given}; an output folder must differ from the "
+                                f"{noun} folder, and neither hold it nor lie inside it: choose another {flag}")
 
 
 @dataclass
