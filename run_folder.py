@@ -101,11 +101,11 @@ def strangers(folder: Path, kind: Kind) -> list[str]:
     for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
         if entry.is_dir() and not entry.is_symlink():
             name = entry.name.removesuffix(".tmp")  # a folder written whole under a temporary name
-            sub = next((k for p, k in kind.folders.items() if fnmatch.fnmatchcase(name, p)), "none")
-            if sub == "none":
+            kinds = [sub for pattern, sub in kind.folders.items() if fnmatch.fnmatchcase(name, pattern)]
+            if not kinds:
                 found.append(entry.name + "/")
-            elif sub is not None:
-                found += [f"{entry.name}/{name}" for name in strangers(entry, sub)]
+            elif kinds[0] is not None:
+                found += [f"{entry.name}/{inner}" for inner in strangers(entry, kinds[0])]
         elif not _owned(entry.name, kind.owns):
             found.append(entry.name)
     return found
