@@ -1,10 +1,7 @@
 """One writer per output folder, and no write over what the project did not make.
 
 Every script calls `claim(folder, KIND, flag)` where an output folder enters, before it writes there:
-1. the folder's lock: an exclusive `flock` on `<folder>/.lock` (git's lock files and torchtitan's
-   checkpoint folders do the same job). The kernel drops it when the process ends, however it ends, so
-   a lock is never left stale; the file names the holder (pid, host, command) for the refusal. Where
-   fcntl is missing, the file is created exclusively instead, and one whose process is gone is removed.
+1. the folder's lock (`folder_lock`: one process at a time, never left stale by a dead one);
 2. under the lock, the folder's contents: empty, or only entries its kind writes (`Kind.owns`), and no
    record of another kind (a capture's manifest, an SAE's config.json, a run's, ...). Anything else is
    refused in one line, and nothing there is touched.
@@ -18,21 +15,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
-import os
-import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from atomic import FILE_MODE
+from folder_lock import LOCK_NAME, CannotLock, FolderLock, lock_folder
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
-LOCK_NAME = ".lock"
 ALWAYS_OWNED = (LOCK_NAME, ".write-test-*")  # the lock, and the probe of data.fileio.check_writable_folder
 
 
@@ -151,120 +139,19 @@ def check_apart(out: str | Path, flag: str, inputs: dict[str, str | Path]) -> No
 
 
 @dataclass
-class FolderLock:
-    """This process's lock on a folder (`fd` open on its lock file), and the folders made to hold it."""
+class Claim:
+    """A folder this process holds as `kind`'s output, claimed `count` times."""
 
-    folder: Path
-    fd: int
-    made: list[Path]
+    lock: FolderLock
     kind: Kind
     count: int = 1
 
-    def release(self) -> None:
-        """Give the lock up, removing its file (under flock while still locked, so that no one locks a file
-        on its way out; without flock after closing it, as Windows requires), then the folders made for
-        it that stayed empty."""
-        if fcntl is None:
-            os.close(self.fd)
-        try:
-            os.unlink(self.folder / LOCK_NAME)
-        except OSError:
-            pass
-        if fcntl is not None:
-            os.close(self.fd)
-        _remove_made(self.made)
 
-
-_held: dict[Path, FolderLock] = {}
+_held: dict[Path, Claim] = {}
 _taken: list[Path] = []  # in claim order; `releases_locks` gives back those its call took
 
 
-def _holder_record() -> bytes:
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                       "command": " ".join(["python", *sys.argv])[:200]}).encode()
-
-
-def _describe(raw: bytes) -> str:
-    try:
-        who = json.loads(raw.decode())
-        return f"pid {who['pid']} on {who['host']}: {who['command']}"
-    except (ValueError, KeyError, TypeError):
-        return "a process that has not yet said which"
-
-
-def _make_folder(folder: Path, flag: str) -> list[Path]:
-    """Create `folder` and any missing parents; returns those created, deepest first."""
-    if folder.exists() and not folder.is_dir():
-        raise FolderRefused(f"{flag} {folder}: a file is there, not a folder; choose another {flag}")
-    missing = [p for p in [folder, *folder.parents] if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FolderRefused(f"{flag} {folder}: cannot write there ({err.strerror}); choose another {flag}") from None
-    return missing
-
-
-def _refuse_busy(folder: Path, flag: str, raw: bytes, after: str = "") -> FolderRefused:
-    return FolderRefused(f"{flag} {folder}: another llama-sae process ({_describe(raw)}) is writing it; wait for "
-                         f"it to finish or choose another {flag}{after}")
-
-
-def _lock_flock(folder: Path, flag: str) -> int:
-    path = folder / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raw = os.pread(fd, 4096, 0)
-            os.close(fd)
-            raise _refuse_busy(folder, flag, raw) from None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its holder removed it between our open and our lock: lock the new one
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, _holder_record(), 0)
-    return fd
-
-
-def _alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # signal 0 would be CTRL_C_EVENT on Windows: a lock is stale only once its file goes
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists, owned by someone else
-    return True
-
-
-def _lock_exclusive(folder: Path, flag: str) -> int:
-    """Without fcntl: create the lock file exclusively; one left by a process that is gone is removed."""
-    path = folder / LOCK_NAME
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except FileExistsError:
-            raw = path.read_bytes() if path.is_file() else b""
-            try:
-                who = json.loads(raw.decode())
-                stale = who["host"] == socket.gethostname() and not _alive(int(who["pid"]))
-            except (ValueError, KeyError, TypeError):
-                stale = False
-            if not stale:
-                raise _refuse_busy(folder, flag, raw, f" (if it has ended, delete {path})") from None
-            path.unlink(missing_ok=True)
-            continue
-        os.write(fd, _holder_record())
-        return fd
-    raise _refuse_busy(folder, flag, b"")
-
-
-def claim(folder: str | Path, kind: Kind, flag: str) -> FolderLock:
+def claim(folder: str | Path, kind: Kind, flag: str) -> None:
     """Lock `folder` (created if missing) for this process and check it may hold `kind`'s output; a
     FolderRefused (one line naming `flag`) otherwise, with the folder as it was."""
     folder = Path(folder)
@@ -275,42 +162,29 @@ def claim(folder: str | Path, kind: Kind, flag: str) -> FolderLock:
                                 f"choose another {flag}")
         _held[key].count += 1
         _taken.append(key)
-        return _held[key]
-    made = _make_folder(folder, flag)
+        return
     try:
-        fd = (_lock_flock if fcntl is not None else _lock_exclusive)(folder, flag)
-    except BaseException:
-        _remove_made(made)
-        raise
-    lock = FolderLock(folder, fd, made, kind)
+        lock = lock_folder(folder, flag)
+    except CannotLock as err:
+        raise FolderRefused(str(err)) from None
     try:
         check_contents(folder, kind, flag)
     except BaseException:
         lock.release()
         raise
-    _held[key] = lock
+    _held[key] = Claim(lock, kind)
     _taken.append(key)
-    return lock
-
-
-def _remove_made(made: list[Path]) -> None:
-    """Remove the folders a claim made (deepest first) while they are empty."""
-    for folder in made:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            break
 
 
 def release_since(mark: int) -> None:
     """Give back the claims taken after the first `mark` ones."""
     while len(_taken) > mark:
         key = _taken.pop()
-        lock = _held[key]
-        lock.count -= 1
-        if lock.count == 0:
+        held = _held[key]
+        held.count -= 1
+        if held.count == 0:
             del _held[key]
-            lock.release()
+            held.lock.release()
 
 
 def releases_locks(fn: Callable) -> Callable:

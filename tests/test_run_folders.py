@@ -24,6 +24,7 @@ import torch
 import capture
 import cli
 import convert
+import folder_lock
 import interpret
 import pipeline
 import prebatch as prebatch_script
@@ -108,7 +109,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_ones_lock_never
 
 
 def test_without_fcntl_a_lock_file_of_a_process_that_is_gone_is_taken_over(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_folder, "fcntl", None)
+    monkeypatch.setattr(folder_lock, "fcntl", None)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
@@ -128,6 +129,21 @@ def test_without_fcntl_a_lock_file_of_a_process_that_is_gone_is_taken_over(tmp_p
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_that_lets_go_of_its_copy_leaves_the_parents_lock(tmp_path):
+    lock = folder_lock.lock_folder(tmp_path / "out", "--out")
+    child = os.fork()
+    if child == 0:  # the child: what a process forked mid-run does when its copy of the lock is dropped
+        lock.release()
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert json.loads((tmp_path / "out" / ".lock").read_text())["pid"] == os.getpid()
+    second = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "out"), "BATCHES"], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert second.returncode != 0 and f"(pid {os.getpid()} " in second.stderr  # still held by the parent
+    lock.release()
 
 
 def test_a_claim_removes_the_folders_it_made_and_a_refusal_leaves_the_folder_as_it_was(tmp_path):
