@@ -22,6 +22,7 @@ from typing import Any, Callable
 from folder_lock import LOCK_NAME, CannotLock, FolderLock, lock_folder
 
 ALWAYS_OWNED = (LOCK_NAME, ".write-test-*")  # the lock, and the probe of data.fileio.check_writable_folder
+FOLDER_SUFFIXES = ("tmp", "new", "old")  # of a folder written whole under another name, or set aside
 
 
 class FolderRefused(ValueError):
@@ -60,7 +61,7 @@ CAPTURE = Kind("a capture", ("manifest.json", "sentences.jsonl", "capture_config
 BATCHES = Kind("prebatched batches", ("batches.json", "stats.json", "train-*.bin", "val-*.bin", "w*-train-*.bin",
                                       "w*-val-*.bin", "rest-*.bin"),
                "batches.json", lambda d: isinstance(d, dict) and d.get("format") == "llama-sae-batches")
-SAE = Kind("an SAE", ("config.json", "sae.safetensors"), "config.json", _keys("d_in", "d_sae", "activation"))
+SAE = Kind("an SAE", ("config.json", "sae.safetensors", "complete.json"), "config.json", _keys("d_in", "d_sae", "activation"))
 CHECKPOINTS = Kind("checkpoints", ("step-*.pt",))
 TRAIN_RUN = Kind("a training run", ("config.json", "metrics.jsonl", "curves.html"), "config.json",
                  _keys("data", "out", "epochs", "resume"),
@@ -77,6 +78,12 @@ PIPELINE = Kind("a pipeline run", ("pipeline.json",), folders={"*": None})  # it
 KINDS = (CAPTURE, BATCHES, SAE, TRAIN_RUN, INTERPRETATION)  # recognised by their records
 
 
+def _unsuffixed(name: str) -> str:
+    """A folder's name without the suffix of one being swapped in or out (records.replaced_folder)."""
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and suffix in FOLDER_SUFFIXES else name
+
+
 def _owned(name: str, patterns: tuple[str, ...]) -> bool:
     name = name.removesuffix(".tmp")
     return any(fnmatch.fnmatchcase(name, p) for p in patterns + ALWAYS_OWNED)
@@ -88,7 +95,7 @@ def strangers(folder: Path, kind: Kind) -> list[str]:
     found = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
         if entry.is_dir() and not entry.is_symlink():
-            name = entry.name.removesuffix(".tmp")  # a folder written whole under a temporary name
+            name = _unsuffixed(entry.name)  # a folder written whole beside its place, or set aside
             kinds = [sub for pattern, sub in kind.folders.items() if fnmatch.fnmatchcase(name, pattern)]
             if not kinds:
                 found.append(entry.name + "/")

@@ -409,8 +409,10 @@ def test_torchrun_ranks_write_as_one_and_a_refusal_ends_every_rank_in_one_line(t
 
 def test_a_folder_written_whole_under_a_temporary_name_is_the_runs_own(tmp_path):
     run = tmp_path / "run"
-    (run / "sae.tmp").mkdir(parents=True)  # an SAE folder renamed into place as one, interrupted
-    (run / "sae.tmp" / "sae.safetensors").write_bytes(b"\x00")
+    for aside in ("sae.tmp", "sae.new", "sae.old"):  # an SAE folder renamed into place as one, interrupted
+        (run / aside).mkdir(parents=True)
+        (run / aside / "sae.safetensors").write_bytes(b"\x00")
+        (run / aside / "complete.json").write_text("{}")
     assert run_folder.strangers(run, run_folder.TRAIN_RUN) == []
     (run / "sae.tmp" / "notes.txt").write_text("mine\n")
     (run / "other.tmp").mkdir()
