@@ -12,9 +12,12 @@ an input, lies inside one or holds one.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -84,25 +87,31 @@ def _unsuffixed(name: str) -> str:
     return stem if dot and suffix in FOLDER_SUFFIXES else name
 
 
+@functools.lru_cache(maxsize=None)
+def _pattern(patterns: tuple[str, ...]) -> re.Pattern:
+    """One regular expression for a kind's file patterns (a capture folder holds thousands of shards)."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns + ALWAYS_OWNED))
+
+
 def _owned(name: str, patterns: tuple[str, ...]) -> bool:
-    name = name.removesuffix(".tmp")
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns + ALWAYS_OWNED)
+    return _pattern(patterns).match(name.removesuffix(".tmp")) is not None
 
 
 def strangers(folder: Path, kind: Kind) -> list[str]:
     """The entries of `folder` (and of the subfolders its kind owns as kinds) that `kind` does not write,
     as paths relative to `folder` (a folder with a trailing '/')."""
     found = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if entry.is_dir() and not entry.is_symlink():
-            name = _unsuffixed(entry.name)  # a folder written whole beside its place, or set aside
-            kinds = [sub for pattern, sub in kind.folders.items() if fnmatch.fnmatchcase(name, pattern)]
-            if not kinds:
-                found.append(entry.name + "/")
-            elif kinds[0] is not None:
-                found += [f"{entry.name}/{inner}" for inner in strangers(entry, kinds[0])]
-        elif not _owned(entry.name, kind.owns):
-            found.append(entry.name)
+    with os.scandir(folder) if Path(folder).is_dir() else contextlib.nullcontext([]) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=False):
+                name = _unsuffixed(entry.name)  # a folder written whole beside its place, or set aside
+                kinds = [sub for pattern, sub in kind.folders.items() if fnmatch.fnmatchcase(name, pattern)]
+                if not kinds:
+                    found.append(entry.name + "/")
+                elif kinds[0] is not None:
+                    found += [f"{entry.name}/{inner}" for inner in strangers(Path(entry.path), kinds[0])]
+            elif not _owned(entry.name, kind.owns):
+                found.append(entry.name)
     return found
 
 

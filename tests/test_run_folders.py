@@ -393,15 +393,19 @@ def test_torchrun_ranks_write_as_one_and_a_refusal_ends_every_rank_in_one_line(t
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    logs = tmp_path / "logs"  # each rank's stderr in a file of its own (on one pipe their lines interleave)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "train.py", "--data", str(batches), "--out", str(out), "--device", "cpu", "--expansion", "2",
+               "--log-dir", str(logs), "--redirects", "2", "train.py", "--data", str(batches), "--out", str(out), "--device", "cpu", "--expansion", "2",
                "--k", "2", "--max-steps", "2", "--val-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with hold(out, "TRAIN_RUN") as holder:
         refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    errors = [line for line in (refused.stdout + refused.stderr).splitlines() if line.startswith("error:")]
-    assert refused.returncode != 0 and len(errors) == 2, refused.stderr[-3000:]  # one line from each rank
-    assert all(f"another llama-sae process (pid {holder.pid} " in line for line in errors)
+    ranks = [path.read_text() for path in sorted(logs.rglob("stderr.log"))]
+    assert refused.returncode != 0 and len(ranks) == 2, refused.stderr[-3000:]
+    for err in ranks:  # each rank ends in one line naming the holder, no traceback
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+        assert f"another llama-sae process (pid {holder.pid} " in errors[0]
     ran = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]  # two ranks, one writer: no rank refuses the other
     assert (out / "sae" / "sae.safetensors").is_file() and not (out / ".lock").exists()
