@@ -28,6 +28,7 @@ from tqdm import tqdm
 import cli
 import paths
 import ranks
+import run_folder
 import startup
 from atomic import atomic_path
 from data.chunks import capture_chunk, chunk_arrays, iter_chunks
@@ -123,6 +124,7 @@ def resolve_source(cfg: CaptureConfig) -> TextSource:
     return TextSource(paths.default_corpus_path(), cfg.text_field, cfg.label_field or "sentiment")
 
 
+@run_folder.releases_locks
 def capture(cfg: CaptureConfig, dist: DistInfo | None = None, loaded=None) -> dict[str, Path]:
     """Capture every hook of `cfg`; returns hook -> capture folder. `loaded` reuses a loaded model
     (which then decides the device); `dist` is this process's place (default: a single process)."""
@@ -137,6 +139,7 @@ def capture(cfg: CaptureConfig, dist: DistInfo | None = None, loaded=None) -> di
     folders = {h: check_writable_folder(Path(cfg.out) / h, "--out") for h in cfg.hooks}
     for folder in folders.values():
         check_no_folders_in_the_way(folder, "--out")
+    claim_folders(cfg, folders, source, dist)
     prefix = context_prefix(loaded.tokenizer, options)
     settings = capture_settings(cfg, source, loaded, prefix)
     for folder in folders.values():
@@ -183,6 +186,30 @@ def check_hook_forms(hooks: list[str], model_flag: str, loaded=None) -> None:
                 parse_hook_name(hook, n_layers)  # raises, naming the model's layer range
             raise cli.UsageError(f"--hooks {hook}: not a hook name; valid forms: hook_embed, "
                                  f"ln_final.hook_normalized, blocks.<layer>.<site>") from None
+
+
+def claim_folders(cfg: CaptureConfig, folders: dict[str, Path], source: TextSource, dist: DistInfo) -> None:
+    """Rank 0 claims every folder the capture writes (each hook's, and with --prebatch each hook's batches
+    folder) before any rank writes there; a refusal ends every rank."""
+    problem = None
+    if dist.is_main:
+        inputs = {"--data": source.path, "--model": cfg.model}
+        try:
+            for hook, folder in folders.items():
+                run_folder.check_apart(folder, "--out", inputs)
+                run_folder.claim(folder, run_folder.CAPTURE, "--out")
+                if cfg.prebatch:
+                    batches = Path(cfg.batches_out) / hook
+                    run_folder.check_apart(batches, "--batches-out", {**inputs, "--out": folder})
+                    run_folder.claim(batches, run_folder.BATCHES, "--batches-out")
+        except run_folder.FolderRefused as err:
+            problem = str(err)
+    if dist.distributed:
+        box = [problem]
+        torch.distributed.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise cli.UsageError(problem)
 
 
 def header_layers(model_flag: str) -> int | None:

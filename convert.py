@@ -19,11 +19,13 @@ from pathlib import Path
 
 import cli
 import paths
+import run_folder
 from llama.loading import open_checkpoint
 from sae.formats import Converted, hook_names
 from sae.formats.registry import READERS, WRITERS, check_fits_model
 
 log = logging.getLogger("convert")
+OUTPUT_KINDS = {"ours": run_folder.SAE, "saelens": run_folder.SAELENS, "sparsify": run_folder.SPARSIFY}
 
 
 def check_for_model(conv: Converted, model: str, explicit: bool) -> str | None:
@@ -60,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@run_folder.releases_locks
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.UsageError(f"{args.dst}: already exists and is not empty; pass --overwrite to replace its files")
     if not args.src.exists():
         raise FileNotFoundError(f"{args.src}: no such file or folder")
+    run_folder.check_apart(args.dst, "DST", {"SRC": args.src})
+    run_folder.claim(args.dst, OUTPUT_KINDS[args.target_format], "DST")  # --overwrite replaces only an SAE's files
     conv = READERS[args.source_format](args.src, args.hook)
     if args.hook and conv.cfg.hook_name != args.hook:
         conv.notes.append(f"hook set to {args.hook} (the source said {conv.cfg.hook_name or 'nothing'})")

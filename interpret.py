@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import cli
 import paths
+import run_folder
 import startup
 from data.shuffle import DEFAULTS, is_validation
 from latents.collect import LatentStats, collect_stats, inputs_identity
@@ -106,6 +107,7 @@ def main() -> None:
     interpret(cfg)
 
 
+@run_folder.releases_locks
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
     device = startup.resolve_device(cfg.device)
@@ -113,10 +115,12 @@ def interpret(cfg: InterpretConfig) -> dict:
     loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
     sae = startup.load_sae_for(cfg.sae, loaded, device=device).eval()  # the check generate and serve make
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.save_config(cfg, out / "config.json")
     hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
     data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
+    run_folder.check_apart(out, "--out", {"--sae": cfg.sae, "--capture-dir": data.folder,
+                                          "--batches-dir": cfg.batches_dir, "--model": cfg.model})
+    run_folder.claim(out, run_folder.INTERPRETATION, "--out")
+    cli.save_config(cfg, out / "config.json")
     stats = statistics(cfg, data, sae, device, out)
     latents = chosen_latents(stats, cfg.max_latents)
     log.info("explaining %d of %d latents (%d never fired in the capture)", len(latents), stats.d_sae,

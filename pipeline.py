@@ -32,6 +32,7 @@ from typing import Any, Callable
 import cli
 import paths
 import records
+import run_folder
 import startup
 from atomic import write_json_atomic, write_text_atomic
 from capture import CaptureConfig
@@ -142,10 +143,12 @@ def _stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, A
     }
 
 
+@run_folder.releases_locks
 def main(cfg: PipelineConfig) -> int:
     runs = Path(cfg.runs)
     folders = {name: runs / name for name in ("capture", "batches", "train", "interpret", "stages", "steering")}
     configs = stage_configs(cfg, folders)  # every stage's settings checked before any work
+    run_folder.claim(runs, run_folder.PIPELINE, "--runs")  # one pipeline per --runs; its stages lock their own
     env = {**os.environ, "LLAMA_SAE_RUNS": str(runs)}  # the scripts' defaults follow this run's folders
     last_ran = previous_timings(runs / "pipeline.json")
     timings: dict[str, float] = {}  # this invocation's stages only: skipped ones are listed apart

@@ -36,6 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import cli
 import ranks
+import run_folder
 import startup
 from atomic import disk_full
 from data.batches import BatchDataset
@@ -66,6 +67,7 @@ class DiskFullError(OSError):
     """The disk filled up while the run wrote a file; what was written before is intact."""
 
 
+@run_folder.releases_locks
 def main(cfg: TrainConfig, *, train_data: Sequence[Tensor] | None = None,
          val_data: Sequence[Tensor] | None = None) -> Path:
     """Train an SAE as `cfg` says; returns the folder of the saved SAE. `train_data` / `val_data` (any
@@ -121,6 +123,7 @@ def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
 def open_data(cfg: TrainConfig, train_data, val_data):
     """The training and validation batch sequences, re-batched to --batch-size when asked."""
     if train_data is None:
+        run_folder.check_apart(cfg.out_dir, "--out", {"--data": cfg.data_dir})
         train_data = BatchDataset(cfg.data_dir, "train")
         val_data = BatchDataset(cfg.data_dir, "val")
     if len(train_data) == 0:
@@ -170,7 +173,12 @@ def read_run_folder(cfg: TrainConfig, dist: DistInfo, out: Path, identity: dict)
 
 
 def inspect_run_folder(cfg: TrainConfig, out: Path) -> tuple[str | None, Path | None, dict | None, list[str]]:
-    """(problem or None, checkpoint path, its payload, why newer ones were skipped), from rank 0's view."""
+    """(problem or None, checkpoint path, its payload, why newer ones were skipped), from rank 0's view,
+    which first claims the folder for the run (every rank's writer)."""
+    try:
+        run_folder.claim(out, run_folder.TRAIN_RUN, "--out")
+    except run_folder.FolderRefused as err:
+        return str(err), None, None, []
     stored = list_checkpoints(checkpoint_dir(out))
     previous = bool(stored) or (out / "metrics.jsonl").is_file()
     if previous and not cfg.resume and not cfg.overwrite:

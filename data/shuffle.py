@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+import run_folder
 from data.batches import SPLITS, ChunkWriter, chunk_name, write_meta, write_remainder
 from data.fileio import check_no_folders_in_the_way, check_writable_folder, remove_quietly
 from data.running_stats import RunningStats
@@ -104,16 +105,17 @@ def _window_task(args: tuple) -> WindowResult:
     return process_window(*args)
 
 
+@run_folder.releases_locks
 def prebatch(capture: str | Path, out: str | Path, cfg: PrebatchConfig,
              on_progress: Callable[[int], None] | None = None, out_flag: str = "--out") -> dict:
     """Prebatch a capture folder into `out`; returns the batches.json content. On failure `out` is left
     without batches (an unfinished folder is useless) and the capture is untouched."""
     capture, out = Path(capture), Path(out)
     ds = CapturedDataset(capture)
-    if out.resolve() == capture.resolve():
-        raise ValueError(f"{out_flag} {out}: must differ from the capture folder")
+    run_folder.check_apart(out, out_flag, {"--capture": capture})
     check_writable_folder(out, out_flag)
     check_no_folders_in_the_way(out, out_flag)
+    run_folder.claim(out, run_folder.BATCHES, out_flag)  # refuses a folder holding what it did not write
     _clear(out)
     try:
         return _run(capture, out, ds, cfg, on_progress)
@@ -199,7 +201,8 @@ class _Merger:
 
 
 def _clear(out: Path) -> None:
-    """Remove an earlier prebatching's files (batches.json first: the folder is incomplete from now)."""
+    """Remove an earlier prebatching's files (batches.json first: the folder is incomplete from now); the
+    claim has made sure that the folder holds no others."""
     remove_quietly(out / "batches.json")
     for pattern in ("*.bin", "*.bin.tmp", "stats.json", "*.json.tmp"):
         for path in out.glob(pattern):
