@@ -111,15 +111,15 @@ def main() -> None:
 def interpret(cfg: InterpretConfig) -> dict:
     """Run every stage; returns the evaluation (empty when skipped)."""
     device = startup.resolve_device(cfg.device)
-    load_config(cfg.sae)  # a missing or broken SAE folder is named before the model loads
-    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
-    sae = startup.load_sae_for(cfg.sae, loaded, device=device).eval()  # the check generate and serve make
+    sae_cfg = load_config(cfg.sae)  # a missing or broken SAE folder is named before the model loads
     out = Path(cfg.out)
-    hook = sae.cfg.hook_name or paths.DEFAULT_HOOK
-    data = open_capture(cfg, hook, sae.cfg.d_in, sae.cfg.model)
+    hook = sae_cfg.hook_name or paths.DEFAULT_HOOK
+    data = open_capture(cfg, hook, sae_cfg.d_in, sae_cfg.model)
     run_folder.check_apart(out, "--out", {"--sae": cfg.sae, "--capture-dir": data.folder,
                                           "--batches-dir": cfg.batches_dir, "--model": cfg.model})
     run_folder.claim(out, run_folder.INTERPRETATION, "--out")
+    loaded = startup.load_model(cfg.model, device=device, model_dtype=cfg.model_dtype)
+    sae = startup.load_sae_for(cfg.sae, loaded, device=device).eval()  # the check generate and serve make
     cli.save_config(cfg, out / "config.json")
     stats = statistics(cfg, data, sae, device, out)
     latents = chosen_latents(stats, cfg.max_latents)

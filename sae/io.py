@@ -39,7 +39,8 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, **made_from) -> Path:
     goes into its record. Returns the folder."""
     folder = Path(folder)
     records.recover(folder)
-    others = sorted(p.name for p in folder.iterdir() if p.name not in SAE_FILES) if folder.is_dir() else []
+    others = sorted(p.name for p in folder.iterdir() if p.name not in SAE_FILES  # a writer's .lock may be there
+                    and not p.name.endswith(records.TRANSIENT_SUFFIXES)) if folder.is_dir() else []
     if others:  # the whole folder is replaced: never take other files with it
         raise ValueError(f"{folder}: holds files that are not an SAE's ({', '.join(others[:3])}); save the SAE "
                          f"to another folder, or move them away")

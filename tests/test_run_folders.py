@@ -360,7 +360,7 @@ def test_convert_overwrite_replaces_only_an_sae_and_never_its_source(tmp_path, t
         assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before
     earlier = shutil.copytree(tiny_sae, tmp_path / "earlier")
     convert.main(["--from", "ours", "--to", "ours", "--model", "none", "--overwrite", str(src), str(earlier)])
-    assert sorted(os.listdir(earlier)) == ["config.json", "sae.safetensors"]
+    assert sorted(os.listdir(earlier)) == ["complete.json", "config.json", "sae.safetensors"]
 
 
 def test_a_second_pipeline_on_one_runs_folder_is_refused_before_any_stage(tmp_path, text, monkeypatch):
