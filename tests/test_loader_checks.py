@@ -1,0 +1,193 @@
+"""Every loader checks the types and ranges of what it reads before it allocates or computes with them,
+and says in one line naming the file what is wrong: GGUF headers (alignment, array nesting, tensor
+dims and offsets against the file size), the hyperparameters of GGUF, Hugging Face and Meta checkpoints,
+Meta .pth contents, SAE folders, capture manifests and batches.json, and JSON nested too deep anywhere.
+
+GGUF files are written here byte by byte after the format's specification (ggml's docs/gguf.md), so
+each field can be given a value no writer would produce.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from data.batches import BatchDataset
+from data.shards import CapturedDataset
+from llama.jsonfile import MAX_DEPTH, json_depth, parse_json, read_json
+from llama.loading import open_checkpoint
+from llama.loading.gguf_reader import read_gguf
+from sae.io import load_config, load_sae
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DEEP = "[" * 100_000 + "]" * 100_000  # Python's parser alone raises RecursionError on this
+
+
+def one_line(err: pytest.ExceptionInfo, *parts: str) -> str:
+    """The error's text, checked to be one line holding every one of `parts`."""
+    text = str(err.value)
+    assert "\n" not in text, text
+    for part in parts:
+        assert part in text, text
+    return text
+
+
+# ---- the JSON reader -----------------------------------------------------------------------------
+
+def test_json_depth_counts_brackets_outside_strings():
+    assert json_depth('{"a": [1, {"b": "[[[{{{"}], "c": "\\"]]"}') == 3
+    assert json_depth("[]") == 1 and json_depth("3") == 0 and json_depth(DEEP) == 100_000
+
+
+def test_json_nested_too_deep_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text(DEEP)
+    with pytest.raises(ValueError) as err:
+        read_json(path, "write it again")
+    one_line(err, "deep.json", f"more than {MAX_DEPTH} levels deep", "write it again")
+    nested = "[" * MAX_DEPTH + "]" * MAX_DEPTH  # exactly the limit still reads
+    assert parse_json(nested, "x") == json.loads(nested)
+
+
+@pytest.mark.parametrize("text, kind", [("[1]", "a JSON list"), ('"x"', "a string"), ("3", "a whole number")])
+def test_json_of_the_wrong_kind_is_one_line(tmp_path, text, kind):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        read_json(path, expect=dict)
+    one_line(err, "c.json", f"expected a JSON object, got {kind}")
+
+
+def test_json_not_utf8_or_a_folder(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ValueError) as err:
+        read_json(path)
+    one_line(err, "c.json: not UTF-8")
+    with pytest.raises(FileNotFoundError) as err:
+        read_json(tmp_path)
+    one_line(err, "a folder, not a file")
+
+
+# ---- GGUF ------------------------------------------------------------------------------------------
+
+U32, I32, F32, BOOL, STRING, ARRAY, U64 = 4, 5, 6, 7, 8, 9, 10
+GGML_F32 = 0
+LLAMA = {"general.architecture": (STRING, "llama"), "llama.embedding_length": (U32, 64),
+         "llama.block_count": (U32, 2), "llama.attention.head_count": (U32, 4),
+         "llama.attention.head_count_kv": (U32, 2), "llama.feed_forward_length": (U32, 192),
+         "llama.attention.layer_norm_rms_epsilon": (F32, 1e-5), "llama.context_length": (U32, 256),
+         "llama.vocab_size": (U32, 256)}
+_PACK = {U32: "<I", I32: "<i", F32: "<f", BOOL: "<?", U64: "<Q"}
+
+
+def gguf_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def gguf_value(vtype: int, value) -> bytes:
+    if vtype == STRING:
+        return gguf_string(value)
+    if vtype == ARRAY:  # value: (item type, [items])
+        item_type, items = value
+        return struct.pack("<IQ", item_type, len(items)) + b"".join(gguf_value(item_type, v) for v in items)
+    return struct.pack(_PACK[vtype], value)
+
+
+def gguf_bytes(metadata: dict, tensors: list[tuple[str, tuple[int, ...], int]] = (), data: bytes = b"",
+               alignment: int = 32, raw_metadata: bytes = b"", extra_kv: int = 0) -> bytes:
+    """A GGUF v3 file: metadata {key: (type, value)}, tensors [(name, dims fastest first, offset)] of F32,
+    the data section at the next multiple of `alignment`."""
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata) + extra_kv)
+    head += b"".join(gguf_string(k) + struct.pack("<I", t) + gguf_value(t, v) for k, (t, v) in metadata.items())
+    head += raw_metadata
+    for name, dims, offset in tensors:
+        head += gguf_string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        head += struct.pack("<IQ", GGML_F32, offset)
+    return head + b"\x00" * (-len(head) % alignment) + data
+
+
+def write_gguf(tmp_path: Path, **kwargs) -> Path:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(gguf_bytes(**kwargs))
+    return path
+
+
+def test_a_hand_written_gguf_reads_and_opens(tmp_path):
+    """The writer above against the gguf package's reader, and the baseline every case below changes."""
+    import gguf
+    data = struct.pack("<4f", 1, 2, 3, 4)
+    path = write_gguf(tmp_path, metadata=LLAMA, tensors=[("output_norm.weight", (4,), 0)], data=data)
+    theirs = gguf.GGUFReader(path)
+    ours = read_gguf(path)
+    assert ours.metadata["llama.embedding_length"] == 64 and ours.tensors["output_norm.weight"].shape == (4,)
+    assert ours.tensors["output_norm.weight"].offset == theirs.tensors[0].data_offset
+    assert open_checkpoint(path).args.dim == 64
+
+
+@pytest.mark.parametrize("alignment, shown", [((U32, 0), "0"), ((STRING, "32"), "'32'"), ((U32, 48), "48"),
+                                              ((F32, 32.0), "32.0")])
+def test_gguf_alignment_must_be_a_power_of_two(tmp_path, alignment, shown):
+    path = write_gguf(tmp_path, metadata={**LLAMA, "general.alignment": alignment})
+    with pytest.raises(ValueError) as err:
+        read_gguf(path)
+    one_line(err, "m.gguf", "general.alignment", "power of two", shown)
+
+
+def test_gguf_arrays_nested_deeper_than_the_limit_are_refused(tmp_path):
+    nested = gguf_string("deep") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * 20_000 \
+        + struct.pack("<IQ", U32, 0)
+    path = write_gguf(tmp_path, metadata=LLAMA, raw_metadata=nested, extra_kv=1)
+    with pytest.raises(ValueError) as err:
+        read_gguf(path)
+    one_line(err, "m.gguf", "deep", "nests arrays")
+    shallow = gguf_string("ok") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) + struct.pack("<IQ", U32, 1) \
+        + struct.pack("<I", 7)
+    assert read_gguf(write_gguf(tmp_path, metadata=LLAMA, raw_metadata=shallow, extra_kv=1)).metadata["ok"] == [[7]]
+
+
+@pytest.mark.parametrize("dims, problem", [
+    ((1 << 32, 1 << 32), "ends past the end of the file"),  # the element count wraps to 0 in 64-bit arithmetic
+    (((1 << 64) - 1,), "ends past the end of the file"),     # more than a signed 64-bit count holds
+    ((1 << 62,), "ends past the end of the file"),
+    ((4, 1, 1, 1, 1), "5 dimensions"),
+])
+def test_gguf_tensor_dims_are_checked_against_the_file_before_any_allocation(tmp_path, dims, problem):
+    path = write_gguf(tmp_path, metadata=LLAMA, tensors=[("output_norm.weight", dims, 0)], data=b"\x00" * 64)
+    with pytest.raises(ValueError) as err:
+        read_gguf(path)
+    one_line(err, "m.gguf", "output_norm.weight", problem)
+
+
+def test_gguf_tensor_offsets_must_be_aligned_and_inside_the_file(tmp_path):
+    path = write_gguf(tmp_path, metadata=LLAMA, tensors=[("output_norm.weight", (4,), 4)], data=b"\x00" * 64)
+    with pytest.raises(ValueError) as err:
+        read_gguf(path)
+    one_line(err, "m.gguf", "output_norm.weight", "offset 4", "multiple of 32")
+    path = write_gguf(tmp_path, metadata=LLAMA, tensors=[("output_norm.weight", (4,), 1 << 63)], data=b"\x00" * 64)
+    with pytest.raises(ValueError) as err:
+        read_gguf(path)
+    one_line(err, "m.gguf", "output_norm.weight")
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("llama.embedding_length", (F32, 576.0), "576.0"),
+    ("llama.embedding_length", (STRING, "576"), "'576'"),
+    ("llama.embedding_length", (U64, 1 << 62), str(1 << 62)),
+    ("llama.block_count", (I32, -2), "-2"),
+    ("llama.attention.layer_norm_rms_epsilon", (F32, float("nan")), "nan"),
+    ("llama.rope.freq_base", (F32, float("inf")), "inf"),
+    ("llama.context_length", (BOOL, True), "True"),
+])
+def test_gguf_hyperparameters_are_typed_and_bounded(tmp_path, key, value, shown):
+    path = write_gguf(tmp_path, metadata={**LLAMA, key: value})
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(path)
+    one_line(err, "m.gguf", key, shown)
