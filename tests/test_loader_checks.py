@@ -191,3 +191,95 @@ def test_gguf_hyperparameters_are_typed_and_bounded(tmp_path, key, value, shown)
     with pytest.raises(ValueError) as err:
         open_checkpoint(path)
     one_line(err, "m.gguf", key, shown)
+
+
+# ---- Hugging Face and Meta checkpoints ------------------------------------------------------------
+
+HF_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 256, "intermediate_size": 192, "rms_norm_eps": 1e-5,
+             "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": False}
+META_PARAMS = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 256, "multiple_of": 32,
+               "norm_eps": 1e-5, "rope_theta": 10000.0}
+
+
+def hf_folder(tmp_path: Path, config_text: str) -> Path:
+    folder = tmp_path / "hf"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(config_text)
+    save_file({"model.norm.weight": torch.ones(64)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def meta_folder(tmp_path: Path, params: dict, shard=...) -> Path:
+    folder = tmp_path / "meta"
+    folder.mkdir(exist_ok=True)
+    (folder / "params.json").write_text(json.dumps(params))
+    torch.save({"norm.weight": torch.ones(64)} if shard is ... else shard, folder / "consolidated.00.pth")
+    return folder
+
+
+def test_the_baseline_folders_open(tmp_path):
+    assert open_checkpoint(hf_folder(tmp_path, json.dumps(HF_CONFIG))).args.dim == 64
+    assert open_checkpoint(meta_folder(tmp_path, META_PARAMS)).args.dim == 64
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("hidden_size", "576", "'576'"),
+    ("hidden_size", 576.0, "576.0"),
+    ("vocab_size", 1 << 62, str(1 << 62)),
+    ("num_hidden_layers", True, "True"),
+    ("rms_norm_eps", float("nan"), "nan"),
+    ("rope_theta", -1.0, "-1.0"),
+    ("max_position_embeddings", [8192], "[8192]"),
+    ("tie_word_embeddings", "false", "'false'"),
+    ("rope_scaling", {"rope_type": "llama3", "factor": "8", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192}, "'8'"),
+])
+def test_hf_config_values_are_typed_and_bounded(tmp_path, key, value, shown):
+    folder = hf_folder(tmp_path, json.dumps({**HF_CONFIG, key: value}))
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(folder)
+    one_line(err, "config.json", key, shown)
+
+
+@pytest.mark.parametrize("text, problem", [
+    (DEEP, "levels deep"),
+    ("[1, 2]", "expected a JSON object, got a JSON list"),
+])
+def test_hf_config_that_is_not_an_object(tmp_path, text, problem):
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(hf_folder(tmp_path, text))
+    one_line(err, "config.json", problem)
+
+
+def test_hf_index_nested_too_deep(tmp_path):
+    folder = hf_folder(tmp_path, json.dumps(HF_CONFIG))
+    (folder / "model.safetensors.index.json").write_text(DEEP)
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(folder)
+    one_line(err, "model.safetensors.index.json", "levels deep")
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("dim", 64.0, "64.0"),
+    ("n_layers", "2", "'2'"),
+    ("norm_eps", float("inf"), "inf"),
+    ("ffn_dim_multiplier", float("nan"), "nan"),
+    ("vocab_size", 1 << 40, str(1 << 40)),
+    ("rope_scaling_factor", "eight", "'eight'"),
+    ("use_scaled_rope", "no", "'no'"),
+])
+def test_meta_params_are_typed_and_bounded(tmp_path, key, value, shown):
+    params = {**META_PARAMS, key: value, **({"use_scaled_rope": True} if key == "rope_scaling_factor" else {})}
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(meta_folder(tmp_path, params))
+    one_line(err, "params.json", key, shown)
+
+
+@pytest.mark.parametrize("shard, found", [([1, 2], "a list"), (7, "an int"), (None, "None"),
+                                          ({"norm.weight": [1.0]}, "norm.weight holds a list"),
+                                          ({3: torch.ones(2)}, "key 3")])
+def test_meta_shard_that_is_not_a_dict_of_tensors(tmp_path, shard, found):
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(meta_folder(tmp_path, META_PARAMS, shard))
+    one_line(err, "consolidated.00.pth", found, "tensor names to tensors")
