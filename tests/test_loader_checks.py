@@ -18,8 +18,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from data.batches import BatchDataset
-from data.shards import CapturedDataset
 from llama.jsonfile import MAX_DEPTH, json_depth, parse_json, read_json
 from llama.loading import open_checkpoint
 from llama.loading.gguf_reader import read_gguf
@@ -283,3 +281,57 @@ def test_meta_shard_that_is_not_a_dict_of_tensors(tmp_path, shard, found):
     with pytest.raises(ValueError) as err:
         open_checkpoint(meta_folder(tmp_path, META_PARAMS, shard))
     one_line(err, "consolidated.00.pth", found, "tensor names to tensors")
+
+
+# ---- SAE folders -----------------------------------------------------------------------------------
+
+def sae_folder(tmp_path: Path, case: str = "dataset_scale", version: str = "sae_v2") -> Path:
+    folder = tmp_path / "sae"
+    shutil.copytree(FIXTURES / version / case, folder)
+    return folder
+
+
+def test_sae_config_nested_too_deep_is_one_line(tmp_path):
+    folder = sae_folder(tmp_path)
+    (folder / "config.json").write_text(DEEP)
+    with pytest.raises(ValueError) as err:
+        load_config(folder)
+    one_line(err, "config.json", "levels deep")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.uint8])
+def test_sae_weights_must_be_floating_point(tmp_path, dtype):
+    folder = sae_folder(tmp_path)
+    path = folder / "sae.safetensors"
+    tensors = load_file(str(path))
+    tensors["W_enc"] = tensors["W_enc"].to(dtype)
+    save_file(tensors, str(path), metadata={"format": "llama-sae", "version": "2"})
+    with pytest.raises(ValueError) as err:
+        load_sae(folder)
+    one_line(err, "sae.safetensors", "W_enc", "floating point")
+
+
+@pytest.mark.parametrize("norm_scale", [float("nan"), float("inf"), 0, -1.5, "0.3", [0.3], True])
+def test_format_1_norm_scale_must_be_a_positive_finite_number(tmp_path, norm_scale):
+    folder = sae_folder(tmp_path, version="sae_v1")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "norm_scale": norm_scale}))
+    with pytest.raises(ValueError) as err:
+        load_sae(folder)
+    one_line(err, "config.json", "norm_scale", "positive")
+
+
+def test_sparsify_run_config_nested_too_deep_is_ignored_like_any_unreadable_one(tmp_path):
+    """sparsify's run config only lends the model's name; an unreadable one leaves it blank."""
+    from sae.formats.sparsify import _model_name
+    (tmp_path / "config.json").write_text(DEEP)
+    assert _model_name(tmp_path / "layers.3" / "cfg.json") == ""
+
+
+def test_openai_activation_metadata_nested_too_deep_is_one_line(tmp_path):
+    from sae.formats.openai import read
+    path = tmp_path / "20.safetensors"
+    save_file({"pre_bias": torch.zeros(4)}, str(path), metadata={"activation": "TopK", "activation_state_dict": DEEP})
+    with pytest.raises(ValueError) as err:
+        read(path, hook_name="blocks.20.hook_resid_post")
+    one_line(err, "20.safetensors", "activation_state_dict", "levels deep")
