@@ -335,3 +335,102 @@ def test_openai_activation_metadata_nested_too_deep_is_one_line(tmp_path):
     with pytest.raises(ValueError) as err:
         read(path, hook_name="blocks.20.hook_resid_post")
     one_line(err, "20.safetensors", "activation_state_dict", "levels deep")
+
+
+# ---- capture manifests, batches.json, stats.json -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prebatched(tmp_path_factory) -> Path:
+    """A synthetic capture (two shards of 4-wide float32 rows) and its batches."""
+    import numpy as np
+
+    from data.shuffle import PrebatchConfig, prebatch
+    from synthetic_capture import random_corpus, write_captured
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    tokens, index, sentences = random_corpus(rng, 40)
+    write_captured(root / "capture", rng.normal(size=(len(tokens), 4)).astype(np.float32), tokens, index, sentences,
+                   shard_rows=100)
+    prebatch(root / "capture", root / "batches", PrebatchConfig(batch_size=8, val_fraction=0.25))
+    return root
+
+
+def edited(prebatched: Path, tmp_path: Path, kind: str, name: str, change) -> Path:
+    """A copy of the capture or batches folder whose JSON file `name` is rewritten: `change(value)` returns
+    the new value, or text to write as is."""
+    folder = tmp_path / kind
+    shutil.copytree(prebatched / kind, folder)
+    new = change(json.loads((folder / name).read_text()))
+    (folder / name).write_text(new if isinstance(new, str) else json.dumps(new))
+    return folder
+
+
+def test_the_baseline_data_folders_read(prebatched):
+    from data.batches import BatchDataset
+    from data.shards import CapturedDataset
+    assert CapturedDataset(prebatched / "capture").total_rows > 0
+    assert BatchDataset(prebatched / "batches", "val")[0].shape == (8, 4)
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: DEEP, "levels deep"),
+    (lambda m: [m], "expected a JSON object, got a JSON list"),
+    (lambda m: {**m, "d_model": "4"}, "d_model must be a whole number >= 1, got '4'"),
+    (lambda m: {**m, "d_model": 4.0}, "d_model must be a whole number >= 1, got 4.0"),
+    (lambda m: {**m, "dtype": "int3"}, "dtype must be one of float32, float16, bfloat16, got 'int3'"),
+    (lambda m: {**m, "hook": 20}, "hook must be a string"),
+    (lambda m: {**m, "shards": {"0": 1}}, "shards must be a list of objects"),
+    (lambda m: {**m, "shards": [{"shard": 0}]}, "shards[0].rows must be a whole number >= 0, got None"),
+    (lambda m: {**m, "shards": [{"shard": "0", "rows": 3}]}, "shards[0].shard must be a whole number >= 0"),
+    (lambda m: {**m, "labels": "positive"}, "labels must be a list of strings"),
+    (lambda m: {**m, "context_prefix": [1, "x"]}, "context_prefix must be a list of token ids"),
+])
+def test_capture_manifest_fields_are_typed(prebatched, tmp_path, change, problem):
+    from data.shards import CapturedDataset
+    folder = edited(prebatched, tmp_path, "capture", "manifest.json", change)
+    with pytest.raises(ValueError) as err:
+        CapturedDataset(folder)
+    one_line(err, "manifest.json", problem)
+
+
+@pytest.mark.parametrize("name, change, problem", [
+    ("batches.json", lambda m: DEEP, "levels deep"),
+    ("batches.json", lambda m: {**m, "batch_size": "8"}, "batch_size must be a whole number >= 1, got '8'"),
+    ("batches.json", lambda m: {**m, "d_model": 0}, "d_model must be a whole number >= 1, got 0"),
+    ("batches.json", lambda m: {**m, "files": []}, "files must be an object"),
+    ("batches.json", lambda m: {**m, "files": {**m["files"], "val": [{"name": "../../x.bin", "batches": 1}]}},
+     "files.val[0].name must be a file name in the folder, got '../../x.bin'"),
+    ("batches.json", lambda m: {**m, "files": {**m["files"], "val": [{"name": "val-00000.bin", "batches": -1}]}},
+     "files.val[0].batches must be a whole number >= 0, got -1"),
+    ("batches.json", lambda m: {**m, "remainders": {**m["remainders"], "val": {"name": "val-remainder.bin", "rows": 1.5}}},
+     "remainders.val.rows must be a whole number >= 0, got 1.5"),
+    ("stats.json", lambda m: DEEP, "levels deep"),
+    ("stats.json", lambda m: {"val": m["val"]}, "train must be an object"),
+    ("stats.json", lambda m: {**m, "train": {**m["train"], "mean_sq_norm": "NaN"}},
+     "train.mean_sq_norm must be a finite number >= 0"),
+    ("stats.json", lambda m: {**m, "train": {**m["train"], "mean": [0.0] * 3}}, "train.mean must be a list of 4"),
+    ("stats.json", lambda m: {**m, "train": {**m["train"], "mean": [float("nan")] * 4}}, "train.mean must be a list"),
+])
+def test_batches_json_and_stats_fields_are_typed(prebatched, tmp_path, name, change, problem):
+    from data.batches import BatchDataset
+    folder = edited(prebatched, tmp_path, "batches", name, change)
+    with pytest.raises(ValueError) as err:
+        BatchDataset(folder, "val")
+    one_line(err, name, problem)
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("manifest.json", DEEP, "levels deep"),
+    ("progress-rank1.json", DEEP, "levels deep"),
+    ("progress-rank1.json", '{"shard": 0}', "the file must be a list of objects"),
+    ("progress-rank1.json", '[{"shard": 7, "rows": "3"}]', "[0].rows must be a whole number >= 0, got '3'"),
+])
+def test_a_capture_rerun_reads_its_manifest_and_progress_files_typed(prebatched, tmp_path, name, text, problem):
+    from data.manifest import CaptureBook
+    folder = tmp_path / "capture"
+    shutil.copytree(prebatched / "capture", folder)
+    (folder / name).write_text(text)
+    book = CaptureBook({"h": folder}, {"dtype": "float32"})
+    with pytest.raises(ValueError) as err:
+        book.start({"h": 4})
+    one_line(err, name, problem)
