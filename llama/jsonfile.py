@@ -38,7 +38,7 @@ def parse_json(text: str, source: str | Path, what: str = "", *, expect: type | 
     """The value of JSON `text` read from `source`; a one-line ValueError naming it otherwise (invalid,
     nested deeper than MAX_DEPTH, or not of type `expect`). `what` says what to do about it."""
     advice = f"; {what}" if what else ""
-    if json_depth(text) > MAX_DEPTH:
+    if text.count("[") + text.count("{") > MAX_DEPTH and json_depth(text) > MAX_DEPTH:  # the scan only when it may be
         raise ValueError(f"{source}: JSON nested more than {MAX_DEPTH} levels deep{advice}")
     try:
         value = json.loads(text)

@@ -299,6 +299,8 @@ CASES = [
     Case("loader-batches-deep", tr("--data", "{case}/b"), "batches.json: JSON nested", files={"b/batches.json": DEEP_JSON}),
     Case("loader-batches-size-string", tr("--data", "{case}/b"), "batch_size must be a whole number >= 1, got '32'",
          files={"b/batches.json": json.dumps({"format": "llama-sae-batches", "version": 1, "batch_size": "32"})}),
+    Case("loader-corpus-line-deep", ["capture.py", "--data", "{case}/c.jsonl", "--out", "{case}/out"],
+         "c.jsonl:2: JSON nested more than", files={"c.jsonl": '{"text": "fine"}\n' + DEEP_JSON + "\n"}),
 ]
 
 

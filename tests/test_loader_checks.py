@@ -434,3 +434,60 @@ def test_a_capture_rerun_reads_its_manifest_and_progress_files_typed(prebatched,
     with pytest.raises(ValueError) as err:
         book.start({"h": 4})
     one_line(err, name, problem)
+
+
+# ---- the other JSON the scripts read ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_checkpoint_tokenizer_nested_too_deep_is_one_line(tmp_path, name):
+    from llama.tokenizers import load_tokenizer
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+                                                         "decoder": {"type": "ByteLevel"}}))
+    (tmp_path / name).write_text(DEEP)
+    with pytest.raises(ValueError) as err:
+        load_tokenizer(tmp_path)
+    one_line(err, name, "levels deep")
+
+
+def test_a_sentence_line_nested_too_deep_is_one_line(prebatched, tmp_path):
+    from data.prepare import read_sentences
+    from latents.source import read_sentence_table
+    path = tmp_path / "sentences.jsonl"
+    path.write_text((prebatched / "capture" / "sentences.jsonl").read_text() + DEEP + "\n")
+    with pytest.raises(ValueError) as err:
+        read_sentence_table(path, [])
+    one_line(err, "sentences.jsonl", "line 41")
+    with pytest.raises(ValueError) as err:
+        list(read_sentences(path))
+    one_line(err, "sentences.jsonl", "line 41", "levels deep")
+
+
+def test_a_corpus_line_nested_too_deep_is_one_line(tmp_path):
+    from data.text import TextSource, iter_documents
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine"}\n' + DEEP + "\n")
+    with pytest.raises(ValueError) as err:
+        list(iter_documents(TextSource(path)))
+    one_line(err, "c.jsonl:2", "levels deep", "one object per line")
+
+
+def test_unreadable_records_of_interpret_and_train_are_left_out(tmp_path):
+    """A latent record or a metrics line nested too deep is skipped like any unreadable one."""
+    from latents.report import read_latent_facts
+    from training.metrics import read_metrics
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "3.json").write_text(DEEP)
+    (tmp_path / "latents" / "4.json").write_text('{"max": 2.5, "labels": []}')
+    assert read_latent_facts(tmp_path, [3, 4]) == {4: {"max": 2.5, "labels": {}, "page": False}}
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n' + DEEP + '\n{"step": 2}\n')
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1}, {"step": 2}]
+
+
+def test_interpret_reads_the_validation_split_from_a_checked_batches_json(tmp_path):
+    import interpret
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "batches.json").write_text(DEEP)
+    cfg = interpret.InterpretConfig(batches_dir=tmp_path)
+    with pytest.raises(ValueError) as err:
+        interpret.validation_split(cfg, "h")
+    one_line(err, "batches.json", "levels deep")
