@@ -491,3 +491,30 @@ def test_interpret_reads_the_validation_split_from_a_checked_batches_json(tmp_pa
     with pytest.raises(ValueError) as err:
         interpret.validation_split(cfg, "h")
     one_line(err, "batches.json", "levels deep")
+
+
+@pytest.fixture(scope="module")
+def smol_metadata(gguf_path) -> dict:
+    return read_gguf(gguf_path).metadata
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("tokenizer.ggml.eos_token_id", "2", "'2'"),
+    ("tokenizer.ggml.eos_token_id", 10 ** 9, "1000000000"),
+    ("tokenizer.ggml.bos_token_id", True, "True"),
+    ("tokenizer.ggml.padding_token_id", -1, "-1"),
+    ("tokenizer.ggml.tokens", [1, 2, 3], "[1, 2, 3]"),
+    ("tokenizer.ggml.tokens", "abc", "'abc'"),
+    ("tokenizer.ggml.merges", 5, "5"),
+    ("tokenizer.ggml.merges", ["a b", "ab"], "'ab'"),
+    ("tokenizer.ggml.token_type", "x", "'x'"),
+    ("tokenizer.ggml.token_type", [1, 1], "2 types"),
+    ("tokenizer.chat_template", 5, "5"),
+    ("tokenizer.ggml.pre", 5, "5"),
+    ("tokenizer.ggml.add_bos_token", "false", "'false'"),
+])
+def test_gguf_tokenizer_metadata_is_typed_and_bounded(smol_metadata, key, value, shown):
+    from llama.tokenizers import bpe_from_gguf
+    with pytest.raises(ValueError) as err:
+        bpe_from_gguf({**smol_metadata, key: value}, source="m.gguf")
+    one_line(err, "m.gguf", key, shown)

@@ -16,6 +16,7 @@ from typing import Any
 from llama.jsonfile import read_json
 from llama.tokenizers.base import Message, Tokenizer
 from llama.tokenizers.bpe import GPT2_PATTERN, ByteLevelBPE
+from llama.tokenizers.gguf_keys import check_tokenizer_keys
 from llama.tokenizers.llama3 import Llama3Tokenizer
 from llama.tokenizers.spm import SentencePieceTokenizer
 from llama.tokenizers.stream import StreamDecoder
@@ -78,6 +79,7 @@ def bpe_from_gguf(metadata: dict[str, Any], source: Path | str = "GGUF") -> Byte
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id"):
         if key not in metadata:
             raise ValueError(f"{source}: GGUF metadata lacks {key}; the file is incomplete")
+    check_tokenizer_keys(metadata, source)
     eos = metadata["tokenizer.ggml.eos_token_id"]
     return ByteLevelBPE(
         metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.merges"],
