@@ -32,6 +32,7 @@ import torch
 import capture
 import cli
 from data.shuffle import PrebatchConfig, prebatch
+from llama.tokenizers.bpe import bytes_to_unicode
 from test_loader_checks import ARRAY, HF_CONFIG, LLAMA, META_PARAMS, STRING, U32, U64, gguf_bytes, gguf_string
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,7 @@ def config(text: str) -> dict[str, str]:
 
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
+BYTE_TOKENS = list(bytes_to_unicode().values())  # a byte-level BPE vocabulary of the 256 bytes alone
 DEEP_GGUF_ARRAY = gguf_string("deep") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * 20_000
 
 
@@ -276,6 +278,11 @@ CASES = [
          files={"m.gguf": bad_gguf(tensors=[("output_norm.weight", (1 << 32, 1 << 32), 0)], data=b"\0" * 64)}),
     Case("loader-gguf-width-2-62", gen("--model", "{case}/m.gguf", "Hi"), "llama.embedding_length must be a whole",
          files={"m.gguf": bad_gguf(metadata={"llama.embedding_length": (U64, 1 << 62)})}),
+    Case("loader-gguf-eos-string", gen("--model", "{case}/m.gguf", "Hi"), "tokenizer.ggml.eos_token_id must be a token",
+         files={"m.gguf": bad_gguf(metadata={"tokenizer.ggml.model": (STRING, "gpt2"),
+                                             "tokenizer.ggml.tokens": (ARRAY, (STRING, BYTE_TOKENS)),
+                                             "tokenizer.ggml.merges": (ARRAY, (STRING, [])),
+                                             "tokenizer.ggml.eos_token_id": (STRING, "2")})}),
     Case("loader-hf-width-string", gen("--model", "{case}/hf", "Hi"), "hidden_size must be a whole number",
          files=hf_files(hidden_size="576")),
     Case("loader-hf-width-float", gen("--model", "{case}/hf", "Hi"), "got 576.0", files=hf_files(hidden_size=576.0)),
