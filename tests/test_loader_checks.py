@@ -40,6 +40,7 @@ def one_line(err: pytest.ExceptionInfo, *parts: str) -> str:
 
 def test_json_depth_counts_brackets_outside_strings():
     assert json_depth('{"a": [1, {"b": "[[[{{{"}], "c": "\\"]]"}') == 3
+    assert json_depth('["\\\\", [1]]') == 2 and json_depth('{"é[[": "\\u005b"}') == 1  # escapes, non-ASCII
     assert json_depth("[]") == 1 and json_depth("3") == 0 and json_depth(DEEP) == 100_000
 
 

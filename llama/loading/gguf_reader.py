@@ -30,7 +30,7 @@ _MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
-MAX_ARRAY_DEPTH = 8  # metadata arrays of arrays; llama.cpp's own files nest one level at most
+MAX_ARRAY_DEPTH = 8  # arrays of arrays in the metadata (read recursively), far deeper than writers nest them
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
