@@ -42,7 +42,7 @@ def model_args(folder: Path) -> ModelArgs:
     if not isinstance(scaled, bool):
         raise ValueError(f"{path}: use_scaled_rope must be true or false, got {scaled!r}")
     if scaled and scaling is None:
-        scaling = _LLAMA31_SCALING | ({"factor": check_positive(path, "rope_scaling_factor", factor)}
+        scaling = _LLAMA31_SCALING | ({"factor": float(check_positive(path, "rope_scaling_factor", factor))}
                                       if factor is not None else {})
     fields = set(ModelArgs.__dataclass_fields__) - {"rope_scaling"}
     return checked_args(path, {key: (key, value) for key, value in params.items() if key in fields}
