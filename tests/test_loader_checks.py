@@ -259,6 +259,20 @@ def test_hf_index_nested_too_deep(tmp_path):
     one_line(err, "model.safetensors.index.json", "levels deep")
 
 
+@pytest.mark.parametrize("weight_map, problem", [
+    ({"model.norm.weight": "../outside.safetensors"}, "outside the folder"),
+    (["model.safetensors"], "a weight_map of tensor -> file name"),
+    ({"model.norm.weight": 3}, "a weight_map of tensor -> file name"),
+])
+def test_hf_index_names_plain_files_of_the_folder(tmp_path, weight_map, problem):
+    folder = hf_folder(tmp_path, json.dumps(HF_CONFIG))
+    shutil.copy(folder / "model.safetensors", tmp_path / "outside.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError) as err:
+        open_checkpoint(folder)
+    one_line(err, "model.safetensors.index.json", problem)
+
+
 @pytest.mark.parametrize("key, value, shown", [
     ("dim", 64.0, "64.0"),
     ("n_layers", "2", "'2'"),
