@@ -9,6 +9,7 @@ each field can be given a value no writer would produce.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -533,3 +534,25 @@ def test_gguf_tokenizer_metadata_is_typed_and_bounded(smol_metadata, key, value,
     with pytest.raises(ValueError) as err:
         bpe_from_gguf({**smol_metadata, key: value}, source="m.gguf")
     one_line(err, "m.gguf", key, shown)
+
+
+def test_pipeline_reads_its_own_records_through_the_checked_reader(tmp_path):
+    import pipeline
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP)
+    assert pipeline.previous_timings(deep) == {}  # an unreadable earlier summary only loses the old times
+    for read in (lambda: pipeline.read_json(deep),
+                 lambda: pipeline.check_unchanged("train", tmp_path, TrainConfigForTest(), deep)):
+        with pytest.raises(ValueError) as err:
+            read()
+        one_line(err, "deep.json", "levels deep")
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "5.json").write_text(DEEP)
+    with pytest.raises(ValueError) as err:
+        pipeline.sentiment_latents(tmp_path, "positive")
+    one_line(err, "5.json", "levels deep")
+
+
+@dataclasses.dataclass
+class TrainConfigForTest:
+    k: int = 8
