@@ -15,7 +15,6 @@ Stages, each written under --out (rerunning reuses the statistics and the LLM an
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from latents.scoring import explanation_scores, predicted_tokens, score_detectio
 from latents.source import CapturedData
 from latents.stats import StatsConfig, sae_encoder
 from latents.text import token_bytes_of
+from llama.jsonfile import read_json
 from sae.io import load_config
 from settings import check_int, check_seed
 
@@ -239,7 +239,7 @@ def detect(cfg, client, data: CapturedData, stats: LatentStats, evidence, llm, f
 def validation_split(cfg: InterpretConfig, hook: str) -> dict:
     """The prebatching's per-document validation split (val_fraction, seed); its defaults when absent."""
     meta_path = Path(cfg.batches_dir) / hook / "batches.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_json(meta_path, expect=dict) if meta_path.is_file() else {}
     return {"val_fraction": float(meta.get("val_fraction", DEFAULTS.val_fraction)),
             "seed": int(meta.get("seed", DEFAULTS.seed)),
             "found": meta_path.is_file()}

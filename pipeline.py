@@ -40,6 +40,7 @@ from generate import GenerateConfig
 from interpret import InterpretConfig
 from latents.sweep import MAX_SWEEP_STEPS, choose
 from latents.text import shorten
+from llama import jsonfile
 from llama.loading import open_checkpoint
 from sae.config import SAEConfig
 from settings import SettingError, check_int, check_number
@@ -241,7 +242,7 @@ def steering_demo(cfg: PipelineConfig, folders: dict[str, Path], generate: Gener
         sweep = f"{row['latent']}:{top / cfg.sweep_steps:.4g}:{top:.4g}:{cfg.sweep_steps}"
         run(f"sweep {row['latent']}", "generate.py",
             dataclasses.replace(generate, sweep=sweep, sweep_json=str(out)))
-        sweeps.append(json.loads(out.read_text()))
+        sweeps.append(jsonfile.read_json(out, expect=dict))
     chosen = choose(sweeps)
     if chosen is None:
         print(f"no swept value moved the judge toward {cfg.label!r} within the fluency bound; see the tables above")
@@ -333,9 +334,9 @@ def previous_timings(path: Path) -> dict[str, float]:
     for the stages it skipped the times it carried from the runs before (so a second rerun still
     knows how long the capture took)."""
     try:
-        report = json.loads(path.read_text())
+        report = jsonfile.read_json(path, expect=dict)
         times = {**(report.get("earlier_seconds") or {}), **report["seconds"]}
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
     return {name: value for name, value in times.items() if name != "total" and isinstance(value, (int, float))}
 
@@ -373,7 +374,7 @@ def settings_of(config: Any) -> dict:
 
 def _saved_settings(config_file: Path) -> dict | None:
     try:
-        saved = json.loads(config_file.read_text())
+        saved = jsonfile.read_json(config_file)
     except (OSError, ValueError):
         return None
     flat = _flat(saved) if isinstance(saved, dict) else {}
@@ -404,7 +405,7 @@ def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]
     """The n explained latents whose activation best separates `label` from the other labels (AUROC)."""
     rows = []
     for path in sorted((interpret_dir / "latents").glob("*.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = jsonfile.read_json(path, "rerun interpret.py", expect=dict)
         auroc = next((row["auroc"] for row in record.get("labels", []) if row["label"] == label), None)
         if auroc is not None and record.get("max"):
             meaning = record.get("explanations", {})
@@ -415,7 +416,7 @@ def sentiment_latents(interpret_dir: Path, label: str, n: int = 5) -> list[dict]
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return jsonfile.read_json(path, expect=dict) if path.is_file() else {}
 
 
 def summary(folders: dict[str, Path], latents: list[dict], label: str, train_dir: Path) -> dict:
@@ -447,7 +448,7 @@ def dead_latents(train_dir: Path, interpret_dir: Path, evaluation: dict) -> str:
     last = {}
     if (train_dir / "metrics.jsonl").is_file():
         for line in (train_dir / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
+            record = jsonfile.parse_json(line, train_dir / "metrics.jsonl") if line.strip() else {}
             last = record if record.get("split") == "train" else last
     d_sae = read_json(train_dir / "sae" / "config.json").get("d_sae")
     window = read_json(train_dir / "config.json").get("dead_after_tokens") or 0

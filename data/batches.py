@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from atomic import AtomicFile, write_json_atomic
+from data.checked import SPLITS, check_batches_meta, check_stats
 from data.fileio import append_array, read_json
 
 FORMAT = "llama-sae-batches"
 VERSION = 1
 DTYPE = "<f4"  # little-endian float32 on disk, whatever the host
-SPLITS = ("train", "val")
 
 
 def chunk_name(split: str, index: int) -> str:
@@ -56,7 +56,9 @@ class BatchDataset(torch.utils.data.Dataset):
         self.folder = Path(folder)
         self.split = split
         self.meta = read_meta(self.folder)
-        all_stats = read_json(self.folder / "stats.json", "rerun the prebatching step")
+        stats_path = self.folder / "stats.json"
+        all_stats = check_stats(read_json(stats_path, "rerun the prebatching step", expect=dict), stats_path,
+                                self.meta["d_model"])
         self.stats: dict = all_stats["train"]
         self.split_stats: dict = all_stats[split]
         self.batch_size: int = self.meta["batch_size"]
@@ -107,12 +109,12 @@ class BatchDataset(torch.utils.data.Dataset):
 
 def read_meta(folder: Path) -> dict:
     """Load and check `batches.json`."""
-    meta = read_json(Path(folder) / "batches.json",
-                     "prebatch the captured activations first (prebatch.py, or capture.py --prebatch)")
+    path = Path(folder) / "batches.json"
+    meta = read_json(path, "prebatch the captured activations first (prebatch.py, or capture.py --prebatch)",
+                     expect=dict)
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{folder}/batches.json: not a version-{VERSION} {FORMAT} file; "
-                         f"rerun the prebatching step")
-    return meta
+        raise ValueError(f"{path}: not a version-{VERSION} {FORMAT} file; rerun the prebatching step")
+    return check_batches_meta(meta, path)
 
 
 @dataclass

@@ -4,33 +4,22 @@ and the one-line messages for an unwritable folder or a full disk."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from atomic import disk_full
+from llama.jsonfile import read_json  # noqa: F401  (data/'s JSON reads go through the project's one reader)
 
 # A sampled checksum reads SAMPLE_BLOCKS blocks of SAMPLE_BYTES spread over a file (the whole file when
 # it is smaller): about 2 MiB per file, so verifying a capture of many GB takes seconds, and it still
 # catches a truncated, zero-filled or overwritten file wherever the damage covers a sampled block.
 SAMPLE_BLOCKS = 32
 SAMPLE_BYTES = 1 << 16
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Load JSON, with a one-line error naming the file when it is missing or damaged."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {what}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: damaged JSON ({err.msg}, line {err.lineno}); {what}") from None
 
 
 def raw_bytes(array: np.ndarray, dtype: str) -> np.ndarray:

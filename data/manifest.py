@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from atomic import write_json_atomic
+from data.checked import check_shard_entries
 from data.fileio import read_json, remove_quietly
-from data.shards import FORMAT, VERSION, check_shard
+from data.shards import FORMAT, VERSION, check_shard, read_manifest
 
 
 class CaptureBook:
@@ -93,10 +94,10 @@ class CaptureBook:
         for hook, folder in self.folders.items():
             found = {}
             if (folder / "manifest.json").is_file():
-                shards = read_json(folder / "manifest.json", "rerun the capture")["shards"]
-                found.update({e["shard"]: e for e in shards})
+                found.update({e["shard"]: e for e in read_manifest(folder)["shards"]})
             for progress in sorted(folder.glob("progress-rank*.json")):
-                found.update({e["shard"]: e for e in read_json(progress, "delete it and rerun")})
+                entries = check_shard_entries(read_json(progress, "delete it and rerun"), progress)
+                found.update({e["shard"]: e for e in entries})
             found = {k: _lift(e, hook) for k, e in found.items()}
             if common is None:
                 common = found

@@ -20,6 +20,7 @@ from typing import Iterator
 from atomic import open_atomic
 from data.sentences import SentenceSplitter
 from data.text import TextSource, iter_documents, uniform_hash
+from llama.jsonfile import parse_json
 
 
 @dataclass(frozen=True)
@@ -119,5 +120,5 @@ def write_sentences(path: Path, records: Iterator[dict]) -> dict:
 def read_sentences(path: Path) -> Iterator[dict]:
     """Stream the records of a `sentences.jsonl` file."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
+        for number, line in enumerate(f, 1):
+            yield parse_json(line, f"{path} line {number}", "rerun capture.py")

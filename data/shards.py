@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from atomic import AtomicFile
+from data.checked import check_manifest
 from data.fileio import append_array, array_check, file_check, raw_bytes, read_json
 from data.prepare import read_sentences
 
@@ -194,7 +195,8 @@ class CapturedDataset:
 
 def read_manifest(folder: Path) -> dict:
     """Load and check a capture folder's manifest.json."""
-    manifest = read_json(Path(folder) / "manifest.json", "capture activations there first (capture.py)")
+    path = Path(folder) / "manifest.json"
+    manifest = read_json(path, "capture activations there first (capture.py)", expect=dict)
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(f"{folder}/manifest.json: not a version-{VERSION} {FORMAT} manifest")
-    return manifest
+        raise ValueError(f"{path}: not a version-{VERSION} {FORMAT} manifest")
+    return check_manifest(manifest, path, DTYPES)

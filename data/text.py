@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from llama.jsonfile import parse_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -157,13 +158,7 @@ def _read_jsonl(path: Path, source: TextSource) -> Iterator[Document]:
         for index, line in enumerate(f):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{index + 1}: not valid JSON ({err.msg}); "
-                                 f"expected one object per line") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{index + 1}: expected a JSON object per line")
+            row = parse_json(line, f"{path}:{index + 1}", "expected one object per line", expect=dict)
             if not checked:
                 _check_columns(path, list(row), source, "field")
                 checked = True

@@ -14,6 +14,7 @@ from pathlib import Path
 from atomic import write_json_atomic
 from latents.pages import page_name
 from latents.text import shorten
+from llama.jsonfile import read_json
 
 
 def write_json(path: Path, data) -> None:
@@ -117,11 +118,11 @@ def read_latent_facts(folder: Path, latents) -> dict[int, dict]:
     facts = {}
     for j in latents:
         try:
-            record = json.loads((Path(folder) / "latents" / f"{j}.json").read_text(encoding="utf-8"))
+            record = read_json(Path(folder) / "latents" / f"{j}.json", expect=dict)
             labels = {str(lab["label"]): lab["auroc"] for lab in record.get("labels") or []
                       if isinstance(lab.get("auroc"), (int, float))}
             top = record.get("max")
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             continue
         facts[int(j)] = {"max": top if isinstance(top, (int, float)) else None, "labels": labels,
                          "page": (Path(folder) / "pages" / f"{j}.html").is_file()}

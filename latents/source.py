@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from data.shards import DTYPES, CapturedDataset, shard_file
+from llama.jsonfile import parse_json
 
 _KEY_SHIFT = 24  # sentence key = document << 24 | sentence number (a document holds < 16M sentences)
 
@@ -188,7 +189,7 @@ def read_sentence_table(path: Path, label_names: list[str]) -> SentenceTable:
         for line_number, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    record = json.loads(line)
+                    record = parse_json(line.decode("utf-8"), path)
                     keys.append(sentence_key(int(record["doc"]), int(record["sentence"])))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     raise ValueError(f"{path}: line {line_number} is not a sentence record "

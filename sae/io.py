@@ -16,6 +16,7 @@ bit-identical outputs.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import records
 from atomic import FILE_MODE
+from llama.jsonfile import read_json
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
@@ -32,6 +34,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
 FORMAT_VERSION = 2
 SAE_FILES = (CONFIG_NAME, WEIGHTS_NAME, records.RECORD_NAME)
+_FLOAT_CODES = ("F32", "F16", "BF16", "F64")  # safetensors' names of the dtypes an SAE may be stored in
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path, **made_from) -> Path:
@@ -76,12 +79,7 @@ def load_config(folder: str | Path) -> SAEConfig:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; an SAE folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-save the SAE") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a JSON object of SAE config fields")
+    values = read_json(path, "re-save the SAE", expect=dict)
     values.pop("norm_scale", None)  # format 1: a fitted number, now a buffer (see upgrade_format_1)
     try:
         return SAEConfig.from_dict(values)
@@ -98,13 +96,23 @@ def load_sae(folder: str | Path, *, device: torch.device | str = "cpu",
         raise FileNotFoundError(f"{path}: missing; the folder has a config but no weights")
     check_complete(Path(folder))
     try:
-        tensors = load_file(str(path), device=str(device))
-        with safe_open(str(path), "pt") as fh:
+        with safe_open(str(path), "pt") as fh:  # the header first: dtypes are checked before any tensor is read
             version = (fh.metadata() or {}).get("version", "1")
+            stored = {name: fh.get_slice(name).get_dtype() for name in fh.keys()}
+            not_float = sorted(name for name, code in stored.items() if code not in _FLOAT_CODES)
+            if not not_float:
+                tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err}); re-save the SAE") from None
+    if not_float:
+        raise ValueError(f"{path}: tensor {not_float[0]} is stored as {stored[not_float[0]]}, but an SAE's "
+                         f"tensors are floating point ({', '.join(_FLOAT_CODES)}); re-save the SAE")
     if version == "1":
-        tensors = upgrade_format_1(tensors, cfg, json.loads((Path(folder) / CONFIG_NAME).read_text()))
+        config_path = Path(folder) / CONFIG_NAME
+        try:
+            tensors = upgrade_format_1(tensors, cfg, read_json(config_path))
+        except ValueError as err:
+            raise ValueError(f"{config_path}: {err}; re-save the SAE") from None
     sae = SparseAutoencoder(cfg, device="meta", dtype=dtype)
     expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
@@ -120,11 +128,14 @@ def upgrade_format_1(tensors: dict[str, torch.Tensor], cfg: SAEConfig, config: d
     `normalization.scale` / `.unscale` buffers, each rounded once from the float64 number as format 1
     rounded it when multiplying; `norm_mean` becomes `normalization.mean`."""
     tensors = dict(tensors)
-    device = next(iter(tensors.values())).device
+    device = next(iter(tensors.values())).device if tensors else "cpu"
     if "norm_mean" in tensors:
         tensors["normalization.mean"] = tensors.pop("norm_mean")
     if cfg.normalization == "dataset_scale":
-        scale = float(config.get("norm_scale", 1.0))
+        scale = config.get("norm_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"norm_scale must be a positive finite number, got {scale!r}")
+        scale = float(scale)
         tensors["normalization.scale"] = torch.tensor(scale, device=device)
         tensors["normalization.unscale"] = torch.tensor(1.0 / scale, device=device)
     return tensors

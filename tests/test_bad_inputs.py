@@ -14,20 +14,26 @@ when the fix lands, and the mark goes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 
 import capture
 import cli
 from data.shuffle import PrebatchConfig, prebatch
+from llama.tokenizers.bpe import bytes_to_unicode
+from test_loader_checks import ARRAY, HF_CONFIG, LLAMA, META_PARAMS, STRING, U32, U64, gguf_bytes, gguf_string
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.20.hook_resid_post"
@@ -89,6 +95,36 @@ def pipe(*extra: str) -> list[str]:
 
 def config(text: str) -> dict[str, str]:
     return {"c.json": text}
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+BYTE_TOKENS = list(bytes_to_unicode().values())  # a byte-level BPE vocabulary of the 256 bytes alone
+DEEP_GGUF_ARRAY = gguf_string("deep") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * 20_000
+
+
+def bad_gguf(metadata: dict | None = None, **kwargs) -> bytes:
+    """A Llama GGUF header (tests/test_loader_checks.py writes it byte by byte) with `metadata` changed."""
+    return gguf_bytes(metadata={**LLAMA, **(metadata or {})}, **kwargs)
+
+
+def hf_files(**config: object) -> dict[str, bytes | str]:
+    weights = safetensors.torch.save({"model.norm.weight": torch.ones(64)})
+    return {"hf/config.json": json.dumps({**HF_CONFIG, **config}), "hf/model.safetensors": weights}
+
+
+def meta_files(shard: object) -> dict[str, bytes | str]:
+    buffer = io.BytesIO()
+    torch.save(shard, buffer)
+    return {"meta/params.json": json.dumps(META_PARAMS), "meta/consolidated.00.pth": buffer.getvalue()}
+
+
+def int32_sae_files() -> dict[str, bytes | str]:
+    """An SAE folder (tests/fixtures/sae_v2/dataset_scale) whose encoder is stored as int32."""
+    folder = ROOT / "tests" / "fixtures" / "sae_v2" / "dataset_scale"
+    tensors = safetensors.torch.load_file(str(folder / "sae.safetensors"))
+    tensors["W_enc"] = tensors["W_enc"].to(torch.int32)
+    return {"sae/config.json": (folder / "config.json").read_text(),
+            "sae/sae.safetensors": safetensors.torch.save(tensors, metadata={"format": "llama-sae", "version": "2"})}
 
 
 C = "{case}/c.json"
@@ -284,6 +320,47 @@ CASES = [
                                     "{case}/s"), "is SRC", copy={"s": "{sae}"}),
     Case("convert-overwrite-others-files", conv("--from", "ours", "--to", "ours", "--model", "none", "--overwrite",
                                                 "{sae}", "{case}/out"), "did not write (previous-run.txt)"),
+    # loaders: the files a script reads, checked for type and range before use (tests/test_loader_checks.py)
+    Case("loader-gguf-alignment-0", gen("--model", "{case}/m.gguf", "Hi"), "m.gguf: general.alignment must be a "
+         "power of two, got 0", files={"m.gguf": bad_gguf(metadata={"general.alignment": (U32, 0)})}),
+    Case("loader-gguf-alignment-string", gen("--model", "{case}/m.gguf", "Hi"), "general.alignment",
+         files={"m.gguf": bad_gguf(metadata={"general.alignment": (STRING, "32")})}),
+    Case("loader-gguf-deep-array", gen("--model", "{case}/m.gguf", "Hi"), "nests arrays more than",
+         files={"m.gguf": bad_gguf(raw_metadata=DEEP_GGUF_ARRAY, extra_kv=1)}),
+    Case("loader-gguf-dims-wrap", gen("--model", "{case}/m.gguf", "Hi"), "ends past the end of the file",
+         files={"m.gguf": bad_gguf(tensors=[("output_norm.weight", (1 << 32, 1 << 32), 0)], data=b"\0" * 64)}),
+    Case("loader-gguf-width-2-62", gen("--model", "{case}/m.gguf", "Hi"), "llama.embedding_length must be a whole",
+         files={"m.gguf": bad_gguf(metadata={"llama.embedding_length": (U64, 1 << 62)})}),
+    Case("loader-gguf-eos-string", gen("--model", "{case}/m.gguf", "Hi"), "tokenizer.ggml.eos_token_id must be a token",
+         files={"m.gguf": bad_gguf(metadata={"tokenizer.ggml.model": (STRING, "gpt2"),
+                                             "tokenizer.ggml.tokens": (ARRAY, (STRING, BYTE_TOKENS)),
+                                             "tokenizer.ggml.merges": (ARRAY, (STRING, [])),
+                                             "tokenizer.ggml.eos_token_id": (STRING, "2")})}),
+    Case("loader-hf-width-string", gen("--model", "{case}/hf", "Hi"), "hidden_size must be a whole number",
+         files=hf_files(hidden_size="576")),
+    Case("loader-hf-width-float", gen("--model", "{case}/hf", "Hi"), "got 576.0", files=hf_files(hidden_size=576.0)),
+    Case("loader-hf-eps-nan", gen("--model", "{case}/hf", "Hi"), "rms_norm_eps must be a finite number",
+         files=hf_files(rms_norm_eps=float("nan"))),
+    Case("loader-hf-config-deep", gen("--model", "{case}/hf", "Hi"), "config.json: JSON nested more than",
+         files={**hf_files(), "hf/config.json": DEEP_JSON}),
+    Case("loader-meta-pth-list", gen("--model", "{case}/meta", "Hi"), "consolidated.00.pth: holds a list",
+         files=meta_files([1, 2])),
+    Case("loader-meta-pth-int", gen("--model", "{case}/meta", "Hi"), "consolidated.00.pth: holds an int",
+         files=meta_files(7)),
+    Case("loader-sae-config-deep", conv("--from", "ours", "--to", "saelens", "{case}/sae", "{case}/dst"),
+         "config.json: JSON nested more than", files={"sae/config.json": DEEP_JSON, "sae/sae.safetensors": b"\0"}),
+    Case("loader-sae-int32-weights", conv("--from", "ours", "--to", "saelens", "{case}/sae", "{case}/dst"),
+         "tensor W_enc is stored as I32", files=int32_sae_files()),
+    Case("loader-manifest-deep", pb("--capture", "{case}/cap", "--out", "{case}/b"), "manifest.json: JSON nested",
+         files={"cap/manifest.json": DEEP_JSON}),
+    Case("loader-manifest-dtype", pb("--capture", "{case}/cap", "--out", "{case}/b"), "dtype must be one of",
+         files={"cap/manifest.json": json.dumps({"format": "llama-sae-activations", "version": 1, "hook": HOOK,
+                                                 "d_model": 576, "dtype": "int3", "shards": []})}),
+    Case("loader-batches-deep", tr("--data", "{case}/b"), "batches.json: JSON nested", files={"b/batches.json": DEEP_JSON}),
+    Case("loader-batches-size-string", tr("--data", "{case}/b"), "batch_size must be a whole number >= 1, got '32'",
+         files={"b/batches.json": json.dumps({"format": "llama-sae-batches", "version": 1, "batch_size": "32"})}),
+    Case("loader-corpus-line-deep", ["capture.py", "--data", "{case}/c.jsonl", "--out", "{case}/out"],
+         "c.jsonl:2: JSON nested more than", files={"c.jsonl": '{"text": "fine"}\n' + DEEP_JSON + "\n"}),
 ]
 
 

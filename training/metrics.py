@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from atomic import write_text_atomic
+from llama.jsonfile import parse_json
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -25,8 +26,8 @@ def read_metrics(path: Path) -> list[dict]:
     if Path(path).is_file():
         for line in Path(path).read_text(encoding="utf-8").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                records.append(parse_json(line, path))
+            except ValueError:
                 continue
     return records
 

@@ -15,6 +15,7 @@ import torch
 
 from llama.loading.gguf_blocks import SUPPORTED, to_blocks
 from llama.loading.gguf_reader import GGUFFile, load_tensor, load_tensors, raw_bytes, read_gguf, release
+from llama.loading.hyperparams import checked_args
 from llama.model import ModelArgs, rope_frequencies
 from llama.quant import Blocks
 
@@ -53,18 +54,21 @@ def model_args(gguf: GGUFFile) -> ModelArgs:
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r} is not supported, only 'llama'")
 
-    def get(key: str, default: Any = None) -> Any:
+    def get(key: str, default: Any = None) -> tuple[str, Any]:
+        """(the key as the file spells it, its value)."""
         if f"llama.{key}" not in meta and default is None:
             raise ValueError(f"{path}: metadata llama.{key} is missing; the file is not a complete Llama GGUF")
-        return meta.get(f"llama.{key}", default)
+        return f"llama.{key}", meta.get(f"llama.{key}", default)
 
-    vocab = get("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())) or None)
-    args = ModelArgs(dim=get("embedding_length"), n_layers=get("block_count"), n_heads=get("attention.head_count"),
-                     n_kv_heads=get("attention.head_count_kv"), vocab_size=vocab,
-                     hidden_dim=get("feed_forward_length"), norm_eps=get("attention.layer_norm_rms_epsilon"),
-                     rope_theta=get("rope.freq_base", 10000.0), max_seq_len=get("context_length"),
-                     tie_word_embeddings="output.weight" not in gguf.tensors)
-    if get("rope.dimension_count", args.head_dim) != args.head_dim:
+    tokens = meta.get("tokenizer.ggml.tokens")
+    args = checked_args(path, dict(
+        dim=get("embedding_length"), n_layers=get("block_count"), n_heads=get("attention.head_count"),
+        n_kv_heads=get("attention.head_count_kv"),
+        vocab_size=get("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None),
+        hidden_dim=get("feed_forward_length"), norm_eps=get("attention.layer_norm_rms_epsilon"),
+        rope_theta=get("rope.freq_base", 10000.0), max_seq_len=get("context_length"),
+        tie_word_embeddings=("output.weight", "output.weight" not in gguf.tensors)))
+    if get("rope.dimension_count", args.head_dim)[1] != args.head_dim:
         raise ValueError(f"{path}: partial rotary embeddings (rope.dimension_count) are not supported")
     if _ROPE_FACTORS in gguf.tensors:
         args.rope_scaling = _rope_scaling(gguf, args)

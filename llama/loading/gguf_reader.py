@@ -6,6 +6,11 @@ metadata key/value pairs; one info record per tensor (name, dims, type, offset);
 numpy views of every token and merge string, which takes seconds), and the data is memory-mapped.
 Q4_1 and Q8_0 (the default model's types), F32, F16 and BF16 are converted here with vectorised torch
 ops; every other type goes through the gguf package's reference `gguf.quants.dequantize`.
+
+Like llama.cpp's gguf.cpp, the header is checked before anything is allocated from it: each count
+against the bytes left, array nesting against MAX_ARRAY_DEPTH (arrays are read recursively),
+`general.alignment` a power of two, at most 4 dimensions a tensor, each tensor's offset aligned and
+its bytes (computed with Python integers, which cannot wrap) inside the file, and no name twice.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ _MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
+MAX_ARRAY_DEPTH = 8  # arrays of arrays in the metadata (read recursively), far deeper than writers nest them
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 class TensorInfo(NamedTuple):
@@ -81,11 +88,17 @@ class _Cursor:
         self._need(0 if len(out) == count else size + 1)  # ran out of bytes: truncated
         return out
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, key: str, depth: int = 0) -> Any:
+        """The value of metadata `key`, of GGUF type `vtype`, nested `depth` arrays deep."""
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth == MAX_ARRAY_DEPTH:
+                raise ValueError(f"{self.path}: metadata {key} nests arrays more than {MAX_ARRAY_DEPTH} deep; "
+                                 f"the file is corrupt")
             item_type, count = self.unpack(self._U32), self.unpack(self._U64)
+            if item_type in (_STRING, _ARRAY):  # each item takes 8 or 12 bytes at least
+                self._need(count * (8 if item_type == _STRING else 12))
             if item_type == _STRING:
                 return self.strings(count)
             if item_type in _NUMPY:  # numbers: one numpy read, not `count` struct calls
@@ -94,7 +107,7 @@ class _Cursor:
                 values = np.frombuffer(self.buf[self.pos:self.pos + count * dtype.itemsize], dtype=dtype).tolist()
                 self.pos += count * dtype.itemsize
                 return values
-            return [self.value(item_type) for _ in range(count)]
+            return [self.value(item_type, key, depth + 1) for _ in range(count)]
         if vtype not in _SCALARS:
             raise ValueError(f"{self.path}: unknown GGUF metadata type {vtype}; the file is corrupt")
         return self.unpack(_SCALARS[vtype])
@@ -117,22 +130,36 @@ def read_gguf(path: str | Path) -> GGUFFile:
     metadata = {}
     for _ in range(n_kv):
         key = cursor.string()
-        metadata[key] = cursor.value(cursor.unpack("<I"))
+        if key in metadata:
+            raise ValueError(f"{path}: metadata {key} appears twice; the file is corrupt")
+        metadata[key] = cursor.value(cursor.unpack("<I"), key)
     infos = [_tensor_info(cursor) for _ in range(n_tensors)]
     alignment = metadata.get("general.alignment", 32)
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):
+        raise ValueError(f"{path}: general.alignment must be a power of two, got {alignment!r}; the file is corrupt")
     start = -(-cursor.pos // alignment) * alignment  # data begins at the next aligned offset
     tensors = {}
     for name, shape, qtype, offset in infos:
+        if name in tensors:
+            raise ValueError(f"{path}: tensor {name} appears twice; the file is corrupt")
+        if offset % alignment:
+            raise ValueError(f"{path}: tensor {name} is at offset {offset}, not a multiple of {alignment} "
+                             f"(general.alignment); the file is corrupt")
         info = TensorInfo(name, shape, qtype, start + offset, _byte_size(shape, qtype, path))
         if info.offset + info.n_bytes > len(data):
-            raise ValueError(f"{path}: truncated: tensor {name} ends past the end of the file; download it again")
+            raise ValueError(f"{path}: truncated: tensor {name} ({info.n_bytes} bytes at {info.offset}) ends past "
+                             f"the end of the file ({len(data)} bytes); download it again")
         tensors[name] = info
     return GGUFFile(path, metadata, tensors, data)
 
 
 def _tensor_info(cursor: _Cursor) -> tuple[str, tuple[int, ...], GGMLQuantizationType, int]:
     name = cursor.string()
-    dims = [cursor.unpack("<Q") for _ in range(cursor.unpack("<I"))]
+    n_dims = cursor.unpack("<I")
+    if n_dims > _MAX_DIMS:
+        raise ValueError(f"{cursor.path}: tensor {name} has {n_dims} dimensions, GGUF allows {_MAX_DIMS}; "
+                         f"the file is corrupt")
+    dims = [cursor.unpack("<Q") for _ in range(n_dims)]
     try:
         qtype = GGMLQuantizationType(cursor.unpack("<I"))
     except ValueError:
@@ -144,7 +171,7 @@ def _byte_size(shape: tuple[int, ...], qtype: GGMLQuantizationType, path: Path) 
     block, block_bytes = GGML_QUANT_SIZES[qtype]
     if shape and shape[-1] % block:
         raise ValueError(f"{path}: a {qtype.name} row of {shape[-1]} values is not a whole number of blocks")
-    return int(np.prod(shape, dtype=np.int64)) // block * block_bytes
+    return math.prod(shape) // block * block_bytes  # Python integers: a 2^64 product cannot wrap to 0
 
 
 def load_tensors(gguf: GGUFFile, names: list[str], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

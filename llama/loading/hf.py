@@ -7,16 +7,17 @@ so the rows of each head go back from [x0, x2, x4, ..., x1, x3, x5, ...] to [x0,
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from llama.jsonfile import read_json
 from llama.loading.common import check_readable, owned, release_pages, vocabulary_first
+from llama.loading.hyperparams import checked_args
 from llama.model import ModelArgs
 
 # Hugging Face name -> Meta name; {i} is the layer.
@@ -46,29 +47,33 @@ def model_args(folder: Path) -> ModelArgs:
     """ModelArgs from config.json (rope settings in transformers 5's `rope_parameters` or 4's
     `rope_theta` + `rope_scaling`)."""
     path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    config = read_json(path, expect=dict)
     if config.get("model_type") != "llama" or config.get("attention_bias") or config.get("mlp_bias"):
         raise ValueError(f"{path}: model_type {config.get('model_type')!r} (with biases: "
                          f"{bool(config.get('attention_bias') or config.get('mlp_bias'))}) is not a supported Llama")
-    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+
+    def get(key: str, default: Any = ...) -> tuple[str, Any]:
+        """(the key, its value)."""
+        if key not in config and default is ...:
+            raise ValueError(f"{path}: field {key} is missing")
+        return key, config.get(key, default)
+
+    rope_key = "rope_parameters" if config.get("rope_parameters") else "rope_scaling"
+    rope = config.get(rope_key) or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{path}: {rope_key} must be an object, got {rope!r}")
+    rope = dict(rope)
     rope_type = rope.pop("rope_type", rope.pop("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{path}: rope type {rope_type!r} is not supported (default or llama3 are)")
-    theta = rope.pop("rope_theta", config.get("rope_theta", 10000.0))
-    try:
-        args = ModelArgs(dim=config["hidden_size"], n_layers=config["num_hidden_layers"],
-                         n_heads=config["num_attention_heads"],
-                         n_kv_heads=config.get("num_key_value_heads"), vocab_size=config["vocab_size"],
-                         hidden_dim=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
-                         rope_theta=theta, rope_scaling=rope if rope_type == "llama3" else None,
-                         max_seq_len=config.get("max_position_embeddings", 8192),
-                         tie_word_embeddings=config.get("tie_word_embeddings", False))
-    except KeyError as err:
-        raise ValueError(f"{path}: field {err.args[0]} is missing") from None
-    if config.get("head_dim", args.head_dim) != args.head_dim:
+    theta = (f"{rope_key}.rope_theta", rope.pop("rope_theta")) if "rope_theta" in rope else get("rope_theta", 10000.0)
+    args = checked_args(path, dict(
+        dim=get("hidden_size"), n_layers=get("num_hidden_layers"), n_heads=get("num_attention_heads"),
+        n_kv_heads=get("num_key_value_heads", None), vocab_size=get("vocab_size"),
+        hidden_dim=get("intermediate_size"), norm_eps=get("rms_norm_eps", 1e-6), rope_theta=theta,
+        rope_scaling=(rope_key, rope if rope_type == "llama3" else None),
+        max_seq_len=get("max_position_embeddings", 8192), tie_word_embeddings=get("tie_word_embeddings", False)))
+    if config.get("head_dim") not in (None, args.head_dim):
         raise ValueError(f"{path}: head_dim {config['head_dim']} != hidden_size / num_attention_heads; not supported")
     return args
 
@@ -84,10 +89,12 @@ def shard_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if not index.is_file():
         return sorted(folder.glob("*.safetensors"))
-    try:
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError):
-        raise ValueError(f"{index}: not a valid index (a JSON object with a weight_map)") from None
+    weight_map = read_json(index, "expected a JSON object with a weight_map", expect=dict).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise ValueError(f"{index}: not a valid index (a JSON object with a weight_map of tensor -> file name)")
+    names = sorted(set(weight_map.values()))
+    if any(Path(name).name != name for name in names):
+        raise ValueError(f"{index}: weight_map names a file outside the folder; expected plain file names")
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder / missing[0]}: listed in {index.name} but missing; download every shard")

@@ -8,14 +8,15 @@ their input columns; norms are copied whole into every shard.
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from llama.jsonfile import read_json
 from llama.loading.common import check_readable, owned, release_pages, vocabulary_first
+from llama.loading.hyperparams import check_positive, checked_args
 from llama.model import ModelArgs
 
 # module name (the key's second-to-last part) -> the dimension its shards are concatenated along
@@ -34,19 +35,18 @@ def model_args(folder: Path) -> ModelArgs:
     path = folder / "params.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a Meta checkpoint folder needs params.json next to its shards")
-    try:
-        params = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    params = read_json(path, expect=dict)
     scaling = params.pop("rope_scaling", None)
     factor = params.pop("rope_scaling_factor", None)
-    if params.pop("use_scaled_rope", False) and scaling is None:
-        scaling = _LLAMA31_SCALING | ({"factor": float(factor)} if factor is not None else {})
-    fields = set(ModelArgs.__dataclass_fields__)
-    try:
-        return ModelArgs(**{k: v for k, v in params.items() if k in fields}, rope_scaling=scaling)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+    scaled = params.pop("use_scaled_rope", False)
+    if not isinstance(scaled, bool):
+        raise ValueError(f"{path}: use_scaled_rope must be true or false, got {scaled!r}")
+    if scaled and scaling is None:
+        scaling = _LLAMA31_SCALING | ({"factor": float(check_positive(path, "rope_scaling_factor", factor))}
+                                      if factor is not None else {})
+    fields = set(ModelArgs.__dataclass_fields__) - {"rope_scaling"}
+    return checked_args(path, {key: (key, value) for key, value in params.items() if key in fields}
+                        | {"rope_scaling": ("rope_scaling", scaling)})
 
 
 def load_shards(folder: Path) -> tuple[list[dict[str, torch.Tensor]], list[Path]]:
@@ -62,9 +62,27 @@ def load_shards(folder: Path) -> tuple[list[dict[str, torch.Tensor]], list[Path]
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"{path}: not a readable PyTorch checkpoint ({message})") from None
     for path, shard in zip(paths, shards):
-        for name, tensor in shard.items():
-            check_readable(tensor.dtype, path, name)
+        _check_tensor_dict(shard, path)
     return shards, paths
+
+
+def _check_tensor_dict(shard: object, path: Path) -> None:
+    """What `torch.load(weights_only=True)` gave must be {name: tensor of a float type}: such a file may
+    hold any list, number or None as well."""
+    expected = "expected a dict of tensor names to tensors (what a consolidated.NN.pth holds)"
+    if not isinstance(shard, dict):
+        raise ValueError(f"{path}: holds {_a(shard)}, {expected}")
+    for name, tensor in shard.items():
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: key {name!r} is not a tensor name; {expected}")
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{path}: {name} holds {_a(tensor)}; {expected}")
+        check_readable(tensor.dtype, path, name)
+
+
+def _a(value: object) -> str:
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def stored_dtype(folder: Path) -> torch.dtype:

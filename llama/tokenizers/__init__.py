@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llama.jsonfile import read_json
 from llama.tokenizers.base import Message, Tokenizer
 from llama.tokenizers.bpe import GPT2_PATTERN, ByteLevelBPE
+from llama.tokenizers.gguf_keys import check_tokenizer_keys
 from llama.tokenizers.llama3 import Llama3Tokenizer
 from llama.tokenizers.spm import SentencePieceTokenizer
 from llama.tokenizers.stream import StreamDecoder
@@ -77,6 +79,7 @@ def bpe_from_gguf(metadata: dict[str, Any], source: Path | str = "GGUF") -> Byte
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id"):
         if key not in metadata:
             raise ValueError(f"{source}: GGUF metadata lacks {key}; the file is incomplete")
+    check_tokenizer_keys(metadata, source)
     eos = metadata["tokenizer.ggml.eos_token_id"]
     return ByteLevelBPE(
         metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.merges"],
@@ -90,10 +93,7 @@ def bpe_from_gguf(metadata: dict[str, Any], source: Path | str = "GGUF") -> Byte
 
 def bpe_from_tokenizer_json(path: Path) -> ByteLevelBPE:
     """A byte-level BPE tokenizer from a Hugging Face `tokenizer.json` (+ `tokenizer_config.json`)."""
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    spec = read_json(path, expect=dict)
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("decoder")):
         raise ValueError(f"{path}: only byte-level BPE tokenizer.json files are supported "
@@ -138,7 +138,7 @@ def _hf_patterns(spec: dict, path: Path) -> list[str]:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path, expect=dict) if path.is_file() else {}
 
 
 def _token_text(value: Any) -> str | None:

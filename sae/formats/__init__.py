@@ -15,7 +15,6 @@ products of the bias folds accumulate in float64. Files are safetensors + JSON o
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from atomic import atomic_path, write_json_atomic
+from llama import jsonfile
 from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
 
@@ -143,16 +143,7 @@ def decoder_row_norm_note(W_dec: Tensor) -> list[str]:
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from `path`; one-line errors naming the file. `what` says what the file is for."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {what}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); {what}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object; {what}")
-    return data
+    return jsonfile.read_json(path, what, expect=dict)
 
 
 def read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -17,13 +17,13 @@ activation in its metadata: {"activation": "TopK", "k": "32", "postact_fn": "ReL
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from llama.jsonfile import parse_json
 from sae.config import SAEConfig
 from sae.formats import Converted, Source, decoder_row_norm_note, make_state, read_tensors
 from sae.formats.hook_names import openai_hook_from_path
@@ -57,10 +57,8 @@ def _activation_from_metadata(metadata: dict[str, str], path: Path) -> dict[str,
                          f"e.g. metadata={{'activation': 'TopK', 'k': '32', 'postact_fn': 'ReLU'}}")
     entries: dict[str, Any] = {"activation": metadata["activation"]}
     if "activation_state_dict" in metadata:
-        try:
-            entries["activation_state_dict"] = json.loads(metadata["activation_state_dict"])
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: metadata activation_state_dict is not JSON") from None
+        entries["activation_state_dict"] = parse_json(metadata["activation_state_dict"],
+                                                      f"{path}: metadata activation_state_dict", expect=dict)
     else:
         state: dict[str, Any] = {"postact_fn": metadata.get("postact_fn", "ReLU")}
         if "k" in metadata:

@@ -15,7 +15,6 @@ A run folder holding several hookpoint folders is read by naming the hookpoint f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +68,8 @@ def _model_name(config_path: Path) -> str:
     # sparsify writes the run's training config (with the model name) next to the hookpoint folders.
     run_config = config_path.parent.parent / "config.json"
     try:
-        model = json.loads(run_config.read_text(encoding="utf-8")).get("model", "")
-    except (OSError, ValueError, AttributeError):
+        model = read_json(run_config, "sparsify's run config").get("model", "")
+    except (OSError, ValueError):
         return ""
     return model if isinstance(model, str) else ""
 
