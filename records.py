@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from atomic import write_json_atomic
+from llama import jsonfile
 
 RECORD_NAME = "complete.json"
 FULL_HASH_LIMIT = 64 << 20
@@ -86,7 +87,7 @@ def read_record(path: Path) -> dict | None:
 def read_json(path: Path) -> dict | None:
     """The JSON object at `path`; None when there is none or it cannot be read."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = jsonfile.read_json(path)  # depth-checked: a record nested 100,000 deep is unreadable, not a traceback
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
