@@ -61,10 +61,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (a no-op where folders cannot be opened, as on Windows)."""
+def fsync_quietly(path: Path) -> None:
+    """Flush a file or folder to disk (a folder: make a rename in it durable); a no-op where it cannot
+    be opened (folders on Windows)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -80,7 +81,7 @@ def commit(tmp: Path, path: Path) -> None:
     os.chmod(tmp, FILE_MODE)
     _fsync(tmp)
     os.replace(tmp, path)
-    _fsync_folder(path.parent)
+    fsync_quietly(path.parent)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from atomic import write_json_atomic
+from atomic import fsync_quietly, write_json_atomic
 from llama import jsonfile
 
 RECORD_NAME = "complete.json"
@@ -130,19 +130,6 @@ def recover(folder: Path) -> None:
         pass  # another reader recovered it first
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # folders cannot be opened everywhere (Windows)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def replaced_folder(folder: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside `folder` to fill; on success it replaces `folder` (old one renamed
@@ -155,7 +142,7 @@ def replaced_folder(folder: str | Path) -> Iterator[Path]:
     try:
         yield new
         for path in [*new.rglob("*"), new]:
-            _fsync(path)
+            fsync_quietly(path)
     except BaseException as err:
         shutil.rmtree(new, ignore_errors=True)
         if isinstance(err, Exception):  # named in the one-line error cli.run_main prints (a full disk...)
@@ -177,5 +164,5 @@ def swap(new: Path, folder: Path, aside: Path) -> None:
             os.replace(aside, folder)
         shutil.rmtree(new, ignore_errors=True)
         raise
-    _fsync(folder.parent)
+    fsync_quietly(folder.parent)
     shutil.rmtree(aside, ignore_errors=True)
