@@ -86,7 +86,8 @@ class Undecodable:
         """"lines 2, 15 of a.csv" or "a.csv:2, b.txt:7", for one line of text."""
         files = {name for name, _ in self.first}
         if len(files) == 1:
-            return f"lines {', '.join(str(n) for _, n in self.first)} of {Path(next(iter(files))).name}"
+            lines = ", ".join(str(n) for _, n in self.first)
+            return f"line{'s' if len(self.first) > 1 else ''} {lines} of {Path(next(iter(files))).name}"
         return ", ".join(f"{Path(name).name}:{n}" for name, n in self.first)
 
     def as_dict(self) -> dict:
@@ -109,9 +110,13 @@ def undecodable_line(tally: Undecodable, source: TextSource) -> str:
     """One line for the user: how many records held undecodable bytes, where, what became of them, and
     the flags that change it."""
     fate = {"skip": "skipped", "replace": "kept with U+FFFD in their place"}[source.invalid_text]
-    return (f"{source.path}: {tally.records:,} of {tally.read:,} records hold bytes that are not valid "
+    return (f"{source.path}: {tally.records:,} of {_records_hold(tally.read)} bytes that are not valid "
             f"{source.encoding} (first at {tally.where()}): {fate}; --invalid-text (skip, replace, error) "
             f"and --encoding (the corpus's codec) change that")
+
+
+def _records_hold(n: int) -> str:
+    return f"{n:,} record holds" if n == 1 else f"{n:,} records hold"
 
 
 def corpus_files(path: Path) -> list[Path]:
@@ -170,7 +175,7 @@ def iter_documents(source: TextSource, undecodable: Undecodable | None = None) -
             doc.index += offset
             yield doc
         if tally.records > found and source.invalid_text == "error":
-            raise ValueError(f"{path}: {tally.records - found} records hold bytes that are not valid {codec} "
+            raise ValueError(f"{path}: {_records_hold(tally.records - found)} bytes that are not valid {codec} "
                              f"(first at {tally.where()}); set --encoding to the corpus's codec, or "
                              f"--invalid-text skip or replace")
         offset += records

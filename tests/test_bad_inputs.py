@@ -231,6 +231,12 @@ CASES = [
     Case("pipeline-data-missing", pipe("--data", "{case}/none.txt"), "none.txt", no_new="runs", timeout=15),
     Case("pipeline-config-type", pipe("--config", C), "field 'k' (--k) must be a whole number",
          files=config('{"k": "8"}'), no_new="runs"),
+    # text input: the codec and what becomes of bytes it cannot decode
+    Case("capture-encoding-unknown", cap("--encoding", "klingon"), "--encoding klingon: not a text codec"),
+    Case("capture-invalid-text-error", ["capture.py", "--data", "{case}/c.csv", "--out", "{case}/out", "--device",
+                                        "cpu", "--invalid-text", "error"],
+         "c.csv: 1 record holds bytes that are not valid utf-8 (first at line 3 of c.csv)",
+         files={"c.csv": b"text\r\nfine\r\nbad \xff byte\r\n"}),
 ]
 
 
