@@ -175,7 +175,12 @@ def check_inputs(cfg: CaptureConfig, loaded=None) -> tuple[TextSource, SentenceO
     if source.invalid_text == "error":
         for _ in iter_documents(source):  # undecodable bytes refused now, not after the model loads
             pass
-    if next(iter_documents(source), None) is None:  # also checks the named columns/fields
+    undecodable = Undecodable()
+    if next(iter_documents(source, undecodable), None) is None:  # also checks the named columns/fields
+        if undecodable.records:
+            raise ValueError(f"{source.path}: every record holds bytes that are not valid {source.encoding} (first "
+                             f"at {undecodable.where()}); set --encoding to the corpus's codec (cp1252, "
+                             f"latin-1, ...), or --invalid-text replace")
         raise ValueError(f"{source.path}: the corpus holds no text (field/column {source.text_field!r}); "
                          f"check --data and --text-field")
     return source, options

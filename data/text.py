@@ -100,7 +100,7 @@ def check_encoding(field_name: str, value: str) -> str:
         info = codecs.lookup(value)
     except LookupError:
         info = None
-    if info is None or not info._is_text_encoding:
+    if info is None or not info._is_text_encoding:  # the flag str.encode uses to refuse rot13, base64, ...
         raise SettingError(field_name, value, "not a text codec Python knows; name one (utf-8, cp1252, "
                                               "latin-1, ...)")
     return info.name

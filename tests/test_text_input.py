@@ -75,6 +75,15 @@ def test_capture_flags_are_checked_where_they_enter(flags, message):
         cli.parse_config(capture.CaptureConfig, "test", flags)
 
 
+def test_a_corpus_that_is_all_undecodable_is_refused_naming_the_codec(tmp_path):
+    corpus = tmp_path / "fr.txt"
+    corpus.write_bytes(FRENCH.encode("cp1252"))
+    cfg, _ = cli.parse_config(capture.CaptureConfig, "test", ["--data", str(corpus), "--out", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"fr\.txt: every record holds bytes that are not valid utf-8 \(first at "
+                                         r"line 1 of fr\.txt\); set --encoding"):
+        capture.check_inputs(cfg)
+
+
 def test_capture_skips_says_so_in_one_line_and_records_the_choice(tmp_path, smol, caplog):
     corpus = tmp_path / "c.csv"
     corpus.write_bytes(CSV)
