@@ -39,9 +39,11 @@ from data.prepare import (SentenceOptions, context_prefix, iter_records, read_se
                           write_sentences)
 from data.sentences import SentenceSplitter
 from data.shards import DTYPES, ShardData, ShardWriter, read_manifest
-from data.text import TextSource, corpus_identity, iter_documents
+from data.text import (INVALID_TEXT, TextSource, Undecodable, check_encoding, corpus_identity, iter_documents,
+                       undecodable_line)
 from llama.hooks import parse_hook_name
 from llama.loading import open_checkpoint
+from settings import check_choice
 from startup import DistInfo
 
 log = logging.getLogger("capture")
@@ -56,6 +58,11 @@ class CaptureConfig:
     data: str = field(default="", metadata={"help": "corpus: .txt/.jsonl/.csv/.tsv/.parquet file or a folder "
                                                     "(default: the embedded sentiment CSV)"})
     text_field: str = field(default="text", metadata={"help": "JSONL field / CSV or Parquet column with the text"})
+    encoding: str = field(default="utf-8", metadata={"help": "the corpus's codec: utf-8, cp1252, latin-1, ..."})
+    invalid_text: str = field(default="skip", metadata={"help": "a record holding bytes the codec cannot decode "
+                                                               "is skipped, kept with U+FFFD (replace) or refused "
+                                                               "(error); either way they are counted in one line",
+                                                       "choices": list(INVALID_TEXT)})
     label_field: str = field(default="", metadata={"help": "field/column with a label kept with each sentence "
                                                            "(default: 'sentiment' for the default corpus)"})
     hooks: list[str] = field(default_factory=lambda: [paths.DEFAULT_HOOK],
@@ -92,6 +99,8 @@ class CaptureConfig:
         if self.batch_tokens < 1 or self.shard_tokens < 0:
             raise cli.UsageError("--batch-tokens must be positive and --shard-tokens 0 (auto) or positive")
         self.sentence_options()  # checks --max-tokens, --sample-fraction, ... before anything runs
+        check_choice("invalid_text", self.invalid_text, INVALID_TEXT)
+        self.encoding = check_encoding("encoding", self.encoding)
 
     def sentence_options(self) -> SentenceOptions:
         return SentenceOptions(max_tokens=self.max_tokens, bos=self.bos, chat=self.chat,
@@ -120,8 +129,9 @@ def main() -> None:
 
 def resolve_source(cfg: CaptureConfig) -> TextSource:
     if cfg.data:
-        return TextSource(Path(cfg.data), cfg.text_field, cfg.label_field or None)
-    return TextSource(paths.default_corpus_path(), cfg.text_field, cfg.label_field or "sentiment")
+        return TextSource(Path(cfg.data), cfg.text_field, cfg.label_field or None, cfg.encoding, cfg.invalid_text)
+    return TextSource(paths.default_corpus_path(), cfg.text_field, cfg.label_field or "sentiment", cfg.encoding,
+                      cfg.invalid_text)
 
 
 @run_folder.releases_locks
@@ -168,7 +178,15 @@ def check_inputs(cfg: CaptureConfig, loaded=None) -> tuple[TextSource, SentenceO
     if cfg.prebatch:
         check_writable_folder(Path(cfg.batches_out), "--batches-out")
     source = resolve_source(cfg)
-    if next(iter_documents(source), None) is None:  # also checks the named columns/fields
+    if source.invalid_text == "error":
+        for _ in iter_documents(source):  # undecodable bytes refused now, not after the model loads
+            pass
+    undecodable = Undecodable()
+    if next(iter_documents(source, undecodable), None) is None:  # also checks the named columns/fields
+        if undecodable.records:
+            raise ValueError(f"{source.path}: every record holds bytes that are not valid {source.encoding} (first "
+                             f"at {undecodable.where()}); set --encoding to the corpus's codec (cp1252, "
+                             f"latin-1, ...), or --invalid-text replace")
         raise ValueError(f"{source.path}: the corpus holds no text (field/column {source.text_field!r}); "
                          f"check --data and --text-field")
     return source, options
@@ -224,7 +242,7 @@ def header_layers(model_flag: str) -> int | None:
 def capture_settings(cfg: CaptureConfig, source: TextSource, loaded, prefix: list[int]) -> dict:
     """Everything that determines the stored bytes; a resume must match it exactly."""
     keys = ("dtype", "bos", "chat", "max_tokens", "max_documents", "sample_fraction", "max_total_tokens", "batch_tokens",
-            "shard_tokens", "punkt_chars")
+            "shard_tokens", "punkt_chars", "encoding", "invalid_text")
     return {"model": loaded.source, "model_dtype": resolved_model_dtype(loaded), "corpus": corpus_identity(source),
             "context_prefix": prefix, **{k: getattr(cfg, k) for k in keys}}
 
@@ -239,7 +257,8 @@ def check_resumable(folder: Path, settings: dict) -> None:
     """Refuse to continue a capture made with other settings (mixing them would corrupt it)."""
     if not (folder / "manifest.json").is_file():
         return
-    previous = {"model_dtype": "float32", **read_manifest(folder).get("settings", {})}  # older ones: float32
+    previous = {"model_dtype": "float32", "encoding": "utf-8", "invalid_text": "replace",  # as older ones read
+                **read_manifest(folder).get("settings", {})}
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     if changed:
         raise cli.UsageError(f"{folder} holds a capture made with different {', '.join(changed)}; "
@@ -256,10 +275,14 @@ def prepare_sentences(folders: dict[str, Path], source: TextSource, tokenizer, o
         if summary is None:
             started = time.time()
             splitter = SentenceSplitter.train((d.text for d in iter_documents(source)), options.punkt_chars)
-            records = tqdm(iter_records(source, tokenizer, options, splitter), unit=" sentences",
+            undecodable = Undecodable()
+            records = tqdm(iter_records(source, tokenizer, options, splitter, undecodable), unit=" sentences",
                            desc="sentences", leave=False)
             summary = write_sentences(first / "sentences.jsonl", records)
             summary["punkt_trained"] = splitter.trained
+            summary["undecodable"] = undecodable.as_dict()
+            if undecodable.records:
+                log.warning(undecodable_line(undecodable, source))
             if summary["sentences"] == 0:
                 raise ValueError(f"{source.path}: no text found (field/column {source.text_field!r}); "
                                  f"check --data and --text-field")

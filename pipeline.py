@@ -132,7 +132,7 @@ def _stage_configs(cfg: PipelineConfig, folders: dict[str, Path]) -> dict[str, A
         "capture": CaptureConfig(**model, data=cfg.data, label_field=cfg.label_field, hooks=[cfg.hook],
                                  out=str(folders["capture"]), sample_fraction=cfg.sample_fraction,
                                  max_total_tokens=cfg.max_total_tokens, prebatch=True,
-                                 batches_out=str(folders["batches"]), bos=True),
+                                 batches_out=str(folders["batches"]), bos=True, invalid_text="skip"),
         "train": TrainConfig.of(data=str(folders["batches"] / cfg.hook), out=str(folders["train"]),
                                 expansion=cfg.expansion, k=cfg.k, epochs=cfg.epochs, seed=cfg.seed, resume=True,
                                 device=cfg.device),

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from atomic import open_atomic
 from data.sentences import SentenceSplitter
-from data.text import TextSource, iter_documents, uniform_hash
+from data.text import TextSource, Undecodable, iter_documents, uniform_hash
 from llama.jsonfile import parse_json
 
 
@@ -68,11 +68,12 @@ def chat_prefix(tokenizer) -> list[int]:
     return first[:n]
 
 
-def iter_records(source: TextSource, tokenizer, options: SentenceOptions,
-                 splitter: SentenceSplitter) -> Iterator[dict]:
-    """Sentence records of the corpus, in order, within the document and token limits."""
+def iter_records(source: TextSource, tokenizer, options: SentenceOptions, splitter: SentenceSplitter,
+                 undecodable: Undecodable | None = None) -> Iterator[dict]:
+    """Sentence records of the corpus, in order, within the document and token limits; records with
+    undecodable bytes are counted into `undecodable` (see data/text.py)."""
     total_tokens, n_docs = 0, 0
-    for doc in iter_documents(source):
+    for doc in iter_documents(source, undecodable):
         if options.sample_fraction < 1.0 and uniform_hash([doc.index], 0)[0] >= options.sample_fraction:
             continue
         if options.max_documents and n_docs >= options.max_documents:

@@ -1,12 +1,14 @@
 """HTTP for the steering page: the standard library's ThreadingHTTPServer, bound to 127.0.0.1, in front
 of a SteeringSession. One page and three JSON endpoints need no framework, and the project installs
 nothing beyond torch for them. What a framework would bring is done here, in a few lines each:
-  - every connection has its own thread and every read a timeout, so a client that sends nothing, or
-    fewer bytes than it announced, stalls only itself (at most MAX_CONNECTIONS are open at once);
+  - every connection has its own thread, its request line and headers one deadline in all, and its body
+    another, so a client that sends nothing, trickles a byte at a time, or sends fewer bytes than it
+    announced stalls only itself, and only that long (at most MAX_CONNECTIONS are open at once);
   - generations run one at a time under the session's lock (torch already uses every core for one);
     each request builds its own steering, and nothing else a request could change is shared;
   - a body needs a Content-Length (411) that is a whole number (400) of at most MAX_BODY_BYTES (413),
     and JSON nested deeper than MAX_JSON_DEPTH is refused (400) before it is parsed;
+  - only regular files inside the interpret folder are served, once every symlink is resolved;
   - the Host header must be 127.0.0.1 or localhost (a web page cannot reach the server through a DNS
     name rebound to 127.0.0.1), and a POST from another origin is refused (403): a page open in a
     browser cannot make the server generate.
@@ -16,13 +18,17 @@ mode, a label) reads as the command line's would, without the dashes: "steer 512
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import re
+import socket
 import sys
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from settings import SettingError
 from steering_page.page import interpret_page, steering_page
@@ -30,7 +36,7 @@ from steering_page.session import SteeringSession
 
 MAX_BODY_BYTES = 1 << 20   # a prompt longer than any model's context fits well within it
 MAX_JSON_DEPTH = 16        # a request is two levels deep; Python's parser recurses per level
-READ_TIMEOUT_S = 5.0       # default for the request line and headers, and for the whole body
+READ_TIMEOUT_S = 5.0       # default for the request line and headers together, and for the whole body
 MAX_CONNECTIONS = 32
 
 
@@ -92,6 +98,37 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a steering value; use a finite number")
 
 
+def inside_folder(folder: Path | None, path: str) -> bool:
+    """Whether the URL path names a regular file inside `folder` once every symlink is resolved (a link
+    out of the folder, a FIFO or a device is not served)."""
+    if folder is None:
+        return False
+    try:
+        target = (folder / path.lstrip("/")).resolve()
+        return target.is_relative_to(folder.resolve()) and target.is_file()
+    except (OSError, ValueError):  # a name the file system refuses (too long, a NUL byte) names no page
+        return False
+
+
+class HeaderDeadline(io.RawIOBase):
+    """A connection's socket, read under one deadline for the request line and headers together: a
+    timeout per read alone lets a client that trickles a byte at a time hold its thread for ever."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
+        self.sock, self.timeout = sock, timeout
+        self.deadline = time.monotonic() + timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the request line and headers did not arrive within {self.timeout:g} s")
+        self.sock.settimeout(min(left, self.timeout))
+        return self.sock.recv_into(buffer)
+
+
 class Handler(BaseHTTPRequestHandler):
     """One connection: HTTP/1.0, one request, every answer JSON except the page itself."""
 
@@ -100,6 +137,14 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.read_timeout  # on the socket: a silent client times out, not holds its thread
         super().setup()
+        self.rfile.close()  # read through the header deadline instead
+        self._reader = HeaderDeadline(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the headers
+        self._reader.deadline = math.inf  # the body has its own (_read_body)
+        return parsed
 
     def do_GET(self):
         if not self._host_allowed():
@@ -109,7 +154,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, steering_page(self.server.session.default_mode), "text/html; charset=utf-8")
         elif path == "/latents":
             self._json(200, self.server.session.latents())
-        elif (latent_page := interpret_page(self.server.session.pages, path)) is not None:
+        elif (inside_folder(self.server.session.pages, path)
+              and (latent_page := interpret_page(self.server.session.pages, path)) is not None):
             self._send(200, latent_page, "text/html; charset=utf-8")
         else:
             self._error(404, f"{self.path}: not found; the page is at /")

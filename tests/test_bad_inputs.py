@@ -361,6 +361,12 @@ CASES = [
          files={"b/batches.json": json.dumps({"format": "llama-sae-batches", "version": 1, "batch_size": "32"})}),
     Case("loader-corpus-line-deep", ["capture.py", "--data", "{case}/c.jsonl", "--out", "{case}/out"],
          "c.jsonl:2: JSON nested more than", files={"c.jsonl": '{"text": "fine"}\n' + DEEP_JSON + "\n"}),
+    # text input: the codec and what becomes of bytes it cannot decode
+    Case("capture-encoding-unknown", cap("--encoding", "klingon"), "--encoding klingon: not a text codec"),
+    Case("capture-invalid-text-error", ["capture.py", "--data", "{case}/c.csv", "--out", "{case}/out", "--device",
+                                        "cpu", "--invalid-text", "error"],
+         "c.csv: 1 record holds bytes that are not valid utf-8 (first at line 3 of c.csv)",
+         files={"c.csv": b"text\r\nfine\r\nbad \xff byte\r\n"}),
 ]
 
 

@@ -36,7 +36,7 @@ def test_csv_labels_metadata_and_invalid_utf8(tmp_path):
     path = tmp_path / "c.csv"
     path.write_bytes(b"sentiment,confidence,text\r\npositive,0.9,Great car\xd1 indeed.\r\n"
                      b"negative,0.5,\r\nnegative,0.7,\"Bad, very bad.\nTwo lines.\"\r\n")
-    docs = list(iter_documents(TextSource(path, "text", "sentiment")))
+    docs = list(iter_documents(TextSource(path, "text", "sentiment", invalid_text="replace")))
     assert [d.index for d in docs] == [0, 2]  # the empty row is skipped but counted
     assert docs[0].text == "Great car\ufffd indeed."
     assert docs[0].label == "positive" and docs[0].meta == {"confidence": "0.9"}
