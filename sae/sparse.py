@@ -3,8 +3,8 @@
 With k of d_sae latents active, the only dense O(d_in * d_sae) work of a training step is the encoder
 matmul. Everything after the TopK touches k latents per row: the k (row, latent) pairs form a sparse
 matrix S (B, d_sae), and every product with it is a sparse one:
-  - `topk_encode`: forward = dense matmul + TopK (on a CPU `topk_rows` ranks only the k groups of 32
-    latents with the largest maxima); backward needs the gradient only at the k selected pre-activations:
+  - `topk_encode`: forward = dense matmul + TopK (on a CPU `topk_rows` ranks only the k groups of
+    consecutive latents with the largest maxima); backward needs the gradient only at the k selected pre-activations:
     grad W_enc = (S^T @ (x_n - b_pre))^T with S holding those gradients, grad b_enc = an `index_add_`,
     grad b_pre = -W_enc @ grad b_enc, and the input gradient (only when asked for) = S @ W_enc^T.
   - `sparse_decode`: x_hat = S @ W_dec with S holding the activations, computed as `F.embedding_bag`
@@ -48,26 +48,29 @@ def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     return _sparse_csr(crow, indices.reshape(-1), values.reshape(-1), (rows, n_cols))
 
 
-_GROUP = 32  # consecutive latents per group in `topk_rows`
+_GROUP = 8  # entries per group in `topk_rows`
 
 
 def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """pre (B, n) -> (values, indices) (B, k), unsorted: the same selection as `pre.topk(k, dim=-1)` (up to ties).
 
-    On a CPU torch ranks every entry of a row (a partial sort per row). A row's k largest lie in the k groups of
-    _GROUP consecutive entries with the largest maxima (a group holding one of them is beaten only by groups
-    holding a larger entry, fewer than k), so one max per group, a TopK of the maxima and a TopK of the k * _GROUP
-    candidates find them. Other devices, and rows too short for the shortcut to pay, take torch's TopK.
+    On a CPU torch ranks every entry of a row (a partial sort of (value, index) pairs). Split a row into groups
+    of _GROUP: its k largest lie in the k groups with the largest maxima (a group holding one of them is beaten
+    only by groups holding a larger entry, fewer than k). So one max per group, a TopK of the n / _GROUP maxima
+    and a TopK of the k * _GROUP candidates find them. Group j holds the entries j + m * n / _GROUP (strided),
+    so the maxima are an elementwise max of _GROUP contiguous slices. Other devices, and rows shorter than
+    64 k (where torch's TopK leaves its partial sort), take torch's TopK.
     """
     rows, n = pre.shape
-    if pre.device.type != "cpu" or n % _GROUP or n < 4 * k * _GROUP:
+    if pre.device.type != "cpu" or n % _GROUP or n < 64 * k:
         return pre.topk(k, dim=-1, sorted=False)
-    groups = pre.view(rows * (n // _GROUP), _GROUP)
-    best = groups.amax(-1).view(rows, -1).topk(k, dim=-1, sorted=False).indices              # (B, k) group ids
-    first_group = torch.arange(0, rows * (n // _GROUP), n // _GROUP, device=pre.device).unsqueeze(1)
-    candidates = groups[(best + first_group).view(-1)].view(rows, k * _GROUP)                # (B, k * _GROUP)
-    values, pos = candidates.topk(k, dim=-1, sorted=False)
-    return values, best.gather(1, pos // _GROUP) * _GROUP + pos % _GROUP
+    n_groups = n // _GROUP
+    maxima = pre.view(rows, _GROUP, n_groups).amax(1)                                 # (B, n_groups)
+    best = maxima.topk(k, dim=-1, sorted=False).indices                                # (B, k) group ids
+    members = torch.arange(0, n, n_groups, device=pre.device)                          # (_GROUP,) offsets
+    candidates = (best.unsqueeze(-1) + members).view(rows, k * _GROUP)                # (B, k * _GROUP) latent ids
+    values, pos = pre.gather(1, candidates).topk(k, dim=-1, sorted=False)
+    return values, candidates.gather(1, pos)
 
 
 class LatentGroups:

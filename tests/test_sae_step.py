@@ -12,11 +12,11 @@ from sae import SAEConfig, SparseAutoencoder, sparse
 from sae.loss import sae_loss
 from sae.sparse import EAGER, SPARSE
 
-B, D_IN, D_SAE, K = 64, 24, 2048, 8  # d_sae / 32 groups >= 4 k: the grouped selection applies
+B, D_IN, D_SAE, K = 64, 24, 2048, 8  # d_sae >= 64 k: the grouped selection applies
 
 
 class OpLog(TorchDispatchMode):
-    """Records (op name, input shapes, output shapes) of every aten op run inside it."""
+    """Records (op name, input shapes, shapes of outputs in new memory) of every aten op run inside it."""
 
     def __init__(self):
         super().__init__()
@@ -26,23 +26,26 @@ class OpLog(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         shapes = lambda xs: [tuple(x.shape) for x in xs if isinstance(x, torch.Tensor)]  # noqa: E731
         outs = out if isinstance(out, (tuple, list)) else [out]
-        self.calls.append((func.overloadpacket.__name__, shapes(args), shapes(outs)))
+        old = {x.untyped_storage().data_ptr() for x in args if isinstance(x, torch.Tensor)}
+        new = [x for x in outs if isinstance(x, torch.Tensor) and x.untyped_storage().data_ptr() not in old]
+        self.calls.append((func.overloadpacket.__name__, shapes(args), shapes(new)))
         return out
 
 
+@pytest.mark.parametrize("k", [2, K, 64])  # 64: rows too short for the grouped selection
 @pytest.mark.parametrize("case", ["random", "one_group", "ties_below", "inf"])
-def test_grouped_topk_selects_what_torch_topk_selects(case):
+def test_grouped_topk_selects_what_torch_topk_selects(case, k):
     torch.manual_seed(0)
     pre = torch.randn(B, D_SAE)
-    if case == "one_group":      # every winner in the same group of 32 consecutive latents
-        pre[:, 64:64 + K] += 100
+    if case == "one_group":      # every winner in the same group
+        pre[:, 5::D_SAE // 8][:, :min(k, 8)] += 100
     elif case == "ties_below":   # most of each row tied far below the winners
-        pre[:, K * 40:] = -5.0
+        pre[:, k * 40:] = -5.0
     elif case == "inf":
         pre[::2, 5] = torch.inf
         pre[1::2, :1000] = -torch.inf
-    values, indices = sparse.topk_rows(pre, K)
-    expected = pre.topk(K, dim=-1)
+    values, indices = sparse.topk_rows(pre, k)
+    expected = pre.topk(k, dim=-1)
     torch.testing.assert_close(values.sort(-1, descending=True).values, expected.values)
     assert torch.equal(indices.sort(-1).values, expected.indices.sort(-1).values)
     assert torch.equal(pre.gather(-1, indices), values)
@@ -53,7 +56,7 @@ def test_the_encoder_never_ranks_a_whole_row_on_cpu():
     with OpLog() as log:
         sparse.topk_encode(x, W_enc, b_enc, b_pre, torch.zeros(D_SAE), K)
     widths = [ins[0][-1] for name, ins, _ in log.calls if name == "topk"]
-    assert widths and max(widths) <= K * 32, widths
+    assert widths and max(widths) <= D_SAE // 8, widths
 
 
 @pytest.mark.parametrize("n_cols", [D_IN, 3])
@@ -108,3 +111,18 @@ def test_sparse_step_matches_eager_and_float64_brute_force(with_aux):
         for name, fast, ref in zip(["loss", *names], got["sparse"], got[label]):
             torch.testing.assert_close(fast.double(), ref.double(), rtol=1e-5, atol=1e-6,
                                        msg=lambda m, n=name, r=label: f"{n} against {r}: {m}")
+
+
+def test_decoder_gradient_projection_makes_no_full_size_temporary():
+    torch.manual_seed(3)
+    sae = SparseAutoencoder(SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="none"))
+    sae.W_dec.grad = torch.randn(D_SAE, D_IN)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1) + 0.5)  # rows off unit norm: the division by |w|^2 matters
+    w, g = sae.W_dec.detach().double(), sae.W_dec.grad.double()
+    expected = g - (g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True) * w
+    with OpLog() as log:
+        sae.project_decoder_grads()
+    full_size = [name for name, _, outs in log.calls if (D_SAE, D_IN) in outs]
+    assert not full_size, full_size
+    torch.testing.assert_close(sae.W_dec.grad.double(), expected, rtol=1e-5, atol=1e-6)
