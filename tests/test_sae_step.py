@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import train
 from sae import SAEConfig, SparseAutoencoder, sparse
 from sae.loss import sae_loss
 from sae.sparse import EAGER, SPARSE
+from train_helpers import planted_batches
+from training.config import TrainConfig
 
 B, D_IN, D_SAE, K = 64, 24, 2048, 8  # d_sae >= 64 k: the grouped selection applies
 
@@ -126,3 +129,10 @@ def test_decoder_gradient_projection_makes_no_full_size_temporary():
     full_size = [name for name, _, outs in log.calls if (D_SAE, D_IN) in outs]
     assert not full_size, full_size
     torch.testing.assert_close(sae.W_dec.grad.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_trainer_builds_a_fused_adamw(tmp_path):
+    cfg = TrainConfig.of(out=str(tmp_path), expansion=4, k=3, device="cpu")
+    batches = planted_batches(2, 32)
+    trainer = train.build_trainer(cfg, train.sae_config(cfg, batches), batches, torch.device("cpu"), total_steps=4)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
