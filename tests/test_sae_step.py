@@ -4,6 +4,9 @@ float64 brute-force loss."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -136,3 +139,12 @@ def test_the_trainer_builds_a_fused_adamw(tmp_path):
     batches = planted_batches(2, 32)
     trainer = train.build_trainer(cfg, train.sae_config(cfg, batches), batches, torch.device("cpu"), total_steps=4)
     assert isinstance(trainer.optimizer, torch.optim.AdamW) and trainer.optimizer.defaults["fused"]
+
+
+def test_bench_reports_the_step_over_the_matmul_of_each_round(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import sae_train  # bench/sae_train.py
+    times = {"ours": [3.0, 1.0, 8.0], "matmul": [2.0, 1.0, 4.0]}  # a load that comes and goes slows both
+    results = sae_train.report(sae_train.BenchConfig(rounds=3), times, {})
+    assert results["ours_over_matmul_per_round"] == [1.5, 1.0, 2.0]
+    assert "same round: median 1.50x, range 1.00x-2.00x over 3 rounds" in capsys.readouterr().out
