@@ -148,3 +148,15 @@ def test_bench_reports_the_step_over_the_matmul_of_each_round(capsys):
     results = sae_train.report(sae_train.BenchConfig(rounds=3), times, {})
     assert results["ours_over_matmul_per_round"] == [1.5, 1.0, 2.0]
     assert "same round: median 1.50x, range 1.00x-2.00x over 3 rounds" in capsys.readouterr().out
+
+
+def test_bench_times_each_phase_of_the_step(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import sae_train  # bench/sae_train.py
+    cfg = sae_train.BenchConfig(d_in=8, d_sae=64, k=2, batch=16, warmup=1, rounds=2)
+    times = sae_train.time_phases(cfg, torch.randn(16, 8))
+    assert list(times) == ["encoder matmul", "forward and loss", "backward", "decoder gradient projection",
+                           "gradient clipping", "Adam", "zero_grad (frees the gradients)", "decoder renormalisation"]
+    assert all(len(t) == 2 and min(t) >= 0 for t in times.values())
+    sae_train.report_phases(cfg, times)
+    assert "ours step (sum of the phases)" in capsys.readouterr().out
