@@ -160,3 +160,18 @@ def test_bench_times_each_phase_of_the_step(capsys):
     assert all(len(t) == 2 and min(t) >= 0 for t in times.values())
     sae_train.report_phases(cfg, times)
     assert "ours step (sum of the phases)" in capsys.readouterr().out
+
+
+def test_the_encoder_gradient_is_the_same_through_either_product():
+    """Wide inputs take the CSR product (d_in > 1024), narrow ones the embedding_bag: both the dense formula."""
+    torch.manual_seed(4)
+    for d_in in (1025, 1024):
+        x = torch.randn(B, 1025, dtype=torch.float64)[:, :d_in]
+        W = torch.randn(1025, D_SAE, dtype=torch.float64)[:d_in].requires_grad_()
+        values, indices, _ = sparse.topk_encode(x, W, torch.zeros(D_SAE, dtype=torch.float64),
+                                                torch.zeros(d_in, dtype=torch.float64),
+                                                torch.zeros(D_SAE, dtype=torch.float64), K)
+        g = torch.randn(B, K, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        grad = torch.autograd.grad((values * g).sum(), W)[0]
+        expected = x.t() @ torch.zeros(B, D_SAE, dtype=torch.float64).scatter(1, indices, g * (values > 0))
+        torch.testing.assert_close(grad, expected)
