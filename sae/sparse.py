@@ -3,15 +3,16 @@
 With k of d_sae latents active, the only dense O(d_in * d_sae) work of a training step is the encoder
 matmul. Everything after the TopK touches k latents per row: the k (row, latent) pairs form a sparse
 matrix S (B, d_sae), and every product with it is a sparse one:
-  - `topk_encode`: forward = dense matmul + TopK (on a CPU `topk_rows` ranks only the k groups of
-    consecutive latents with the largest maxima); backward needs the gradient only at the k selected pre-activations:
+  - `topk_encode`: forward = dense matmul + TopK (on a CPU `topk_rows` ranks only the members of the k
+    groups of latents with the largest maxima); backward needs the gradient only at the k selected pre-activations:
     grad W_enc = (S^T @ (x_n - b_pre))^T with S holding those gradients, grad b_enc = an `index_add_`,
     grad b_pre = -W_enc @ grad b_enc, and the input gradient (only when asked for) = S @ W_enc^T.
   - `sparse_decode`: x_hat = S @ W_dec with S holding the activations, computed as `F.embedding_bag`
     with per-sample weights; backward: grad W_dec = S^T @ grad_out and grad values = (grad_out @ W_dec^T)
     sampled at the k positions (`torch.sparse.sampled_addmm`), never a dense (B, d_sae) matrix.
-  - S^T @ T is one `F.embedding_bag` over T's rows, with the pairs grouped by latent (`LatentGroups`); the
-    grouping (a sort of the B*k indices) is done once per batch and shared by both backward passes.
+  - S^T @ T is one `F.embedding_bag` over T's rows with the pairs grouped by latent (`LatentGroups`), or for
+    wide inputs' grad W_enc a CSR product written straight into W_enc's layout; the grouping (a sort of the
+    B*k indices) is done once per batch and shared by both backward passes.
 sparsify (EleutherAI) and OpenAI's Triton kernels use the same decomposition. The eager twins
 (`topk_encode_eager`, `sparse_decode_eager`) are the plain autograd formulas the tests hold them to.
 
@@ -49,6 +50,7 @@ def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
 
 
 _GROUP = 8  # entries per group in `topk_rows`
+_EMBEDDING_BAG_MAX_D_IN = 1024  # widest input whose grad W_enc goes through `LatentGroups.product`
 
 
 def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -141,11 +143,11 @@ class _TopKEncode(torch.autograd.Function):
             grad_W, grad_b = x_c.t() @ dense, dense.sum(0)
             grad_xc = dense @ W_enc.t() if need_x else None
         else:
-            # (S^T @ x_c)^T into W_enc's (d_in, d_sae) layout. On a CPU at d_in 576 the embedding_bag product
-            # and a transposing copy took 250 ms, the CSR product written into the transposed layout 690 ms;
-            # at d_in 4096 (d_sae 32768, k 64, B 1024) 4.5 s against 3.1 s.
+            # (S^T @ x_c)^T into W_enc's (d_in, d_sae) layout: narrow inputs through the embedding_bag product
+            # and a transposing copy, wide ones through the CSR product written into the transposed layout
+            # (the faster of the two on either side, measured on a CPU: docs/ARCHITECTURE.md)
             grad_W = torch.empty_like(W_enc, memory_format=torch.contiguous_format)
-            if x_c.shape[1] <= 1024:
+            if x_c.shape[1] <= _EMBEDDING_BAG_MAX_D_IN:
                 grad_W.copy_(ctx.groups.product(indices, g, x_c).t())
             else:
                 torch.mm(ctx.groups.transposed(indices, g), x_c, out=grad_W.t())

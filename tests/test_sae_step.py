@@ -163,7 +163,7 @@ def test_bench_times_each_phase_of_the_step(capsys):
 
 
 def test_the_encoder_gradient_is_the_same_through_either_product():
-    """Wide inputs take the CSR product (d_in > 1024), narrow ones the embedding_bag: both the dense formula."""
+    """Wide inputs take the CSR product, narrow ones the embedding_bag: both give the dense formula."""
     torch.manual_seed(4)
     for d_in in (1025, 1024):
         x = torch.randn(B, 1025, dtype=torch.float64)[:, :d_in]
