@@ -165,9 +165,10 @@ def test_bench_times_each_phase_of_the_step(capsys):
 def test_the_encoder_gradient_is_the_same_through_either_product():
     """Wide inputs take the CSR product, narrow ones the embedding_bag: both give the dense formula."""
     torch.manual_seed(4)
-    for d_in in (1025, 1024):
-        x = torch.randn(B, 1025, dtype=torch.float64)[:, :d_in]
-        W = torch.randn(1025, D_SAE, dtype=torch.float64)[:d_in].requires_grad_()
+    widest = sparse._EMBEDDING_BAG_MAX_D_IN
+    for d_in in (widest + 1, widest):
+        x = torch.randn(B, d_in, dtype=torch.float64)
+        W = torch.randn(d_in, D_SAE, dtype=torch.float64, requires_grad=True)
         values, indices, _ = sparse.topk_encode(x, W, torch.zeros(D_SAE, dtype=torch.float64),
                                                 torch.zeros(d_in, dtype=torch.float64),
                                                 torch.zeros(D_SAE, dtype=torch.float64), K)
