@@ -204,8 +204,10 @@ def build_trainer(cfg: TrainConfig, sae_cfg: SAEConfig, train_data: Sequence[Ten
     sae.init_from_data(normalized_mean(sae, train_data, stats))
     kernels = kernels_for(sae, autocast=cfg.autocast != "none")  # the one choice of fast or eager path
     objective = SAEObjective(sae, aux_gate=cfg.aux_gate, kernels=kernels)
+    # fused: one kernel per step over all parameters, where the single-tensor loop makes ~10 passes and temporaries
     optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+                                  betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
     scaler = grad_scaler(cfg, device)
     return Trainer(sae, objective, objective, optimizer, scheduler, scaler)

@@ -4,6 +4,7 @@
     python bench/sae_train.py --rounds 3 --rss false
     python bench/sae_train.py --d-in 4096 --d-sae 65536 --k 64 --batch 1024 --warmup 1 --rounds 2 \
         --contenders ours ours-bf16 saelens matmul     # a seed-sized SAE (about 8 GiB per contender)
+    python bench/sae_train.py --phases             # where ours' step goes, phase by phase, against the matmul
 
 Targets: ours at least 3x SAELens' default (`saelens`), a step of ours at most 1.5x the encoder matmul,
 and the prebatched reader (`data.batches.BatchDataset` over a folder this script writes, read cold and
@@ -80,6 +81,8 @@ class BenchConfig:
     reader_batches: int = field(default=8, metadata={"help": "batches the reader benchmark writes and reads "
                                                              "(0: skip it)"})
     output: str = field(default="", metadata={"help": "also write the results as JSON to this file"})
+    phases: bool = field(default=False, metadata={"help": "instead: time each phase of ours' step against the "
+                                                          "encoder matmul, round-robin"})
 
 
 def native_bf16() -> bool:
@@ -96,7 +99,9 @@ def clip(params: list[torch.Tensor]) -> None:
     torch.nn.utils.clip_grad_norm_(params, 1.0)
 
 
-def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False) -> Callable[[torch.Tensor], None]:
+def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False,
+              mark: Callable[[str], None] = lambda phase: None) -> Callable[[torch.Tensor], None]:
+    """ours' step; `mark(phase)` is called as each phase ends (`--phases`)."""
     sae = SparseAutoencoder(SAEConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k, normalization="none"))
     kernels = EAGER if eager else kernels_for(sae, autocast=bf16)
     params = list(sae.parameters())
@@ -106,12 +111,19 @@ def make_ours(cfg: BenchConfig, eager: bool, bf16: bool = False) -> Callable[[to
     def step(x: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = sae_loss(sae, x, kernels=kernels).loss
+        mark("forward and loss")
         loss.backward()
+        mark("backward")
         sae.project_decoder_grads()
+        mark("decoder gradient projection")
         clip(params)
+        mark("gradient clipping")
         opt.step()
+        mark("Adam")
         opt.zero_grad(set_to_none=True)
+        mark("zero_grad (frees the gradients)")
         sae.set_decoder_norm_to_unit_norm()
+        mark("decoder renormalisation")
     return step
 
 
@@ -252,8 +264,52 @@ def report(cfg: BenchConfig, times: dict[str, list[float]], rss: dict[str, float
                 print(f"ours / {other:15s} {rate['ours'] / rate[other]:6.2f}x{target}")
         if "matmul" in med:
             print(f"ours step / encoder matmul {med['ours'] / med['matmul']:6.2f}x  (target <= 1.5)")
-    return {"config": vars(cfg), "median_step_s": med, "activations_per_s": rate,
-            "steps_s": times, "peak_rss_mib": rss, "threads": torch.get_num_threads()}
+    ratios = matmul_ratios(times)
+    if ratios:
+        print(f"ours step / encoder matmul of the same round: median {statistics.median(ratios):.2f}x, "
+              f"range {min(ratios):.2f}x-{max(ratios):.2f}x over {len(ratios)} rounds")
+    return {"config": vars(cfg), "median_step_s": med, "activations_per_s": rate, "steps_s": times,
+            "peak_rss_mib": rss, "threads": torch.get_num_threads(), "ours_over_matmul_per_round": ratios}
+
+
+def matmul_ratios(times: dict[str, list[float]]) -> list[float]:
+    """ours / matmul round by round: the two ran back to back, so a load that comes and goes on a shared
+    machine slows both (empty when either is missing)."""
+    if "ours" not in times or "matmul" not in times:
+        return []
+    return [ours / matmul for ours, matmul in zip(times["ours"], times["matmul"])]
+
+
+def time_phases(cfg: BenchConfig, x: torch.Tensor) -> dict[str, list[float]]:
+    """Seconds of each phase of ours' step and of the encoder matmul, `rounds` times after `warmup` steps."""
+    times: dict[str, list[float]] = {"encoder matmul": []}
+    clock = [0.0]
+
+    def mark(phase: str) -> None:
+        now = time.perf_counter()
+        times.setdefault(phase, []).append(now - clock[0])
+        clock[0] = now
+    step, matmul = make_ours(cfg, eager=False, mark=mark), make_matmul(cfg)
+    for r in range(cfg.warmup + cfg.rounds):
+        if r == cfg.warmup:
+            times = {"encoder matmul": []}
+        gc.collect()
+        start = time.perf_counter()
+        matmul(x)
+        times["encoder matmul"].append(time.perf_counter() - start)
+        clock[0] = time.perf_counter()
+        step(x)
+    return times
+
+
+def report_phases(cfg: BenchConfig, times: dict[str, list[float]]) -> None:
+    floor = statistics.median(times["encoder matmul"])
+    print(f"d_in {cfg.d_in}, d_sae {cfg.d_sae}, k {cfg.k}, batch {cfg.batch}, fp32, {torch.get_num_threads()} "
+          f"threads, {torch.backends.cpu.get_cpu_capability()}, median of {cfg.rounds} rounds")
+    for phase, seconds in times.items():
+        print(f"{phase:32s} {statistics.median(seconds):8.3f} s {statistics.median(seconds) / floor:6.2f}x")
+    total = sum(statistics.median(s) for phase, s in times.items() if phase != "encoder matmul")
+    print(f"{'ours step (sum of the phases)':32s} {total:8.3f} s {total / floor:6.2f}x")
 
 
 def write_batches(folder: Path, cfg: BenchConfig) -> None:
@@ -306,6 +362,9 @@ def main() -> None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
     x = torch.randn(cfg.batch, cfg.d_in)
+    if cfg.phases:
+        report_phases(cfg, time_phases(cfg, x))
+        return
     if cfg.only:
         times = run_rounds(cfg, {cfg.only: make(cfg.only, cfg)}, x, quiet=True)
         print(json.dumps({"steps_s": times[cfg.only], "peak_rss_mib": peak_rss_mib()}))

@@ -168,7 +168,7 @@ class SparseAutoencoder(nn.Module):
         grad, w = self.W_dec.grad, self.W_dec
         if grad is None:
             return
-        parallel = torch.linalg.vecdot(grad, w, dim=1) / w.norm(dim=1).square().clamp_min(1e-12)  # (d_sae,)
+        parallel = torch.einsum("ij,ij->i", grad, w) / w.norm(dim=1).square().clamp_min(1e-12)  # (d_sae,), no temporary
         grad.addcmul_(w, parallel.unsqueeze(1), value=-1.0)  # in place: no (d_sae, d_in) temporary
 
     @torch.no_grad()
