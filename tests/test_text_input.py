@@ -111,7 +111,8 @@ def test_capture_skips_says_so_in_one_line_and_records_the_choice(tmp_path, smol
 def test_an_older_capture_resumes_as_it_was_read_with_replacement_only(tmp_path):
     folder = tmp_path / HOOK
     folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION,
+    (folder / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "hook": HOOK,
+                                                      "d_model": 8, "dtype": "float32", "shards": [],
                                                       "settings": {"dtype": "float32"}}))
     settings = {"dtype": "float32", "model_dtype": "float32", "encoding": "utf-8"}
     capture.check_resumable(folder, {**settings, "invalid_text": "replace"})  # as it was read: resumes
