@@ -2,7 +2,7 @@
 
     python bench/sae_quality.py --batches /work/data/demo/batches/blocks.20.hook_resid_post \\
         --capture /work/data/demo/capture/blocks.20.hook_resid_post --out runs/sae-quality
-    python bench/sae_quality.py --contenders ours saelens --frontier-ks      # no frontier
+    python bench/sae_quality.py --contenders ours saelens --frontier-ks 0    # no frontier
     pip install -r bench/requirements-quality.txt                            # the peers and matplotlib
 
 One prebatched capture, one SAE shape (d_sae, k), the same batches in the same order (train.py's seeded
@@ -105,7 +105,10 @@ class QualityConfig:
     probe_label: str = field(default="negative", metadata={"help": "label of the sparse probes (k 1 and 20)"})
     frontier_ks: list[int] = field(default_factory=lambda: [16, 32, 64, 128],
                                    metadata={"help": "k values of the frontier (ours and the best peer); "
-                                                     "none = skip it"})
+                                                     "0 = no frontier"})
+    frontier_peer: str = field(default="", metadata={"help": "the frontier's peer; empty = the best peer of "
+                                                             "the comparison", "choices": ["", *CONTENDERS[1:]]})
+    frontier_only: bool = field(default=False, metadata={"help": "skip the comparison (needs --frontier-peer)"})
     frontier_epochs: float = field(default=0.0, metadata={"help": "epochs of each frontier run; 0 = --epochs"})
     seed: int = field(default=0, metadata={"help": "initialisation and batch order of every contender"})
     figures: bool = field(default=True, metadata={"help": "draw the PNGs and the page (needs matplotlib)"})
@@ -120,6 +123,9 @@ class QualityConfig:
             raise SettingError("epochs", self.epochs, "must be greater than 0 when --max-steps is 0")
         if not self.contenders:
             raise SettingError("contenders", self.contenders, f"name at least one of {', '.join(CONTENDERS)}")
+        self.frontier_ks = [k for k in self.frontier_ks if k != 0]
+        if self.frontier_only and not (self.frontier_peer and self.frontier_ks):
+            raise SettingError("frontier_only", True, "needs --frontier-peer and --frontier-ks")
         for k in self.frontier_ks:
             check_int("frontier_ks", k, 1)
 
@@ -320,6 +326,8 @@ def train_round_robin(names: list[str], shape: Shape, cfg: QualityConfig, data: 
         runs[name] = {"build_s": time.perf_counter() - start, "step_s": [], "curve": [],
                       "recipe": contenders[name].recipe}
     batch = data.train[0].shape[0]
+    gc.collect()
+    gc.freeze()  # the long-lived objects (torch, the peers' modules) leave the collector: each step's collection stays short
     for step in range(shape.total_steps + 1):
         if step % cfg.eval_every == 0 or step == shape.total_steps:
             for name, c in contenders.items():
@@ -338,6 +346,7 @@ def train_round_robin(names: list[str], shape: Shape, cfg: QualityConfig, data: 
             start = time.perf_counter()
             c.step(x, index)
             runs[name]["step_s"].append(time.perf_counter() - start)
+    gc.unfreeze()
     for name, run in runs.items():
         run["last_indices"] = [share.index(s) for s in range(shape.total_steps)][-last_window(cfg, batch):]
     return contenders, runs
@@ -456,7 +465,7 @@ def run_frontier(cfg: QualityConfig, data: Data, loaded, peer: str | None, scrat
             row = result["rows"][name]
             points[name].append({"k": k, "l0": row["l0"], "fvu": row["fvu"], "dead_train": row["dead_train"],
                                  "ce_loss_recovered": row.get("ce_loss_recovered"), "seconds": row["seconds"]})
-    return {"epochs": epochs, "tokens": result["tokens"], "points": points}
+    return {"epochs": epochs, "tokens": result["tokens"], "d_sae": result["shape"]["d_sae"], "points": points}
 
 
 def draw(result: dict, out: Path) -> list[Path]:
@@ -466,8 +475,16 @@ def draw(result: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     drawn = []
+    if "main" in result:
+        drawn.append(draw_curves(result["main"], out / "curves.png", plt))
+    if result.get("frontier"):
+        drawn.append(draw_frontier(result["frontier"], out / "frontier.png", plt))
+    return drawn
+
+
+def draw_curves(main: dict, path: Path, plt) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, curve in result["main"]["curves"].items():
+    for name, curve in main["curves"].items():
         points = [p for p in curve if p["step"] > 0]
         for ax, x in zip(axes, ("tokens", "seconds")):
             ax.plot([p[x] for p in points], [p["fvu"] for p in points], marker=".", label=name)
@@ -476,35 +493,35 @@ def draw(result: dict, out: Path) -> list[Path]:
         ax.set_ylabel("held-out FVU (log scale)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    shape = result["main"]["shape"]
+    shape = main["shape"]
     axes[0].legend()
-    fig.suptitle(f"d_sae {shape['d_sae']}, k {shape['k']}, {result['main']['tokens']:,} tokens, same batches "
-                 f"in the same order")
+    fig.suptitle(f"d_sae {shape['d_sae']}, k {shape['k']}, {main['tokens']:,} tokens, same batches in the same order")
     fig.tight_layout()
-    drawn.append(out / "curves.png")
-    fig.savefig(drawn[-1], dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    if result.get("frontier"):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for name, points in result["frontier"]["points"].items():
-            l0 = [p["l0"] for p in points]
-            axes[0].plot(l0, [p["fvu"] for p in points], marker="o", label=name)
-            axes[1].plot(l0, [p["ce_loss_recovered"] for p in points], marker="o", label=name)
-            for p in points:
-                axes[0].annotate(f"k={p['k']}", (p["l0"], p["fvu"]), fontsize=7)
-        axes[0].set_yscale("log")
-        for ax, label in zip(axes, ("held-out FVU (log scale)", "CE loss recovered")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("L0 (log scale)")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"frontier: d_sae {shape['d_sae']}, {result['frontier']['tokens']:,} tokens per run")
-        fig.tight_layout()
-        drawn.append(out / "frontier.png")
-        fig.savefig(drawn[-1], dpi=90)
-        plt.close(fig)
-    return drawn
+    return path
+
+
+def draw_frontier(frontier: dict, path: Path, plt) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in frontier["points"].items():
+        l0 = [p["l0"] for p in points]
+        axes[0].plot(l0, [p["fvu"] for p in points], marker="o", label=name)
+        axes[1].plot(l0, [p["ce_loss_recovered"] for p in points], marker="o", label=name)
+        for p in points:
+            axes[0].annotate(f"k={p['k']}", (p["l0"], p["fvu"]), fontsize=7)
+    axes[0].set_yscale("log")
+    for ax, label in zip(axes, ("held-out FVU (log scale)", "CE loss recovered")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("L0 (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"frontier: d_sae {frontier['d_sae']}, {frontier['tokens']:,} tokens per run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 COLUMNS = (("fvu", "held-out FVU", "{:.4f}"), ("l0", "L0", "{:.1f}"), ("dead_train", "dead (last train tokens)",
@@ -549,18 +566,24 @@ def main(cfg: QualityConfig | None = None) -> dict:
         loaded = startup.load_model(cfg.model, device=CPU)
     machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                "torch": torch.__version__}
+    result = {"config": asdict(cfg), "machine": machine}
     with tempfile.TemporaryDirectory(prefix="sae-quality-") as tmp:
-        main_result = compare(cfg, data, loaded, list(dict.fromkeys(cfg.contenders)), cfg.k, cfg.epochs,
-                              Path(tmp), cfg.eval_sentences)
-        result = {"config": asdict(cfg), "machine": machine, "main": main_result, "line": summary_line(main_result)}
+        if not cfg.frontier_only:
+            result["main"] = compare(cfg, data, loaded, list(dict.fromkeys(cfg.contenders)), cfg.k, cfg.epochs,
+                                     Path(tmp), cfg.eval_sentences)
+            result["line"] = summary_line(result["main"])
         if cfg.frontier_ks:
-            result["frontier"] = run_frontier(cfg, data, loaded, best_peer(main_result["rows"]), Path(tmp))
+            peer = cfg.frontier_peer or best_peer(result["main"]["rows"])
+            result["frontier"] = run_frontier(cfg, data, loaded, peer, Path(tmp))
     write_json_atomic(out / "results.json", result)
-    print("\n" + "\n".join(" | ".join(row) for row in table(main_result["rows"])))
+    if "main" in result:
+        print("\n" + "\n".join(" | ".join(row) for row in table(result["main"]["rows"])))
     if cfg.figures:
         images = draw(result, out)
-        log.info("page: %s", write_page(result, images, out))
-    print(result["line"])
+        if "main" in result:
+            log.info("page: %s", write_page(result, images, out))
+    if "line" in result:
+        print(result["line"])
     return result
 
 
