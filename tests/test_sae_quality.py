@@ -138,3 +138,13 @@ def test_seconds_to_interpolates_between_curve_points():
     assert sae_quality.seconds_to(curve, 0.35) == pytest.approx(4.0)
     assert sae_quality.seconds_to(curve, 2.0) == 1.0
     assert sae_quality.seconds_to(curve, 0.1) is None
+
+
+def test_the_line_holds_when_an_export_rounds_the_peers_last_point():
+    """A schedule-free peer's exported weights differ from the evaluated ones by rounding: its curve may end
+    a hair above its own final FVU, which still counts as reached."""
+    rows = {"ours": {"fvu": 0.15}, "sparsify": {"fvu": 0.2}}
+    curves = {"ours": [{"seconds": 1.0, "fvu": 0.5}, {"seconds": 2.0, "fvu": 0.15}],
+              "sparsify": [{"seconds": 1.0, "fvu": 0.5}, {"seconds": 6.0, "fvu": 0.2 * (1 + 1e-7)}]}
+    line = sae_quality.summary_line({"rows": rows, "curves": curves})
+    assert line.endswith("time to 0.2000: ours 1.9 s, sparsify 6.0 s, speedup 3.23"), line
