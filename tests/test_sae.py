@@ -113,8 +113,8 @@ def test_init_orthogonal_encoder_tied_unit_decoder_rows():
     sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=128), dtype=torch.float64)
     W_enc, W_dec = sae.W_enc.detach(), sae.W_dec.detach()
     torch.testing.assert_close(W_dec.norm(dim=1), torch.ones(128, dtype=torch.float64))
-    torch.testing.assert_close(W_enc, W_dec.t())
-    gram = W_enc @ W_enc.t() / (128 / 32)  # orthogonal rows: (d_sae / d_in) I up to the column rescale
+    torch.testing.assert_close(W_enc, W_dec.t() * 3 ** -0.5)  # sparsify's nn.Linear scale
+    gram = W_dec.t() @ W_dec / (128 / 32)  # orthogonal rows: (d_sae / d_in) I up to the column rescale
     assert (gram - torch.eye(32, dtype=torch.float64)).abs().max() < 0.35
     assert sae.b_pre.abs().max() == 0 and sae.h_bias.abs().max() == 0
 
