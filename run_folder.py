@@ -103,7 +103,7 @@ def strangers(folder: Path, kind: Kind) -> list[str]:
     found = []
     with os.scandir(folder) if Path(folder).is_dir() else contextlib.nullcontext([]) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_dir(follow_symlinks=False):
+            if entry.is_dir():  # a link to a folder is a folder (a run may share another run's capture)
                 name = _unsuffixed(entry.name)  # a folder written whole beside its place, or set aside
                 kinds = [sub for pattern, sub in kind.folders.items() if fnmatch.fnmatchcase(name, pattern)]
                 if not kinds:

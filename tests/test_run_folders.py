@@ -363,6 +363,21 @@ def test_convert_overwrite_replaces_only_an_sae_and_never_its_source(tmp_path, t
     assert sorted(os.listdir(earlier)) == ["complete.json", "config.json", "sae.safetensors"]
 
 
+def test_a_pipeline_run_may_share_another_runs_capture_through_links(tmp_path):
+    """bench/demo_seeds.py's layout: each seed's --runs links capture/ and batches/ to the first seed's."""
+    first = tmp_path / "seed-0"
+    for part in ("capture", "batches"):
+        (first / part).mkdir(parents=True)
+    runs = tmp_path / "seed-1"
+    runs.mkdir()
+    for part in ("capture", "batches"):
+        (runs / part).symlink_to(first / part)
+    assert run_folder.strangers(runs, run_folder.PIPELINE) == []
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (runs / "notes").symlink_to(tmp_path / "notes.txt")  # a link to a file is still someone's file
+    assert run_folder.strangers(runs, run_folder.PIPELINE) == ["notes"]
+
+
 def test_a_second_pipeline_on_one_runs_folder_is_refused_before_any_stage(tmp_path, text, monkeypatch):
     def no_stage(*args, **kwargs):
         raise AssertionError("a stage started")
