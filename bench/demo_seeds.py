@@ -48,9 +48,9 @@ def demo(root: Path, seed: int, label: str, extra: list[str]) -> dict:
     chosen = (report.get("steering") or {}).get("chosen")
     if not chosen:
         return {"seed": seed, "latent": None}
-    prompts = runs / "held-out-prompts.txt"
+    prompts = root / f"seed-{seed}-held-out-prompts.txt"  # beside the run: its folder holds only what pipeline.py writes
     prompts.write_text("\n".join(HELD_OUT_PROMPTS) + "\n")
-    out = runs / "held-out-sweep.json"
+    out = root / f"seed-{seed}-held-out-sweep.json"
     value = f"{chosen['value']:.4g}"
     run(["generate.py", "--sae", str(runs / "train" / "sae"), "--sweep", f"{chosen['latent']}:{value}:{value}:1",
          "--label", label, "--prompt-file", str(prompts), "--sweep-json", str(out),
