@@ -48,7 +48,7 @@ def demo(root: Path, seed: int, label: str, extra: list[str]) -> dict:
     chosen = (report.get("steering") or {}).get("chosen")
     if not chosen:
         return {"seed": seed, "latent": None}
-    prompts = root / f"seed-{seed}-held-out-prompts.txt"  # beside the run: its folder holds only what pipeline.py writes
+    prompts = root / f"seed-{seed}-held-out-prompts.txt"  # beside the run, whose folder is pipeline.py's
     prompts.write_text("\n".join(HELD_OUT_PROMPTS) + "\n")
     out = root / f"seed-{seed}-held-out-sweep.json"
     value = f"{chosen['value']:.4g}"
