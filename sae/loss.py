@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sae.model import SparseAutoencoder
+from sae.model import ForwardOutput, SparseAutoencoder
 from sae.sparse import EAGER, Kernels
 
 
@@ -24,14 +24,16 @@ class LossOutput(NamedTuple):
     l1: Tensor       # () mean over rows of sum_i h_i * ||W_dec[i]|| for relu (its penalty), of sum_i h_i otherwise
 
 
-def aux_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead_mask: Tensor, k_aux: int,
+def aux_reconstruction(sae: SparseAutoencoder, out: ForwardOutput, dead_mask: Tensor, k_aux: int,
                        kernels: Kernels = EAGER) -> Tensor:
-    """Decode the top `k_aux` pre-activations among dead latents (ReLU) -> (rows, d_in), WITHOUT b_pre:
-    it models the residual x_n - x_hat_n, which carries no bias (OpenAI TopK paper, A.2)."""
-    k = min(k_aux, int(dead_mask.sum().item()))
-    ranked = pre.detach().masked_fill(~dead_mask, -torch.inf)  # (rows, d_sae), only dead latents compete
-    indices = ranked.topk(k, dim=-1, sorted=False).indices     # (rows, k)
-    values = pre.gather(-1, indices).relu()
+    """Decode in each row the k_aux dead latents with the largest pre-activations (all of them if no more are
+    dead; ReLU) -> (rows, d_in), WITHOUT b_pre: it models the residual x_n - x_hat_n (OpenAI TopK paper, A.2)."""
+    dead = dead_mask.nonzero().squeeze(1)                         # (n_dead,)
+    if len(dead) <= k_aux:
+        indices = dead.expand(out.pre.shape[0], -1).contiguous()
+    else:
+        indices = dead[out.pre.detach().index_select(-1, dead).topk(k_aux, dim=-1, sorted=False).indices]
+    values = kernels.latent_pre(sae, out, indices).relu()       # differentiable in the encoder
     return kernels.decode_residual(sae, values, indices)
 
 
@@ -65,6 +67,6 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, *, dead_mask: Tensor | None = No
     n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
     if n_dead > 0 and cfg.aux_coeff > 0 and (not aux_gate_requires_k_aux_dead or n_dead >= cfg.k_aux):
         residual = (out.x_n - out.x_hat_n).detach()              # the target must not train the main path
-        aux_mse = (aux_reconstruction(sae, out.pre, dead_mask, cfg.k_aux, kernels) - residual).pow(2).mean()
+        aux_mse = (aux_reconstruction(sae, out, dead_mask, cfg.k_aux, kernels) - residual).pow(2).mean()
         loss = loss + cfg.aux_coeff * aux_mse
     return LossOutput(loss, mse, aux_mse.detach(), fvu, l0, fired, l1.detach())

@@ -13,11 +13,13 @@ matrix S (B, d_sae), and every product with it is a sparse one:
   - S^T @ T is one `F.embedding_bag` over T's rows with the pairs grouped by latent (`LatentGroups`), or for
     wide inputs' grad W_enc a CSR product written straight into W_enc's layout; the grouping (a sort of the
     B*k indices) is done once per batch and shared by both backward passes.
+  - `gather_encode`: the aux-k loss's dead latents (B, k_aux) read from `pre` with the same sparse backward
+    as `topk_encode`, so a step with dead latents stays free of dense products too.
 sparsify (EleutherAI) and OpenAI's Triton kernels use the same decomposition. The eager twins
 (`topk_encode_eager`, `sparse_decode_eager`) are the plain autograd formulas the tests hold them to.
 
 The SAE itself (sae/model.py) is the eager formula. Whoever builds a trainer picks once how a training
-pass computes it: `kernels_for(sae, autocast=...)` returns `SPARSE` (`sparse_forward` and
+pass computes it: `kernels_for(sae, autocast=...)` returns `SPARSE` (`sparse_forward`, `sparse_latent_pre` and
 `sparse_decode_residual`, through these kernels) or `EAGER` (the SAE's own methods), and the loss
 (`sae_loss(..., kernels=...)`) calls what it was given.
 """
@@ -51,6 +53,7 @@ def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
 
 _GROUP = 8  # entries per group in `topk_rows`
 _EMBEDDING_BAG_MAX_D_IN = 1024  # widest input whose grad W_enc goes through `LatentGroups.product`
+_SPARSE_GATHER_MAX_SHARE = 10   # `sparse_latent_pre` goes sparse while w x this <= d_sae
 
 
 def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -134,32 +137,42 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, _grad_indices, grad_pre):
         x_c, W_enc, indices, values = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
         g = grad_values * (values > 0) if grad_values is not None else torch.zeros_like(values)  # ReLU'
-        need_x = ctx.needs_input_grad[0]
-        if grad_pre is not None:
-            # Another loss (aux-k) used the dense pre-activations: fall back to dense products.
-            dense = grad_pre.scatter_add(1, indices, g)            # (B, d_sae)
-            grad_W, grad_b = x_c.t() @ dense, dense.sum(0)
-            grad_xc = dense @ W_enc.t() if need_x else None
+        need_x, need_b_pre, need_h = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        if grad_pre is None:
+            grad_xc, grad_W, grad_b = _encoder_grads(x_c, W_enc, indices, g, ctx.groups, need_x=need_x)
         else:
-            # (S^T @ x_c)^T into W_enc's (d_in, d_sae) layout: narrow inputs through the embedding_bag product
-            # and a transposing copy, wide ones through the CSR product written into the transposed layout
-            # (the faster of the two on either side, measured on a CPU: docs/ARCHITECTURE.md)
-            grad_W = torch.empty_like(W_enc, memory_format=torch.contiguous_format)
-            if x_c.shape[1] <= _EMBEDDING_BAG_MAX_D_IN:
-                grad_W.copy_(ctx.groups.product(indices, g, x_c).t())
-            else:
-                torch.mm(ctx.groups.transposed(indices, g), x_c, out=grad_W.t())
-            grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(
-                0, indices.reshape(-1), g.reshape(-1))
-            grad_xc = _csr(indices, g, d_sae) @ W_enc.t() if need_x else None
-        grad_b_pre = None
-        if ctx.needs_input_grad[3]:
-            # sum over rows of d/dx_c = (sum_b G_b) @ W_enc^T = W_enc @ grad_b_enc
-            grad_b_pre = -(grad_xc.sum(0) if grad_xc is not None else W_enc @ grad_b)
-        grad_h = grad_b if ctx.needs_input_grad[4] else None
-        return grad_xc, grad_W, grad_b, grad_b_pre, grad_h, None, None
+            # Something used the dense pre-activations with a gradient: dense products (the aux-k loss does
+            # not: it takes its latents through `gather_encode`).
+            dense = grad_pre.scatter_add(1, indices, g)            # (B, d_sae)
+            grad_xc, grad_W, grad_b = dense @ W_enc.t() if need_x else None, x_c.t() @ dense, dense.sum(0)
+        return grad_xc, grad_W, grad_b, _b_pre_grad(grad_xc, W_enc, grad_b, need_b_pre), \
+            grad_b if need_h else None, None, None
+
+
+def _b_pre_grad(grad_xc: Tensor | None, W_enc: Tensor, grad_b: Tensor, needed: bool) -> Tensor | None:
+    # x_c = x_n - b_pre: the rows' input gradients summed, = (sum_b G_b) @ W_enc^T = W_enc @ grad b_enc
+    if not needed:
+        return None
+    return -(grad_xc.sum(0) if grad_xc is not None else W_enc @ grad_b)
+
+
+def _encoder_grads(x_c: Tensor, W_enc: Tensor, indices: Tensor, g: Tensor, groups: LatentGroups, *,
+                   need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The encoder's sparse backward, for the gradient g (B, w) of pre-activations taken at indices (B, w)
+    (ascending along each row) -> (grad x_c (B, d_in) or None, grad W_enc, grad (b_enc + h_bias))."""
+    d_sae = W_enc.shape[1]
+    # (S^T @ x_c)^T into W_enc's (d_in, d_sae) layout: narrow inputs through the embedding_bag product and
+    # a transposing copy, wide ones through the CSR product written into the transposed layout (the faster
+    # of the two on either side, measured on a CPU: docs/ARCHITECTURE.md)
+    grad_W = torch.empty_like(W_enc, memory_format=torch.contiguous_format)
+    if x_c.shape[1] <= _EMBEDDING_BAG_MAX_D_IN:
+        grad_W.copy_(groups.product(indices, g, x_c).t())
+    else:
+        torch.mm(groups.transposed(indices, g), x_c, out=grad_W.t())
+    grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
+    grad_xc = _csr(indices, g, d_sae) @ W_enc.t() if need_x else None
+    return grad_xc, grad_W, grad_b
 
 
 def topk_encode(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_pre: Tensor, h_bias: Tensor,
@@ -168,8 +181,8 @@ def topk_encode(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_pre: Tensor, h_bias
 
     x_n (B, d_in), W_enc (d_in, d_sae), b_enc/h_bias (d_sae,), b_pre (d_in,) ->
     values (B, k) = ReLU of the k largest pre-activations, indices (B, k) int64 ascending along each row,
-    pre (B, d_sae). `pre` is differentiable too (the aux-k loss uses dead latents there); when it
-    receives a gradient the backward uses dense products. `groups`: shared with the `sparse_decode` of the
+    pre (B, d_sae). `pre` is differentiable too, through dense products (the aux-k loss reads its latents
+    through `gather_encode` instead, which keeps the backward sparse). `groups`: shared with the `sparse_decode` of the
     same latents, so the backward passes group them by latent once.
     """
     return _TopKEncode.apply(x_n, W_enc, b_enc, b_pre, h_bias, k, groups)
@@ -181,6 +194,33 @@ def topk_encode_eager(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_pre: Tensor, 
     pre = (x_n - b_pre) @ W_enc + (b_enc + h_bias)
     indices = pre.detach().topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
     return pre.gather(-1, indices).relu(), indices, pre
+
+
+class _GatherEncode(torch.autograd.Function):
+    """(x_n, W_enc, b_enc, b_pre, h_bias, pre, indices) -> pre.gather(-1, indices); see `gather_encode`."""
+
+    @staticmethod
+    def forward(ctx, x_n, W_enc, b_enc, b_pre, h_bias, pre, indices):
+        ctx.save_for_backward(x_n - b_pre, W_enc, indices)
+        return pre.gather(-1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_c, W_enc, indices = ctx.saved_tensors
+        indices, g, _ = _sorted(indices, grad)
+        need_x, need_b_pre, need_h = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        grad_xc, grad_W, grad_b = _encoder_grads(x_c, W_enc, indices, g, LatentGroups(W_enc.shape[1]),
+                                                 need_x=need_x)
+        return grad_xc, grad_W, grad_b, _b_pre_grad(grad_xc, W_enc, grad_b, need_b_pre), \
+            grad_b if need_h else None, None, None
+
+
+def gather_encode(x_n: Tensor, W_enc: Tensor, b_enc: Tensor, b_pre: Tensor, h_bias: Tensor, pre: Tensor,
+                  indices: Tensor) -> Tensor:
+    """The pre-activations (B, w) of the latents at `indices` (B, w), read from the computed `pre` (B, d_sae)
+    (which receives no gradient) but differentiable in the encoder through its sparse backward: how the
+    aux-k loss takes its dead latents without a dense gradient."""
+    return _GatherEncode.apply(x_n, W_enc, b_enc, b_pre, h_bias, pre.detach(), indices)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -222,10 +262,11 @@ def sparse_decode_eager(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tenso
 # ---- the choice a trainer makes -----------------------------------------------------------------
 
 class Kernels(NamedTuple):
-    """How a training pass computes the SAE: its forward, and the decoding of latents without b_pre
-    (the aux-k loss). Both give the same results (up to float rounding); they differ in speed and dtypes."""
+    """How a training pass computes the SAE: its forward, and for the aux-k loss the pre-activations of
+    chosen latents and their decoding without b_pre. Both give the same results (up to float rounding); they differ in speed and dtypes."""
 
     forward: Callable[[SparseAutoencoder, Tensor], ForwardOutput]  # (sae, x (rows, d_in)) -> sae(x)
+    latent_pre: Callable[[SparseAutoencoder, ForwardOutput, Tensor], Tensor]  # (sae, out, indices) -> pre there
     decode_residual: Callable[[SparseAutoencoder, Tensor, Tensor], Tensor]  # (sae, values, indices) -> (rows, d_in)
 
 
@@ -243,6 +284,14 @@ def sparse_forward(sae: SparseAutoencoder, x: Tensor) -> ForwardOutput:
     return ForwardOutput(sae.normalization.inverse(x_hat_n, ctx), x_hat_n, x_n, values, indices, pre)
 
 
+def sparse_latent_pre(sae: SparseAutoencoder, out: ForwardOutput, indices: Tensor) -> Tensor:
+    """`out.pre.gather(-1, indices)` for indices (rows, w): through `gather_encode` for up to a tenth of the
+    latents per row, beyond which the dense products are faster (measured on a CPU: docs/ARCHITECTURE.md)."""
+    if indices.shape[-1] * _SPARSE_GATHER_MAX_SHARE > sae.cfg.d_sae:
+        return out.pre.gather(-1, indices)
+    return gather_encode(out.x_n, sae.W_enc, sae.b_enc, sae.b_pre, sae.h_bias, out.pre, indices)
+
+
 def sparse_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tensor) -> Tensor:
     """`sae.decode_normalized(values, indices, bias=False)` for (rows, w) latents, through `sparse_decode`."""
     return sparse_decode(values, indices, sae.W_dec)
@@ -252,12 +301,16 @@ def eager_forward(sae: SparseAutoencoder, x: Tensor) -> ForwardOutput:
     return sae(x)
 
 
+def eager_latent_pre(sae: SparseAutoencoder, out: ForwardOutput, indices: Tensor) -> Tensor:
+    return out.pre.gather(-1, indices)
+
+
 def eager_decode_residual(sae: SparseAutoencoder, values: Tensor, indices: Tensor) -> Tensor:
     return sae.decode_normalized(values, indices, bias=False)
 
 
-EAGER = Kernels(eager_forward, eager_decode_residual)     # the SAE's own formula (sae/model.py)
-SPARSE = Kernels(sparse_forward, sparse_decode_residual)  # the autograd Functions above
+EAGER = Kernels(eager_forward, eager_latent_pre, eager_decode_residual)     # the SAE's own formula (sae/model.py)
+SPARSE = Kernels(sparse_forward, sparse_latent_pre, sparse_decode_residual)  # the autograd Functions above
 
 
 def kernels_for(sae: SparseAutoencoder, *, autocast: bool) -> Kernels:

@@ -241,8 +241,9 @@ def test_aux_reconstruction_has_no_b_pre_and_a_detached_target():
     k_aux = 6
     assert dead.sum() > k_aux
     # 1. the aux reconstruction alone: sum of the top-k_aux dead rows, no bias, no path to b_pre
-    pre = sae(x).pre.detach()
-    aux = aux_reconstruction(sae, pre, dead, k_aux)
+    out = sae(x)
+    pre = out.pre.detach()
+    aux = aux_reconstruction(sae, out._replace(pre=pre), dead, k_aux)
     assert torch.autograd.grad(aux.sum(), sae.b_pre, allow_unused=True)[0] is None
     p, w = pre.numpy(), sae.W_dec.detach().numpy()
     masked = np.where(dead.numpy(), p, -np.inf)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae import SAEConfig, SparseAutoencoder, sparse
-from sae.loss import sae_loss
+from sae.loss import aux_reconstruction, sae_loss
 from sae.sparse import EAGER, SPARSE, kernels_for
 
 B, D_IN, D_SAE, K = 48, 20, 96, 6
@@ -72,19 +72,38 @@ def test_sparse_decode_equals_eager_and_dense(device):
         torch.testing.assert_close(grads[0][1], grad[1])
 
 
-@pytest.mark.parametrize("with_aux", [False, True])
-def test_model_fast_path_equals_eager_path(with_aux):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_encode_equals_eager(device):
+    """The aux-k loss's read of chosen pre-activations: the sparse backward against autograd through gather."""
+    torch.manual_seed(5)
+    x, W, b, b_pre = leaf(B, D_IN, device=device), leaf(D_IN, D_SAE, device=device), \
+        leaf(D_SAE, device=device), leaf(D_IN, device=device)
+    h_bias = torch.randn(D_SAE, dtype=torch.float64, device=device)
+    indices = torch.stack([torch.randperm(D_SAE, device=device)[:10] for _ in range(B)])  # unsorted rows
+    g = torch.randn(B, 10, dtype=torch.float64, device=device)
+    pre = (x - b_pre) @ W + (b + h_bias)
+    sparse_values = sparse.gather_encode(x, W, b, b_pre, h_bias, pre, indices)
+    torch.testing.assert_close(sparse_values, pre.gather(-1, indices))
+    grads = [torch.autograd.grad((v * g).sum(), [x, W, b, b_pre]) for v in (sparse_values, pre.gather(-1, indices))]
+    for name, a, e in zip(("x", "W_enc", "b_enc", "b_pre"), *grads):
+        torch.testing.assert_close(a, e, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("dead_every, k_aux", [(0, 8), (3, 8), (16, 8), (3, 40)],
+                         ids=["no dead latents", "top k_aux of the dead, sparse", "every dead latent, sparse",
+                              "every dead latent, a third of all: dense"])
+def test_model_fast_path_equals_eager_path(dead_every, k_aux):
     """A whole loss.backward() through the sparse kernels and through the SAE's eager formula, float32 as in
-    training."""
+    training; with dead latents, more than k_aux of them or fewer."""
     torch.manual_seed(3)
-    cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="dataset_scale", k_aux=10)
+    cfg = SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="dataset_scale", k_aux=k_aux)
     sae = SparseAutoencoder(cfg)
     sae.normalization.set_scale(0.5)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_pre.normal_(0, 0.1)
     x = torch.randn(256, D_IN)
-    dead = torch.arange(D_SAE) % 3 == 0 if with_aux else None
+    dead = torch.arange(D_SAE) % dead_every == 0 if dead_every else None
     grads = []
     for kernels in (SPARSE, EAGER):
         out = sae_loss(sae, x, dead_mask=dead, kernels=kernels)
@@ -109,3 +128,16 @@ def test_half_precision_falls_back_to_the_eager_path():
     torch.testing.assert_close(sae16.decode_normalized(ref.values.to(torch.bfloat16), ref.indices).float(),
                                ref.x_hat_n, rtol=0.02, atol=0.05)
     assert (sae16(x.to(torch.bfloat16)).indices == ref.indices).all(-1).float().mean() > 0.8
+
+
+def test_aux_k_sends_no_gradient_to_the_dense_pre_activations():
+    """With dead latents the sparse path's backward stays sparse: nothing flows into `pre` (B, d_sae)."""
+    torch.manual_seed(6)
+    sae = SparseAutoencoder(SAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, normalization="none", k_aux=8))
+    out = SPARSE.forward(sae, torch.randn(64, D_IN))
+    reached = []
+    out.pre.register_hook(lambda grad: reached.append(grad))
+    aux = aux_reconstruction(sae, out, torch.arange(D_SAE) % 3 == 0, 8, SPARSE)  # 8 of 32 dead per row
+    (aux.pow(2).sum() + out.x_hat_n.pow(2).sum()).backward()
+    assert all(grad is None for grad in reached)  # the hook sees an undefined gradient, never a tensor
+    assert sae.W_enc.grad.abs().sum() > 0
