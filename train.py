@@ -46,6 +46,7 @@ from sae.model import SparseAutoencoder
 from sae.sparse import kernels_for
 from startup import DistInfo
 from training import distributed
+from training.allocator import keep_freed_memory
 from training.checkpoint import checkpoint_dir, list_checkpoints, load_latest, loads
 from training.checkpoint import save_checkpoint as write_checkpoint
 from training.config import TrainConfig, flatten, parse_train_config
@@ -102,6 +103,8 @@ def train(cfg: TrainConfig, dist: DistInfo, train_data, val_data) -> Path:
     if not native_autocast(cfg, dist.device):
         log.warning("--autocast %s: this CPU has no %s matrix instructions, so torch emulates them at a small "
                     "fraction of float32's speed; --autocast none will be much faster", cfg.autocast, cfg.autocast)
+    if dist.device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's pages (training/allocator.py)
     torch.manual_seed(cfg.seed)  # the same initial SAE on every rank (DDP also broadcasts rank 0's)
     trainer = build_trainer(cfg, sae_cfg, train_data, dist.device, total_steps)
     state = TrainState(sae_cfg.d_sae).to(dist.device)

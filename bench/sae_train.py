@@ -58,6 +58,7 @@ from llama.cpu_16bit import cpu_emulates  # noqa: E402
 from sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sae.loss import sae_loss  # noqa: E402
 from sae.sparse import EAGER, kernels_for  # noqa: E402
+from training.allocator import keep_freed_memory  # noqa: E402
 
 CONTENDERS = ("ours", "ours-eager", "ours-bf16", "saelens", "saelens-sparse", "naive", "matmul")
 
@@ -83,6 +84,9 @@ class BenchConfig:
     output: str = field(default="", metadata={"help": "also write the results as JSON to this file"})
     phases: bool = field(default=False, metadata={"help": "instead: time each phase of ours' step against the "
                                                           "encoder matmul, round-robin"})
+    keep_freed_memory: bool = field(default=True, metadata={
+        "help": "glibc keeps freed large blocks for reuse, as train.py sets on a CPU (training/allocator.py); "
+                "process-wide, so every contender and the matmul get it"})
 
 
 def native_bf16() -> bool:
@@ -208,7 +212,7 @@ def run_alone(name: str, cfg: BenchConfig, rounds: int) -> dict:
     """Run one contender in a fresh process: its `warmup` untimed and `rounds` timed steps, and its peak RSS."""
     cmd = [sys.executable, __file__, "--only", name, "--d-in", str(cfg.d_in), "--d-sae", str(cfg.d_sae),
            "--k", str(cfg.k), "--batch", str(cfg.batch), "--warmup", str(cfg.warmup), "--rounds", str(rounds),
-           "--threads", str(cfg.threads)]
+           "--threads", str(cfg.threads), "--keep-freed-memory", str(cfg.keep_freed_memory).lower()]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -360,6 +364,8 @@ def main() -> None:
     cfg, _ = cli.parse_config(BenchConfig, __doc__.split("\n\n")[0])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     x = torch.randn(cfg.batch, cfg.d_in)
     if cfg.phases:

@@ -7,6 +7,7 @@
   and the data's identity (fingerprint, d_in, batch size, count) that a checkpoint records.
 - `training.objective`: the SAE and its loss as one module, so DDP sees every call.
 - `training.step`: `Trainer`, `get_lr` and `train_step`, one optimiser step in nanoGPT's order.
+- `training.allocator`: on a CPU, glibc keeps freed large blocks, so each step reuses the last one's pages.
 - `training.precision`: the --autocast region and fp16's loss scaler.
 - `training.nonfinite`: stopping on a NaN/Inf loss or gradient, with the reason.
 - `training.state`: `TrainState`, the loop's checkpointed state (step, dead-latent counters, RNG states).
