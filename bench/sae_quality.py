@@ -19,7 +19,8 @@ order), the same number of tokens and batch size for every contender:
   sparsify-our-lr  sparsify's SparseCoder and loss with Adam at our learning rate and schedule
 
 Trainers advance round-robin, one step each per round, in one process, so a busy machine slows them alike;
-each trainer's own wall time is accumulated (construction and first steps included, evaluation excluded).
+each trainer's own wall time is accumulated (construction and first steps included, evaluation and the
+process's one-time imports excluded).
 Every `--eval-every` steps each SAE is brought into our format through the readers convert.py uses (the
 peers saved by their own code first) and its held-out FVU measured, for the curves. At the end one
 evaluator measures every SAE: held-out FVU and L0 (the prebatched validation split), dead fraction over the
@@ -313,11 +314,24 @@ def reconstruction(sae: SparseAutoencoder, x: torch.Tensor, rows: int = 4096) ->
     return {"fvu": sq_err / variance, "l0": active / len(x), "fired": fired}
 
 
+def import_once(names: list[str]) -> None:
+    """The process's one-time imports, paid before any clock starts: whichever contender was built first
+    would carry them (every torch optimiser's constructor imports torch._dynamo, about 2 s here; sparsify's
+    and SAELens' packages load on first use)."""
+    import torch._dynamo  # noqa: F401
+    if any(name.startswith("saelens") for name in names):
+        import sae_lens  # noqa: F401
+    if any(name.startswith("sparsify") for name in names):
+        import schedulefree  # noqa: F401
+        import sparsify  # noqa: F401
+
+
 def train_round_robin(names: list[str], shape: Shape, cfg: QualityConfig, data: Data,
                       scratch: Path) -> tuple[dict[str, Contender], dict[str, dict]]:
     """Every contender trained on the same batches in the same order; returns them and their runs
     (curve points, step times, build time)."""
     share = RankShare(data.train, 0, 1, shape.seed)  # train.py's order for one process
+    import_once(names)
     contenders, runs = {}, {}
     for name in names:
         gc.collect()
