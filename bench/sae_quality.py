@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import gc
 import html
-import json
 import logging
 import math
 import statistics
@@ -62,6 +61,7 @@ from atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from data.batches import BatchDataset  # noqa: E402
 from data.shuffle import DEFAULTS as PREBATCH_DEFAULTS, is_validation  # noqa: E402
 from latents.evaluate import evaluate_sae, left_padded_batches  # noqa: E402
+from llama.jsonfile import read_json  # noqa: E402
 from latents.heldout import collect_heldout  # noqa: E402
 from latents.probes import probe_report  # noqa: E402
 from latents.source import CapturedData  # noqa: E402
@@ -74,6 +74,7 @@ from settings import SettingError, check_int, check_number  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import RankShare  # noqa: E402
 from training.state import TrainState  # noqa: E402
+from training.allocator import keep_freed_memory  # noqa: E402
 from training.step import get_lr, train_step  # noqa: E402
 
 log = logging.getLogger("sae_quality")
@@ -112,6 +113,9 @@ class QualityConfig:
     frontier_only: bool = field(default=False, metadata={"help": "skip the comparison (needs --frontier-peer)"})
     frontier_epochs: float = field(default=0.0, metadata={"help": "epochs of each frontier run; 0 = --epochs"})
     seed: int = field(default=0, metadata={"help": "initialisation and batch order of every contender"})
+    ours_config: str = field(default="", metadata={"help": "JSON file of train.py fields (flat, as --config "
+                                                           "takes them) applied to ours only: an ablation of "
+                                                           "our recipe; the shape, data and seed stay the run's"})
     figures: bool = field(default=True, metadata={"help": "draw the PNGs and the page (needs matplotlib)"})
 
     def __post_init__(self) -> None:
@@ -180,14 +184,33 @@ class Shape:
     seed: int
 
 
-def our_config(shape: Shape, cfg: QualityConfig, data: Data) -> TrainConfig:
-    """train.py's defaults with the compared shape (what `python train.py --d-sae N --k K` would use)."""
-    return TrainConfig.of(data=str(data.train.folder), d_sae=shape.d_sae, k=shape.k, max_steps=shape.total_steps, seed=shape.seed,
-                          dead_after_tokens=cfg.dead_after_tokens, device="cpu")
+FIXED_BY_THE_RUN = ("data", "out", "d_sae", "expansion", "k", "max_steps", "epochs", "seed", "device",
+                    "batch_size", "resume", "overwrite")
+
+
+def our_config(shape: Shape, cfg: QualityConfig, data: Data, overrides: dict | None = None) -> TrainConfig:
+    """train.py's defaults with the compared shape (what `python train.py --d-sae N --k K` would use), and
+    `overrides` (train.py fields) on top."""
+    return TrainConfig.of(**{"dead_after_tokens": cfg.dead_after_tokens, **(overrides or {})},
+                          data=str(data.train.folder), d_sae=shape.d_sae, k=shape.k, max_steps=shape.total_steps,
+                          seed=shape.seed, device="cpu")
+
+
+def ours_overrides(cfg: QualityConfig) -> dict:
+    """The fields of --ours-config ({} without one)."""
+    if not cfg.ours_config:
+        return {}
+    overrides = read_json(cfg.ours_config, "--ours-config", expect=dict)
+    fixed = sorted(set(overrides) & set(FIXED_BY_THE_RUN))
+    if fixed:
+        raise cli.UsageError(f"--ours-config {cfg.ours_config}: sets {', '.join(fixed)}, which the comparison "
+                             f"fixes for every contender; leave them out")
+    return overrides
 
 
 def make_ours(shape: Shape, cfg: QualityConfig, data: Data) -> Contender:
-    tcfg = our_config(shape, cfg, data)
+    overrides = ours_overrides(cfg)
+    tcfg = our_config(shape, cfg, data, overrides)
     torch.manual_seed(shape.seed)  # as train.py seeds before building the SAE
     sae_cfg = train_script.sae_config(tcfg, data.train)
     trainer = train_script.build_trainer(tcfg, sae_cfg, data.train, CPU, shape.total_steps)
@@ -199,7 +222,8 @@ def make_ours(shape: Shape, cfg: QualityConfig, data: Data) -> Contender:
     return Contender("ours", step, lambda _: trainer.sae,
                      f"train.py defaults: Adam {tcfg.lr:g}, {tcfg.warmup_steps} warm-up steps, {tcfg.schedule} "
                      f"to {tcfg.min_lr_ratio:g} x, clip {tcfg.grad_clip:g}, aux-k 1/32 after "
-                     f"{tcfg.dead_after_tokens:,} silent tokens, {sae_cfg.normalization}")
+                     f"{tcfg.dead_after_tokens:,} silent tokens, {sae_cfg.normalization}"
+                     + (f"; changed: {overrides}" if overrides else ""))
 
 
 def our_schedule(optimizer: torch.optim.Optimizer, shape: Shape, cfg: QualityConfig, data: Data):
@@ -575,6 +599,7 @@ def write_page(result: dict, images: list[Path], out: Path) -> Path:
 
 def main(cfg: QualityConfig | None = None) -> dict:
     cfg = cfg or cli.parse_config(QualityConfig, __doc__.split("\n\n")[0])[0]
+    keep_freed_memory()  # as train.py sets on a CPU; process-wide, so the peers get it too
     data = open_data(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

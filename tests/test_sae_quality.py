@@ -106,6 +106,29 @@ def test_ours_is_train_py(tiny, tmp_path):
         torch.testing.assert_close(harness[name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_ours_config_changes_ours_only_and_never_the_shared_settings(tiny, tmp_path):
+    """--ours-config: an ablation is train.py with that field changed (equal to `train.py --lr 0.01`
+    bit for bit); fields every contender shares are refused in one line."""
+    root, _ = tiny
+    (tmp_path / "ablation.json").write_text('{"lr": 0.01}')
+    cfg = config(root, ours_config=str(tmp_path / "ablation.json"))
+    data = sae_quality.open_data(cfg)
+    shape = sae_quality.Shape(d_in=DIM, d_sae=4 * DIM, k=4, total_steps=4, seed=0)
+    ours = sae_quality.make_ours(shape, cfg, data)
+    assert "changed: {'lr': 0.01}" in ours.recipe
+    share = RankShare(data.train, 0, 1, 0)
+    for step in range(4):
+        ours.step(data.train[share.index(step)], share.index(step))
+    folder = train.main(TrainConfig.of(data=str(root / "batches"), out=str(tmp_path / "run"), d_sae=4 * DIM, k=4,
+                                       max_steps=4, dead_after_tokens=256, device="cpu", lr=0.01))
+    reference, harness = load_sae(folder).state_dict(), ours.export(tmp_path).state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(harness[name], tensor, rtol=0, atol=0, msg=name)
+    (tmp_path / "bad.json").write_text('{"k": 3, "seed": 1}')
+    with pytest.raises(sae_quality.cli.UsageError, match=r"--ours-config .*bad.json: sets k, seed"):
+        sae_quality.make_ours(shape, config(root, ours_config=str(tmp_path / "bad.json")), data)
+
+
 def test_saelens_is_its_own_trainer(tiny, tmp_path):
     """The harness's `saelens` after 6 steps equals SAELens' SAETrainer.fit() over the same batches."""
     from sae_lens.config import SAETrainerConfig
