@@ -64,13 +64,13 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Orthogonal W_dec with unit rows, W_enc = W_dec^T / sqrt(3); zero biases."""
+        """W_enc uniform in +-1/sqrt(d_in) (nn.Linear's init), W_dec its transpose at unit rows; zero biases.
+        sparsify's initial dictionary: fewer dead latents than an orthogonal one (docs/train.md)."""
         if self.W_enc.is_meta:  # built only to receive loaded weights
             return
-        q = nn.init.orthogonal_(torch.empty(self.cfg.d_in, self.cfg.d_sae, device=self.W_enc.device))  # QR in fp32
-        self.W_dec.copy_(q.t())
+        self.W_enc.uniform_(-self.cfg.d_in ** -0.5, self.cfg.d_in ** -0.5)
+        self.W_dec.copy_(self.W_enc.t())
         self.set_decoder_norm_to_unit_norm()
-        self.W_enc.copy_(self.W_dec.t() * 3 ** -0.5)  # sparsify's nn.Linear scale: faster start (docs/train.md)
         self.b_enc.zero_()
         self.b_pre.zero_()
 

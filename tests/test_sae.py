@@ -108,15 +108,15 @@ def test_fitted_normalisation_is_state_not_config():
 
 # ---- initialisation and forward -------------------------------------------------------------------
 
-def test_init_orthogonal_encoder_tied_unit_decoder_rows():
+def test_init_uniform_encoder_tied_unit_decoder_rows():
     torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=128), dtype=torch.float64)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=4096), dtype=torch.float64)
     W_enc, W_dec = sae.W_enc.detach(), sae.W_dec.detach()
-    torch.testing.assert_close(W_dec.norm(dim=1), torch.ones(128, dtype=torch.float64))
-    torch.testing.assert_close(W_enc, W_dec.t() * 3 ** -0.5)  # sparsify's nn.Linear scale
-    gram = W_dec.t() @ W_dec / (128 / 32)  # orthogonal rows: (d_sae / d_in) I up to the column rescale
-    assert (gram - torch.eye(32, dtype=torch.float64)).abs().max() < 0.35
-    assert sae.b_pre.abs().max() == 0 and sae.h_bias.abs().max() == 0
+    torch.testing.assert_close(W_dec.norm(dim=1), torch.ones(4096, dtype=torch.float64))
+    torch.testing.assert_close(W_enc, W_dec.t() * W_enc.norm(dim=0))  # tied: each column along its decoder row
+    assert W_enc.abs().max() <= 32 ** -0.5                      # nn.Linear's bound, 1/sqrt(d_in)
+    assert W_enc.var().item() == pytest.approx(1 / (3 * 32), rel=0.03)  # uniform: variance bound^2 / 3
+    assert sae.b_pre.abs().max() == 0 and sae.b_enc.abs().max() == 0 and sae.h_bias.abs().max() == 0
 
 
 @pytest.mark.parametrize("normalization", ["none", "dataset_scale", "token_standardize", "mean_centred_unit_norm"])
