@@ -61,20 +61,20 @@ from atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from data.batches import BatchDataset  # noqa: E402
 from data.shuffle import DEFAULTS as PREBATCH_DEFAULTS, is_validation  # noqa: E402
 from latents.evaluate import evaluate_sae, left_padded_batches  # noqa: E402
-from llama.jsonfile import read_json  # noqa: E402
 from latents.heldout import collect_heldout  # noqa: E402
 from latents.probes import probe_report  # noqa: E402
 from latents.source import CapturedData  # noqa: E402
 from latents.stats import sae_encoder  # noqa: E402
+from llama.jsonfile import read_json  # noqa: E402
 from sae.formats import hook_names  # noqa: E402
 from sae.formats.registry import READERS  # noqa: E402
 from sae.formats import to_sae  # noqa: E402
 from sae.model import SparseAutoencoder  # noqa: E402
 from settings import SettingError, check_int, check_number  # noqa: E402
+from training.allocator import keep_freed_memory  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import RankShare  # noqa: E402
 from training.state import TrainState  # noqa: E402
-from training.allocator import keep_freed_memory  # noqa: E402
 from training.step import get_lr, train_step  # noqa: E402
 
 log = logging.getLogger("sae_quality")
