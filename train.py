@@ -61,7 +61,8 @@ from training.step import Trainer, get_lr, train_step
 
 log = logging.getLogger("train")
 ORTHO_ROWS = 2048  # decoder rows sampled for the orthogonality figure (all of them when fewer)
-RESUME_MUST_MATCH = ("d_sae", "expansion", "k", "activation", "normalization", "batch_size", "seed")
+RESUME_MUST_MATCH = ("d_sae", "expansion", "k", "activation", "normalization", "batch_size", "seed", "b_pre_lr_ratio")
+SAVED_BEFORE_THE_OPTION = {"b_pre_lr_ratio": 1.0}  # what a checkpoint that predates a field trained with
 
 
 class DiskFullError(OSError):
@@ -160,8 +161,8 @@ def read_run_folder(cfg: TrainConfig, dist: DistInfo, out: Path, identity: dict)
             log.info("no checkpoint in %s: starting from scratch", checkpoint_dir(out))
         return None
     saved_cfg, world, now = flatten(payload["config"]), payload["world_size"], cfg.flat()
-    changed = [f"--{n.replace('_', '-')} {saved_cfg.get(n)} -> {now[n]}"
-               for n in RESUME_MUST_MATCH if saved_cfg.get(n) != now[n]]
+    saved = {n: saved_cfg.get(n, SAVED_BEFORE_THE_OPTION.get(n)) for n in RESUME_MUST_MATCH}
+    changed = [f"--{n.replace('_', '-')} {saved[n]} -> {now[n]}" for n in RESUME_MUST_MATCH if saved[n] != now[n]]
     if changed or world != dist.world_size:
         what = ", ".join(changed) or f"{world} processes -> {dist.world_size}"
         raise cli.UsageError(f"{path}: cannot resume with a different setup ({what}); "
@@ -208,12 +209,21 @@ def build_trainer(cfg: TrainConfig, sae_cfg: SAEConfig, train_data: Sequence[Ten
     kernels = kernels_for(sae, autocast=cfg.autocast != "none")  # the one choice of fast or eager path
     objective = SAEObjective(sae, aux_gate=cfg.aux_gate, kernels=kernels)
     # fused: one kernel per step over all parameters, where the single-tensor loop makes ~10 passes and temporaries
-    optimizer = torch.optim.AdamW([p for p in sae.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(parameter_groups(sae, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: get_lr(s, cfg, total_steps) / cfg.lr)
     scaler = grad_scaler(cfg, device)
     return Trainer(sae, objective, objective, optimizer, scheduler, scaler)
+
+
+def parameter_groups(sae: SparseAutoencoder, cfg: TrainConfig) -> list[dict]:
+    """The optimiser's groups: the trained parameters at --lr, b_pre in a group of its own at
+    --b-pre-lr-ratio x --lr (one group when the ratio is 1, as checkpoints before the option have)."""
+    trained = [(name, p) for name, p in sae.named_parameters() if p.requires_grad]
+    if cfg.b_pre_lr_ratio == 1:
+        return [{"params": [p for _, p in trained]}]
+    return [{"params": [p for name, p in trained if name != "b_pre"]},
+            {"params": [sae.b_pre], "lr": cfg.lr * cfg.b_pre_lr_ratio}]
 
 
 def restore(trainer: Trainer, state: TrainState, payload: dict) -> None:

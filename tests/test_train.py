@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import cli
+import startup
 import train
 from data.batches import ChunkWriter, write_meta, write_remainder
 from sae.io import load_sae
@@ -126,6 +127,27 @@ def test_lr_schedule_matches_torch_schedulers():
     assert train.get_lr(30, cfg, total) == 1e-3
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+def test_b_pre_learns_at_its_fraction_of_the_scheduled_rate(ratio, tmp_path):
+    cfg = small_config(tmp_path, b_pre_lr_ratio=ratio, warmup_steps=3)
+    batches = planted_batches(4, 32)
+    trainer = train.build_trainer(cfg, train.sae_config(cfg, batches), batches, torch.device("cpu"), total_steps=6)
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == (1 if ratio == 1 else 2)
+    assert sum(len(g["params"]) for g in groups) == len(list(trainer.sae.parameters()))
+    start = {name: p.detach().clone() for name, p in trainer.sae.named_parameters()}
+    state = TrainState(trainer.sae.cfg.d_sae)
+    dist = startup.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    for step in range(6):
+        assert groups[0]["lr"] == pytest.approx(train.get_lr(step, cfg, 6))
+        if ratio != 1:
+            assert groups[1]["params"] == [trainer.sae.b_pre]
+            assert groups[1]["lr"] == pytest.approx(ratio * train.get_lr(step, cfg, 6))
+        train.train_step(trainer, state, batches[step % 4], cfg=cfg, dist=dist, batch_index=step)
+    moved = {name for name, p in trainer.sae.named_parameters() if not torch.equal(p, start[name])}
+    assert moved == ({"W_enc", "b_enc", "W_dec"} if ratio == 0 else {"W_enc", "b_enc", "W_dec", "b_pre"})
+
+
 def test_rank_shares_partition_each_epoch_and_match_one_process():
     batches = Batches([torch.full((2, 3), float(i)) for i in range(31)])  # 10 groups of 3, one left over
     shares = [RankShare(batches, r, 3, seed=7) for r in range(3)]
@@ -233,6 +255,7 @@ def test_preset_file_and_flags_layer_in_order(tmp_path):
     reference = PRESETS["reference"]
     assert cfg.betas == [0.85, 0.9999] and cfg.eps == 6.25e-10 and cfg.batch_size == 1024
     assert cfg.min_lr_ratio == reference["min_lr_ratio"] == 0.2 and cfg.schedule == "cosine"
+    assert cfg.b_pre_lr_ratio == 1.0  # the reference trains b_pre at the weights' rate
     assert parse_train_config([]).sae.k == 32 and parse_train_config(["--betas", "0.8", "0.99"]).betas == [0.8, 0.99]
 
 
@@ -246,6 +269,7 @@ def run_cli(argv, capsys) -> tuple[int, str]:
     (["--k", "0"], "--k 0: must be an integer >= 1"),
     (["--lr", "-1"], "--lr -1.0: must be a finite number >= 0"),
     (["--betas", "0.9"], "--betas [0.9]: takes two numbers"),
+    (["--b-pre-lr-ratio", "2"], "--b-pre-lr-ratio 2.0: must be in [0, 1]"),
     (["--resume", "--overwrite"], "give one"),
     (["--data", "/nonexistent/batches"], "/nonexistent/batches/batches.json: not found"),
 ])
@@ -381,6 +405,23 @@ def test_a_refused_resume_changes_nothing_in_the_run_folder(tmp_path, data, chan
                    val_data=val_data)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert folder_bytes(tmp_path) == before
+
+
+def test_a_checkpoint_from_before_the_b_pre_rate_resumes_only_at_the_rate_it_trained_with(tmp_path, data):
+    train_data, val_data = data
+    train.main(small_config(tmp_path, max_steps=4, b_pre_lr_ratio=1.0), train_data=train_data, val_data=val_data)
+    step, path = list_checkpoints(tmp_path / "checkpoints")[-1]
+    payload = load_checkpoint(path)
+    assert len(payload["optimizer"]["param_groups"]) == 1  # as checkpoints written before the option
+    del payload["config"]["b_pre_lr_ratio"]
+    save_checkpoint(tmp_path / "checkpoints", step, payload, keep=2)
+    with pytest.raises(cli.UsageError) as err:
+        train.main(small_config(tmp_path, max_steps=8, resume=True), train_data=train_data, val_data=val_data)
+    assert f"--b-pre-lr-ratio 1.0 -> {1 / 16}" in str(err.value)
+    resumed = train.main(small_config(tmp_path, max_steps=8, resume=True, b_pre_lr_ratio=1.0),
+                         train_data=train_data, val_data=val_data)
+    assert load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1][1])["state"]["step"] == 8
+    assert resumed.exists()
 
 
 def test_nan_in_validation_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data):

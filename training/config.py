@@ -21,6 +21,9 @@ from sae.config import SAEConfig
 from settings import SettingError, check_choice, check_int, check_number, check_seed
 
 SCHEDULES = ("cosine", "linear", "constant")
+# b_pre learns at 1/16 of the weights' rate: at full rate its early moves shift every latent's input at once and
+# leave latents that never fire again (docs/train.md, "Ours against SAELens and sparsify").
+B_PRE_LR_RATIO = 1 / 16
 AUTOCAST = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --autocast -> torch dtype name
 
 # The reference design's settings (seeds/002: d 3072, 65536 latents, 8 GPUs, ~7B activations).
@@ -30,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "k": 64, "batch_size": 1024, "lr": 5e-5, "betas": [0.85, 0.9999], "eps": 6.25e-10,
         "weight_decay": 0.01, "schedule": "cosine", "min_lr_ratio": 0.2, "warmup_steps": 0,
         "grad_clip": 0.0, "epochs": 10.0, "normalization": "token_standardize", "aux_gate": True,
-        "dead_after_tokens": 80_000 * 8192,  # 80k steps of 8 x 1024 activations
+        "b_pre_lr_ratio": 1.0, "dead_after_tokens": 80_000 * 8192,  # 80k steps of 8 x 1024 activations
     },
 }
 
@@ -65,6 +68,8 @@ class TrainConfig:
     betas: list[float] = _f([0.9, 0.999], "Adam betas")
     eps: float = _f(1e-8, "Adam epsilon")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
+    b_pre_lr_ratio: float = _f(B_PRE_LR_RATIO, "learning rate of b_pre, the shift of every latent's input, as a "
+                                               "fraction of --lr (1 = the same rate as the weights)")
     warmup_steps: int = _f(20, "linear warm-up steps")
     schedule: str = _f("cosine", "decay after warm-up", choices=list(SCHEDULES))
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of --lr")
@@ -96,15 +101,16 @@ class TrainConfig:
         for name in ("dead_after_tokens", "batch_size", "warmup_steps", "max_steps", "val_every", "val_batches",
                      "patience", "checkpoint_every"):
             check_int(name, getattr(self, name), 0)
-        for name in ("lr", "eps", "weight_decay", "grad_clip", "min_delta", "epochs", "min_lr_ratio"):
+        for name in ("lr", "eps", "weight_decay", "grad_clip", "min_delta", "epochs", "min_lr_ratio", "b_pre_lr_ratio"):
             check_number(name, getattr(self, name))
         for name in ("lr", "eps"):
             if getattr(self, name) == 0:
                 raise SettingError(name, 0, "must be greater than 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise SettingError("betas", self.betas, "takes two numbers in [0, 1)")
-        if self.min_lr_ratio > 1:
-            raise SettingError("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        for name in ("min_lr_ratio", "b_pre_lr_ratio"):
+            if getattr(self, name) > 1:
+                raise SettingError(name, getattr(self, name), "must be in [0, 1]")
         if self.resume and self.overwrite:
             raise SettingError("resume", "with --overwrite", "one continues the run in --out, the other deletes it: give one")
         if self.epochs == 0 and self.max_steps == 0:
