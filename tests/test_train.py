@@ -22,7 +22,7 @@ from data.batches import ChunkWriter, write_meta, write_remainder
 from sae.io import load_sae
 from train_helpers import Batches, merge_pairs, planted_batches
 from training.checkpoint import list_checkpoints, load_checkpoint, load_latest, save_checkpoint
-from training.config import PRESETS, TrainConfig, parse_train_config
+from training.config import B_PRE_LR_RATIO, PRESETS, TrainConfig, parse_train_config
 from training.curves import render_curves
 from training.data import RankShare, Rebatched
 from training.metrics import decoder_orthogonality, read_metrics, truncate_metrics
@@ -417,7 +417,7 @@ def test_a_checkpoint_from_before_the_b_pre_rate_resumes_only_at_the_rate_it_tra
     save_checkpoint(tmp_path / "checkpoints", step, payload, keep=2)
     with pytest.raises(cli.UsageError) as err:
         train.main(small_config(tmp_path, max_steps=8, resume=True), train_data=train_data, val_data=val_data)
-    assert f"--b-pre-lr-ratio 1.0 -> {1 / 16}" in str(err.value)
+    assert f"--b-pre-lr-ratio 1.0 -> {B_PRE_LR_RATIO}" in str(err.value)
     resumed = train.main(small_config(tmp_path, max_steps=8, resume=True, b_pre_lr_ratio=1.0),
                          train_data=train_data, val_data=val_data)
     assert load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1][1])["state"]["step"] == 8

@@ -21,9 +21,9 @@ from sae.config import SAEConfig
 from settings import SettingError, check_choice, check_int, check_number, check_seed
 
 SCHEDULES = ("cosine", "linear", "constant")
-# b_pre learns at 1/16 of the weights' rate: at full rate its early moves shift every latent's input at once and
+# b_pre learns at 1/64 of the weights' rate: at full rate its early moves shift every latent's input at once and
 # leave latents that never fire again (docs/train.md, "Ours against SAELens and sparsify").
-B_PRE_LR_RATIO = 1 / 16
+B_PRE_LR_RATIO = 1 / 64
 AUTOCAST = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # --autocast -> torch dtype name
 
 # The reference design's settings (seeds/002: d 3072, 65536 latents, 8 GPUs, ~7B activations).
